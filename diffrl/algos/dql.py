@@ -1,0 +1,484 @@
+"""Diffusion-QL (Wang et al. 2023) and its variants, selected by `DQLConfig.variant`:
+
+- ql: L = L_bc + eta L_q, L_q = -Q_i(s, a_theta) / mean|Q_j(s, a_theta)|.detach() with the
+  numerator head i drawn at random (50/50) each step, a_theta sampled by the DDPM chain with
+  gradients through all T steps. Twin critic with a Polyak target; TD target
+  r + gamma (1-d) min_i Q_target,i(s', a'), a' from the EMA actor (optionally max over 10 a').
+- qg: Q-guided score matching: eps_theta regressed to z - eta clip(sqrt((1-abar)/abar) g, -1, 1),
+  g = grad_x0 min Q(s, x0_hat) at the detached one-step prediction x0_hat of the noised
+  dataset action; each sample's squared error is weighted by 1 / clip(||g||, 0.8, 5).
+- edp: Efficient Diffusion Policies: a_theta replaced by the one-step approximation
+  x0_hat = (a_t - sqrt(1-abar) eps_theta(a_t)) / sqrt(abar) of a noised dataset action
+  (differentiable through eps_theta, clipped to [-1, 1]); the Q loss is ql's on x0_hat. All
+  sampling (TD target and evaluation) uses the deterministic DPM-Solver++(2M) below.
+- bc: L_bc only (no critic training; act() returns one EMA-actor sample per state).
+- eg_ood: ql's actor loss; the TD target penalises next actions the current diffusion actor
+  finds unlikely. Log-likelihood proxy of (s', a'): minus the T-level denoising loss
+  -1/T sum_t ||eps_theta(sqrt(abar_t) a' + sqrt(1-abar_t) z_t, t, s') - z_t||^2 (the diffusion
+  ELBO up to constants and per-level weights; one z_t per level). Threshold: the
+  `ood_quantile` quantile of the same proxy on the batch's dataset pairs (s, a), so the cut
+  adapts to the actor's fit. Target: r + gamma (1-d) (min Q_target(s', a') -
+  ood_penalty * 1[proxy(a') < threshold]) (per candidate before the max with max_q_backup).
+
+Learning rate: cosine decay from lr to 0 over `lr_decay_steps` gradient steps, stepped every
+gradient step (it really decays). `published_lr_decay` reproduces the released code, whose
+CosineAnnealingLR(T_max = total steps) was stepped once per 50-epoch evaluation round
+(every 50,000 gradient steps, ~40 times over 2M steps), which leaves the lr ~constant.
+
+Also here: `online_finetune` (the online tuning mode) and `select_checkpoint` (model selection).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffrl.algos.bc import ema_update
+from diffrl.diffusion import DiffusionSchedule, vp_betas
+from diffrl.fields import ConfigError, param
+from diffrl.nets import Critic, NoiseNet, soft_update
+
+VARIANTS = ("ql", "qg", "edp", "bc", "eg_ood")
+
+
+@dataclass
+class DQLConfig:
+    """Diffusion-QL family (algorithms.md, "Diffusion-QL family"); defaults: halfcheetah-medium."""
+    variant: str = param("ql", "ql: BC + Q through the sampled chain; qg: Q-guided score matching; edp: one-step "
+                         "x0 approximation + DPM-Solver; bc: BC only; eg_ood: ql + OOD-penalised TD target",
+                         choices=VARIANTS)
+    T: int = param(5, "diffusion steps of the discrete VP schedule", low=1)
+    beta_min: float = param(0.1, "VP schedule b_min", low=0, low_open=True)
+    beta_max: float = param(10.0, "VP schedule b_max", low=0, low_open=True)
+    eta: float = param(1.0, "weight of the Q loss (ql, edp, eg_ood) or of the Q guidance (qg)", low=0)
+    lr: float = param(3e-4, "Adam learning rate of actor and critic (start of the cosine decay)",
+                      low=0, low_open=True)
+    lr_decay: bool = param(True, "cosine-decay both learning rates to 0 over lr_decay_steps")
+    lr_decay_steps: int = param(0, "T_max of the cosine decay in gradient steps; 0 = the run's total "
+                                "steps, which the training stage passes as total_steps", low=0)
+    published_lr_decay: bool = param(False, "reproduce the released code: the cosine (T_max = total steps) is "
+                                     "stepped only every published_lr_step_every gradient steps (~40 times "
+                                     "over 2M steps), so the lr stays ~constant")
+    published_lr_step_every: int = param(50_000, "gradient steps between scheduler steps with published_lr_decay "
+                                         "(eval_freq 50 epochs x 1000 steps in the released code)", low=1)
+    batch_size: int = param(256, "minibatch size", low=1)
+    hidden: int = param(256, "hidden width of the noise net and the critics", low=1)
+    layers: int = param(3, "hidden layers of the noise net and the critics", low=1)
+    discount: float = param(0.99, "discount gamma", low=0, high=1)
+    tau: float = param(0.005, "Polyak rate of the target critic (every step)", low=0, high=1, low_open=True)
+    max_q_backup: bool = param(False, "TD target: max over backup_samples sampled a' per s', then min over heads")
+    backup_samples: int = param(10, "a' samples per s' with max_q_backup", low=1)
+    grad_norm: float = param(9.0, "max grad norm of actor and critic (9 for halfcheetah-medium; 0 = off)", low=0)
+    ema_decay: float = param(0.995, "EMA decay of the actor copy used for targets and evaluation", low=0, high=1)
+    ema_every: int = param(5, "gradient steps between EMA updates", low=1)
+    ema_start: int = param(1000, "gradient step at which EMA tracking starts (copied before)", low=0)
+    eval_candidates: int = param(50, "actions sampled per state at evaluation; one is drawn ~ softmax(Q_target)",
+                                 low=1)
+    eval_temperature: float = param(1.0, "softmax temperature of the candidate choice (published: 1)",
+                                    low=0, low_open=True)
+    sampler: str = param("auto", "action sampler: ddpm (ancestral), dpm (DPM-Solver++(2M), deterministic); "
+                         "auto = dpm for edp, ddpm otherwise", choices=("auto", "ddpm", "dpm"))
+    dpm_steps: int = param(0, "DPM-Solver steps over the discrete times (0 = T)", low=0)
+    qg_grad_clip_low: float = param(0.8, "qg: per-sample weight 1/clip(||grad Q||, low, high): low", low=0,
+                                    low_open=True)
+    qg_grad_clip_high: float = param(5.0, "qg: per-sample weight 1/clip(||grad Q||, low, high): high", low=0,
+                                     low_open=True)
+    ood_penalty: float = param(1.0, "eg_ood: subtracted from min Q_target(s', a') when a' is judged OOD "
+                               "(reward units)", low=0)
+    ood_quantile: float = param(0.05, "eg_ood: OOD threshold = this quantile of the likelihood proxy of the "
+                                "batch's dataset actions", low=0, high=1)
+
+    def check(self, prefix: str) -> None:
+        if self.qg_grad_clip_low > self.qg_grad_clip_high:
+            raise ConfigError(f"{prefix}.qg_grad_clip_low={self.qg_grad_clip_low} exceeds "
+                              f"{prefix}.qg_grad_clip_high={self.qg_grad_clip_high}: make low <= high")
+        if self.dpm_steps > self.T:
+            raise ConfigError(f"{prefix}.dpm_steps={self.dpm_steps} exceeds T={self.T}: set at most T (0 = T)")
+
+
+# --------------------------------------------------------------------------- fast Mish
+class _MishFn(torch.autograd.Function):
+    """Mish x tanh(softplus(x)) written with one sigmoid: with u = sigmoid(-x),
+    tanh(softplus(x)) = (1 - u^2) / (1 + u^2) and d/dx mish = t + x (1 - t^2)(1 - u), t the
+    tanh term. Same function as nn.Mish (|diff| < 1e-6) but several times faster on CPU, where
+    aten::mish runs a scalar tanh/log1p. First derivatives only."""
+
+    @staticmethod
+    def forward(ctx, x):
+        u = torch.sigmoid(x.neg())
+        u2 = u * u
+        t = (1 - u2).div_(u2.add_(1))
+        ctx.save_for_backward(x, u, t)
+        return x * t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, u, t = ctx.saved_tensors
+        d = torch.addcmul(t, x * (1 - t * t), 1 - u)
+        return g * d
+
+
+class FastMish(torch.nn.Module):
+    """Drop-in replacement of nn.Mish (no parameters, so state dicts are unchanged)."""
+
+    def forward(self, x):
+        return _MishFn.apply(x)
+
+
+def use_fast_mish(module: torch.nn.Module) -> torch.nn.Module:
+    """Swap every nn.Mish inside `module` for FastMish (in place); returns the module."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Mish):
+                setattr(parent, name, FastMish())
+    return module
+
+
+# --------------------------------------------------------------------------- DPM-Solver
+class DPMSolver:
+    """Deterministic DPM-Solver++(2M) (Lu et al. 2022) for a discrete VP schedule.
+
+    Data-prediction form on the model's own discrete times t_0 = T-1 > ... > t_{n-1} = 0 (a
+    subset when steps < T) and a final first-order step to the clean data (sigma = 0). With
+    x0_i the clipped x0 prediction at t_i, h_i = lambda(t_{i+1}) - lambda(t_i),
+    lambda = log(alpha / sigma), alpha = sqrt(abar), sigma = sqrt(1 - abar):
+        x_{i+1} = sigma_{i+1}/sigma_i x_i - alpha_{i+1} (exp(-h_i) - 1) D_i,
+        D_0 = x0_0, D_i = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}, r_i = h_{i-1} / h_i.
+    Coefficients are python floats, so sampling causes no host sync.
+    """
+
+    def __init__(self, betas: torch.Tensor, steps: int = 0):
+        abar = torch.cumprod(1 - betas.double(), 0)
+        T = len(abar)
+        steps = steps or T
+        ts = sorted({int(round(x)) for x in np.linspace(T - 1, 0, steps)}, reverse=True)
+        self.ts = ts
+        self.alpha = [float(abar[t].sqrt()) for t in ts]
+        self.sigma = [float((1 - abar[t]).sqrt()) for t in ts]
+        self.lam = [math.log(a / s) for a, s in zip(self.alpha, self.sigma)]
+
+    def sample(self, eps_fn, obs, act_dim: int, generator=None, clip: float = 1.0):
+        B = obs.shape[0]
+        x = torch.randn((B, act_dim), device=obs.device, generator=generator)
+        x0_prev, h_prev = None, None
+        n = len(self.ts)
+        for i, t in enumerate(self.ts):
+            tt = torch.full((B,), t, device=obs.device, dtype=torch.long)
+            eps = eps_fn(x, tt, obs)
+            x0 = ((x - self.sigma[i] * eps) / self.alpha[i]).clamp(-clip, clip)
+            if i == n - 1:  # final step to sigma = 0: x = x0 prediction
+                return x0
+            h = self.lam[i + 1] - self.lam[i]
+            if x0_prev is None:
+                d = x0
+            else:
+                r = h_prev / h
+                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            x = (self.sigma[i + 1] / self.sigma[i]) * x - self.alpha[i + 1] * math.expm1(-h) * d
+            x0_prev, h_prev = x0, h
+        return x  # not reached
+
+
+# --------------------------------------------------------------------------- agent
+class DiffusionQL(torch.nn.Module):
+    """Diffusion-QL agent. `name` is "dql" for ql and "dql_<variant>" otherwise."""
+    name = "dql"
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: DQLConfig, device="cpu", total_steps: int | None = None,
+                 reward_scale: float = 1.0):
+        super().__init__()
+        if cfg.variant not in VARIANTS:
+            raise ConfigError(f"dql.variant={cfg.variant!r} is not one of {', '.join(VARIANTS)}")
+        self.cfg, self.act_dim, self.reward_scale = cfg, act_dim, reward_scale
+        self.name = "dql" if cfg.variant == "ql" else f"dql_{cfg.variant}"
+        self.actor = use_fast_mish(NoiseNet(obs_dim, act_dim, cfg.hidden, cfg.layers))
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = use_fast_mish(Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "mish"))
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        betas = vp_betas(cfg.T, cfg.beta_min, cfg.beta_max)
+        self.schedule = DiffusionSchedule(betas, device)
+        self.dpm = DPMSolver(betas, cfg.dpm_steps)
+        self.sampler = cfg.sampler if cfg.sampler != "auto" else ("dpm" if cfg.variant == "edp" else "ddpm")
+        # per-level factor sqrt((1 - abar) / abar) of the qg guidance
+        self.register_buffer("qg_scale", (self.schedule.sqrt_1m_abar / self.schedule.sqrt_abar).clone(),
+                             persistent=False)
+        self.to(device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, foreach=True)
+        # python-side counters (no host sync); saved through get_extra_state
+        self._step = 0
+        self._lr_start = 0  # gradient step at which the current lr schedule began
+        self._lr_T_max = cfg.lr_decay_steps or int(total_steps or 0)
+        self._lr_constant = not cfg.lr_decay
+        if cfg.lr_decay and self._lr_T_max <= 0:
+            raise ConfigError("dql.lr_decay is on but its length is unknown: set dql.lr_decay_steps or pass "
+                              "total_steps (the run's gradient steps) to DiffusionQL")
+
+    # ----------------------------------------------------------------- state
+    def get_extra_state(self):
+        return {"step": self._step, "lr_start": self._lr_start, "lr_T_max": self._lr_T_max,
+                "lr_constant": self._lr_constant}
+
+    def set_extra_state(self, state):
+        self._step, self._lr_start = int(state["step"]), int(state["lr_start"])
+        self._lr_T_max, self._lr_constant = int(state["lr_T_max"]), bool(state["lr_constant"])
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    def restart_lr_schedule(self, steps: int | None) -> None:
+        """Start a fresh cosine from cfg.lr over `steps` more gradient steps (None: constant lr)."""
+        self._lr_start = self._step
+        self._lr_constant = steps is None
+        self._lr_T_max = int(steps or 0)
+        self._set_lr()
+
+    def current_lr(self) -> float:
+        """The lr of the next gradient step (closed-form cosine, clamped at T_max)."""
+        cfg = self.cfg
+        if self._lr_constant or self._lr_T_max <= 0:
+            return cfg.lr
+        k = self._step - self._lr_start
+        T_max = self._lr_T_max
+        if cfg.published_lr_decay:
+            k = k // cfg.published_lr_step_every  # scheduler.step() only once per evaluation round
+        k = min(k, T_max)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * k / T_max))
+
+    def _set_lr(self) -> float:
+        lr = self.current_lr()
+        for opt in (self.actor_opt, self.critic_opt):
+            for g in opt.param_groups:
+                g["lr"] = lr
+        return lr
+
+    # ----------------------------------------------------------------- sampling
+    def sample(self, obs: torch.Tensor, generator=None, ema: bool = True) -> torch.Tensor:
+        """Actions from the actor (EMA copy by default) with the configured sampler. Gradients flow
+        through the chain unless called under no_grad."""
+        net = self.actor_ema if ema else self.actor
+        if self.sampler == "dpm":
+            return self.dpm.sample(net, obs, self.act_dim, generator)
+        return self.schedule.sample(net, obs, self.act_dim, generator)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        """Batched evaluation actions: eval_candidates EMA-actor samples per state, one drawn with
+        probability softmax(min Q_target / eval_temperature); bc: one sample per state."""
+        dev = self.schedule.betas.device
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=dev)
+        if self.cfg.variant == "bc" or self.cfg.eval_candidates == 1:
+            return self.sample(o, generator).cpu().numpy()
+        N, k = o.shape[0], self.cfg.eval_candidates
+        o_rep = o.repeat_interleave(k, 0)
+        cand = self.sample(o_rep, generator)
+        q = self.critic_target.q_min(o_rep, cand).view(N, k)
+        probs = torch.softmax(q / self.cfg.eval_temperature, -1)
+        idx = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
+        a = cand.view(N, k, -1).gather(1, idx.unsqueeze(-1).expand(-1, 1, self.act_dim)).squeeze(1)
+        return a.cpu().numpy()
+
+    # ----------------------------------------------------------------- losses
+    def _noised(self, action, generator):
+        B = action.shape[0]
+        t = torch.randint(0, self.schedule.T, (B,), device=action.device, generator=generator)
+        z = torch.randn(action.shape, device=action.device, generator=generator)
+        return self.schedule.q_sample(action, t, z), t, z
+
+    def log_lik_proxy(self, action, obs, generator=None, net=None) -> torch.Tensor:
+        """Per-sample -1/T sum_t ||eps(a_t, t, s) - z_t||^2 over all T levels (no grad)."""
+        net = net or self.actor
+        T, B = self.schedule.T, action.shape[0]
+        with torch.no_grad():
+            a = action.repeat(T, 1)
+            o = obs.repeat(T, 1)
+            t = torch.arange(T, device=action.device).repeat_interleave(B)
+            z = torch.randn(a.shape, device=a.device, generator=generator)
+            err = (net(self.schedule.q_sample(a, t, z), t, o) - z).pow(2).mean(-1)
+            return -err.view(T, B).mean(0)
+
+    def _q_ratio_loss(self, obs, action, generator):
+        """-Q_i(s, a) mean / mean |Q_j(s, a)| (detached), head i drawn 50/50."""
+        q = self.critic(obs, action)  # (2, B)
+        i = torch.randint(0, 2, (1,), device=q.device, generator=generator)
+        num = q.index_select(0, i).mean()
+        den = q.index_select(0, 1 - i).abs().mean().detach()
+        return -num / den
+
+    def _critic_step(self, b, generator) -> dict:
+        cfg = self.cfg
+        with torch.no_grad():
+            nobs = b["next_obs"]
+            n = cfg.backup_samples if cfg.max_q_backup else 1
+            nobs_rep = nobs.repeat_interleave(n, 0) if n > 1 else nobs
+            a2 = self.sample(nobs_rep, generator, ema=True)
+            q2 = self.critic_target(nobs_rep, a2)  # (heads, B n)
+            extra = {}
+            if cfg.variant == "eg_ood":
+                ll_next = self.log_lik_proxy(a2, nobs_rep, generator)
+                ll_data = self.log_lik_proxy(b["action"], b["obs"], generator)
+                thr = torch.quantile(ll_data, cfg.ood_quantile)
+                ood = (ll_next < thr).float()
+                q2 = q2 - cfg.ood_penalty * ood
+                extra["ood_frac"] = ood.mean()
+            if n > 1:  # released code: max over the a' samples per head, then min over heads
+                q2 = q2.view(q2.shape[0], -1, n).max(-1).values
+            q_next = q2.min(0).values
+            target = self.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * q_next
+        q = self.critic(b["obs"], b["action"])
+        critic_loss = (q - target).pow(2).mean(-1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        if cfg.grad_norm > 0:
+            extra["critic_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_norm,
+                                                                       foreach=True)
+        self.critic_opt.step()
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), **extra}
+
+    def _actor_loss(self, b, generator) -> tuple[torch.Tensor, dict]:
+        cfg, v = self.cfg, self.cfg.variant
+        obs, action = b["obs"], b["action"]
+        a_t, t, z = self._noised(action, generator)
+        if v == "qg":
+            eps = self.actor(a_t, t, obs)
+            x0 = self.schedule.predict_x0(a_t, t, eps.detach()).clamp(-1, 1).requires_grad_(True)
+            with torch.enable_grad():
+                g, = torch.autograd.grad(self.critic.q_min(obs, x0).sum(), x0)
+            g_norm = g.norm(dim=-1)
+            guide = (self.qg_scale[t, None] * g).clamp(-1, 1)
+            target = z - cfg.eta * guide
+            w = 1.0 / g_norm.clamp(cfg.qg_grad_clip_low, cfg.qg_grad_clip_high)
+            per = (eps - target).pow(2).mean(-1)
+            loss = (w * per).mean()
+            bc_loss = (eps.detach() - z).pow(2).mean()
+            return loss, {"bc_loss": bc_loss, "qg_loss": loss.detach(), "q_grad_norm": g_norm.mean()}
+        eps = self.actor(a_t, t, obs)
+        bc_loss = (eps - z).pow(2).mean()
+        if v == "bc":
+            return bc_loss, {"bc_loss": bc_loss.detach()}
+        if v == "edp":
+            a_pi = self.schedule.predict_x0(a_t, t, eps).clamp(-1, 1)
+        else:  # ql, eg_ood: sample through the whole chain with gradients
+            a_pi = self.schedule.sample(self.actor, obs, self.act_dim, generator)
+        q_loss = self._q_ratio_loss(obs, a_pi, generator)
+        loss = bc_loss + cfg.eta * q_loss
+        return loss, {"bc_loss": bc_loss.detach(), "ql_loss": q_loss.detach()}
+
+    def update(self, b: dict, generator=None) -> dict:
+        cfg = self.cfg
+        lr = self._set_lr()
+        metrics = {}
+        if cfg.variant != "bc":
+            metrics.update(self._critic_step(b, generator))
+        self.critic.requires_grad_(False)  # the actor loss needs grads w.r.t. actions only
+        try:
+            actor_loss, m = self._actor_loss(b, generator)
+        finally:
+            self.critic.requires_grad_(True)
+        metrics.update(m)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        if cfg.grad_norm > 0:
+            metrics["actor_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_norm,
+                                                                        foreach=True)
+        self.actor_opt.step()
+        self._step += 1
+        ema_update(self.actor_ema, self.actor, self._step, cfg)
+        if cfg.variant != "bc":
+            soft_update(self.critic_target, self.critic, cfg.tau)
+        metrics["actor_loss"] = actor_loss.detach()
+        metrics["lr"] = torch.tensor(lr)
+        return metrics
+
+
+# --------------------------------------------------------------------------- online tuning
+def online_finetune(agent: DiffusionQL, env_name: str, steps: int, buffer_size: int = 200_000, seed: int = 0,
+                    offline_data: dict | None = None, batch_size: int | None = None, eval_every: int = 5000,
+                    eval_episodes: int = 5, lr_decay: bool = False, log=None) -> list[dict]:
+    """Online tuning: keep training `agent` while it collects `steps` env steps with its own
+    evaluation policy (agent.act, no extra noise) into a ReplayBuffer of `buffer_size`.
+
+    The buffer starts empty or holds the last `buffer_size` transitions of `offline_data`
+    (ReplayBuffer.KEYS arrays). One gradient step per env step once the buffer holds a batch.
+    The lr restarts at cfg.lr: constant, or (lr_decay) a cosine over the `steps` updates.
+    Every `eval_every` env steps (and at the end) the agent is evaluated on `eval_episodes`
+    fresh-seed episodes, separate from the training episodes. Returns the curve: dicts of
+    env_steps, grad_steps, return, score (evaluation) and train_return (mean return of the
+    training episodes finished since the previous point, NaN if none).
+    """
+    from diffrl.data import ReplayBuffer
+    from diffrl.envs import make_env
+    from diffrl.train import eval_score
+
+    device = agent.schedule.betas.device
+    batch_size = batch_size or agent.cfg.batch_size
+    env = make_env(env_name)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    buf = ReplayBuffer(obs_dim, act_dim, buffer_size, device)
+    if offline_data is not None:
+        n = len(offline_data["obs"])
+        lo = max(0, n - buffer_size)
+        buf.add(**{k: np.asarray(offline_data[k])[lo:] for k in ReplayBuffer.KEYS})
+    gen = torch.Generator(device=device).manual_seed(seed)
+    buf_gen = torch.Generator().manual_seed(seed + 1)
+    agent.restart_lr_schedule(steps if lr_decay else None)
+    agent.train()
+    obs, _ = env.reset(seed=seed)
+    curve, ep_ret, finished = [], 0.0, []
+    for k in range(1, steps + 1):
+        action = agent.act(obs[None].astype(np.float32), generator=gen)[0]
+        nxt, r, term, trunc, _ = env.step(action)
+        buf.add(obs=obs[None], action=action[None], reward=[r], next_obs=nxt[None], terminal=[float(term)])
+        ep_ret += float(r)
+        obs = nxt
+        if term or trunc:
+            finished.append(ep_ret)
+            ep_ret = 0.0
+            obs, _ = env.reset()
+        if buf.size >= batch_size:
+            metrics = agent.update(buf.sample(batch_size, generator=buf_gen), generator=gen)
+            if log is not None:
+                log.log(k, metrics)
+        if k % eval_every == 0 or k == steps:
+            ret, score = eval_score(agent, env_name, eval_episodes, 2_000_000 + 1000 * seed + k)
+            agent.train()
+            curve.append({"env_steps": k, "grad_steps": agent.step, "return": ret, "score": score,
+                          "train_return": float(np.mean(finished)) if finished else float("nan")})
+            finished = []
+    env.close()
+    return curve
+
+
+# --------------------------------------------------------------------------- model selection
+def select_checkpoint(curve: list[dict], mode: str = "online", k: int = 1, published: bool = False) -> int:
+    """Index into `curve` (dicts with "score", and "bc_loss" for offline) of the chosen checkpoint.
+
+    online: the argmax of the evaluation score (first one on ties); it peeks at online returns,
+    so report it as best-during-training. offline: among the checkpoints whose bc_loss is one
+    of the k smallest, the latest. `published=True` reproduces the released selection, which
+    compared np.argsort(bc_loss) elementwise to top_k = min(len - 1, k) (a mask unrelated to the
+    k smallest losses) and then took the best score under that mask.
+    """
+    if not curve:
+        raise ValueError("select_checkpoint: empty curve")
+    if mode == "online":
+        return int(np.argmax([c["score"] for c in curve]))
+    if mode != "offline":
+        raise ValueError(f"select_checkpoint: unknown mode {mode!r}: use online or offline")
+    bc = np.array([c["bc_loss"] for c in curve], dtype=np.float64)
+    if published:
+        top_k = min(len(bc) - 1, k)
+        mask = np.argsort(bc) == top_k
+        if not mask.any():
+            mask[:] = True
+        scores = np.array([c["score"] for c in curve], dtype=np.float64)
+        cand = np.flatnonzero(mask)
+        return int(cand[np.argmax(scores[cand])])
+    smallest = np.argsort(bc, kind="stable")[: max(1, k)]
+    return int(smallest.max())

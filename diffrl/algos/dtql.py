@@ -1,0 +1,285 @@
+"""Diffusion Trusted Q-Learning (DTQL, Chen, Wang & Zhou 2024): an EDM-preconditioned behaviour
+diffusion model creates a trust region for a one-step tanh-Gaussian policy.
+
+Stages: `EDMBehavior` (behaviour pretraining) and the IQL critic (diffrl.algos.iql, LayerNorm Q)
+are pretrained separately and handed to `DTQL`, which then trains the one-step policy with
+
+    L_actor = alpha * L_TR(a_pi) - Q_min(s, a_pi)  (+ gamma_nll * NLL of the dataset action),
+
+where L_TR is the behaviour diffusion loss evaluated at the policy's action with the behaviour
+net frozen (a random noise level per sample), while it keeps training the IQL critic
+(target r + gamma V(s')) and, as the released DTQL does, the behaviour model itself.
+Losses and hyperparameters: /work/shared/specs/algorithms.md, section "DTQL".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from diffrl.algos.iql import IQL
+from diffrl.fields import param
+from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp, soft_update
+
+
+# --------------------------------------------------------------------------- EDM behaviour model
+@dataclass
+class DTQLBehaviorConfig:
+    """DTQL's behaviour diffusion: EDM (Karras et al. 2022) preconditioning of a denoiser D(x; sigma, s)."""
+    sigma_data: float = param(0.5, "EDM sigma_data (assumed std of the actions)", low=0, low_open=True)
+    sigma_min: float = param(0.002, "smallest noise level (training truncation and sampler end)", low=0,
+                             low_open=True)
+    sigma_max: float = param(80.0, "largest noise level (training truncation and sampler start)", low=0,
+                             low_open=True)
+    log_sigma_loc: float = param(math.log(0.5), "location of the logistic law of ln(sigma) in training "
+                                 "(reference ln sigma_data = ln 0.5)")
+    log_sigma_scale: float = param(0.5, "scale of the logistic law of ln(sigma) in training", low=0,
+                                   low_open=True)
+    clamp_denoised: bool = param(True, "clamp D to [-1, 1] in the loss and the sampler (DTQL's clip_denoised)")
+    hidden: int = param(256, "hidden width of the score net F", low=1)
+    layers: int = param(4, "hidden layers (Mish) of the score net F", low=1)
+    t_dim: int = param(16, "noise-level embedding width", low=2)
+    lr: float = param(3e-4, "Adam learning rate", low=0, low_open=True)
+    batch_size: int = param(256, "minibatch size", low=1)
+    sample_steps: int = param(10, "noise levels of the deterministic Heun sampler used by act()", low=1)
+    rho: float = param(7.0, "Karras schedule exponent of the sampler's noise levels", low=0, low_open=True)
+    heun: bool = param(True, "second-order (Heun) correction in the sampler; false = Euler", )
+
+
+class EDMScoreNet(nn.Module):
+    """F(c_in x, c_noise, s): noise-level embedding (sinusoidal -> Linear 2t -> Mish -> Linear t),
+    then concat(x, emb, s) -> `layers` x hidden Mish -> action dim."""
+
+    NOISE_SCALE = 100.0  # c_noise = ln(sigma)/4 lies in about [-1.6, 1.1]; spread it over the frequencies
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, t_dim: int):
+        super().__init__()
+        self.emb = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
+                                 nn.Linear(2 * t_dim, t_dim))
+        self.net = mlp(act_dim + t_dim + obs_dim, act_dim, hidden, layers, "mish")
+
+    def forward(self, x, c_noise, obs):
+        return self.net(torch.cat([x, self.emb(c_noise * self.NOISE_SCALE), obs], -1))
+
+
+def edm_scalings(sigma: torch.Tensor, sigma_data: float):
+    """(c_skip, c_out, c_in, c_noise) of EDM's preconditioning, each shaped like sigma."""
+    s2, d2 = sigma ** 2, sigma_data ** 2
+    c_skip = d2 / (s2 + d2)
+    c_out = sigma * sigma_data / (s2 + d2).sqrt()
+    c_in = 1 / (s2 + d2).sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+def sample_log_logistic(n: int, loc: float, scale: float, lo: float, hi: float, device, generator=None):
+    """sigma with ln(sigma) ~ Logistic(loc, scale) truncated to [lo, hi] (inverse-CDF sampling)."""
+    cdf = lambda v: 1 / (1 + math.exp(-(math.log(v) - loc) / scale))  # noqa: E731
+    u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
+    u = cdf(lo) + u * (cdf(hi) - cdf(lo))
+    return (loc + scale * torch.logit(u)).exp().clamp(lo, hi).float()
+
+
+class EDMBehavior(nn.Module):
+    """Behaviour diffusion with EDM preconditioning: D = c_skip x + c_out F(c_in x, ln(sigma)/4, s),
+    L_bc = ||(clamp(D, -1, 1) - a) / c_out||^2 (averaged over action dims and batch)."""
+    name = "dtql_behavior"
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: DTQLBehaviorConfig, device="cpu"):
+        super().__init__()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.net = EDMScoreNet(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.t_dim)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+
+    @property
+    def device(self):
+        return self.step.device
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, obs: torch.Tensor, clamp: bool | None = None):
+        """D(x; sigma, s); sigma has shape (B,)."""
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.cfg.sigma_data)
+        d = c_skip[:, None] * x + c_out[:, None] * self.net(c_in[:, None] * x, c_noise, obs)
+        clamp = self.cfg.clamp_denoised if clamp is None else clamp
+        return d.clamp(-1, 1) if clamp else d
+
+    def sample_sigma(self, n: int, generator=None) -> torch.Tensor:
+        c = self.cfg
+        return sample_log_logistic(n, c.log_sigma_loc, c.log_sigma_scale, c.sigma_min, c.sigma_max,
+                                   self.device, generator)
+
+    def loss(self, action: torch.Tensor, obs: torch.Tensor, generator=None, reduce: bool = True):
+        """EDM loss at a random sigma per sample; differentiable in `action` (DTQL's L_TR uses that)."""
+        sigma = self.sample_sigma(action.shape[0], generator)
+        noise = torch.randn(action.shape, device=action.device, generator=generator)
+        x = action + sigma[:, None] * noise
+        _, c_out, _, _ = edm_scalings(sigma, self.cfg.sigma_data)
+        per = ((self.denoise(x, sigma, obs) - action) / c_out[:, None]).pow(2).mean(-1)
+        return per.mean() if reduce else per
+
+    def update(self, b: dict, generator=None) -> dict:
+        loss = self.loss(b["action"], b["obs"], generator)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return {"bc_loss": loss.detach()}
+
+    def sigma_schedule(self, steps: int | None = None) -> torch.Tensor:
+        """Karras noise levels sigma_max -> sigma_min (rho spacing), then 0."""
+        c = self.cfg
+        n = c.sample_steps if steps is None else steps
+        i = torch.arange(n, dtype=torch.float64, device=self.device)
+        ramp = i / max(n - 1, 1)
+        sig = (c.sigma_max ** (1 / c.rho) + ramp * (c.sigma_min ** (1 / c.rho) - c.sigma_max ** (1 / c.rho))) ** c.rho
+        return torch.cat([sig, sig.new_zeros(1)]).float()
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, generator=None, steps: int | None = None) -> torch.Tensor:
+        """Deterministic EDM probability-flow sampler (Heun or Euler) from x ~ sigma_max N(0, I)."""
+        sig = self.sigma_schedule(steps)
+        B = obs.shape[0]
+        x = sig[0] * torch.randn((B, self.act_dim), device=obs.device, generator=generator)
+        for i in range(len(sig) - 1):
+            s, s_next = sig[i], sig[i + 1]
+            d = (x - self.denoise(x, s.expand(B), obs)) / s
+            x_next = x + (s_next - s) * d
+            if self.cfg.heun and s_next > 0:
+                d2 = (x_next - self.denoise(x_next, s_next.expand(B), obs)) / s_next
+                x_next = x + (s_next - s) * 0.5 * (d + d2)
+            x = x_next
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.sample(o, generator).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- DTQL agent
+@dataclass
+class DTQLConfig:
+    """DTQL one-step policy. Per-task trust-region weight alpha (reference): halfcheetah-medium 1,
+    hopper-medium 5, walker2d-medium 5."""
+    alpha: float = param(1.0, "trust-region weight alpha (halfcheetah 1, hopper 5, walker2d 5)", low=0)
+    gamma_nll: float = param(0.0, "weight of the NLL of the dataset action under the policy (0 for MuJoCo)",
+                             low=0)
+    lr: float = param(3e-4, "Adam learning rate of the one-step policy", low=0, low_open=True)
+    batch_size: int = param(256, "minibatch size", low=1)
+    hidden: int = param(256, "hidden width of the one-step policy", low=1)
+    layers: int = param(3, "hidden layers (ReLU) of the one-step policy", low=1)
+    eval_candidates: int = param(1024, "policy samples per state at evaluation, one picked ~ softmax(Q)", low=1)
+    eval_temperature: float = param(1.0, "softmax temperature of the candidate pick (reference 1)", low=0,
+                                    low_open=True)
+    eval_chunk: int = param(65536, "candidates evaluated per batched forward pass at evaluation", low=1)
+    update_critic: bool = param(True, "keep training the IQL critic (V and Q) during policy training")
+    update_behavior: bool = param(True, "keep training the behaviour diffusion during policy training "
+                                  "(the released DTQL does)")
+
+
+def tanh_gaussian_log_prob(actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """log pi(a|s) of a dataset action under TanhGaussianActor (with the tanh correction)."""
+    mu, log_std = actor.net(obs).chunk(2, -1)
+    log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    a = action.clamp(-1 + eps, 1 - eps)
+    z = torch.atanh(a)
+    logp = (-0.5 * ((z - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
+
+
+def iql_critic_step(critic: IQL, b: dict) -> dict:
+    """IQL's V (expectile) and Q (r + gamma (1-d) V(s')) steps and the Polyak target update, without
+    its AWR policy (DTQL and EDA only need the critic)."""
+    cfg = critic.cfg
+    with torch.no_grad():
+        q_t = critic.q_target.q_min(b["obs"], b["action"])
+    u = q_t - critic.v(b["obs"])
+    v_loss = ((cfg.expectile - (u < 0).float()).abs() * u.pow(2)).mean()
+    critic.v_opt.zero_grad(set_to_none=True)
+    v_loss.backward()
+    critic.v_opt.step()
+    with torch.no_grad():
+        target = critic.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * critic.v(b["next_obs"])
+    q_loss = (critic.q(b["obs"], b["action"]) - target).pow(2).mean(-1).sum()
+    critic.q_opt.zero_grad(set_to_none=True)
+    q_loss.backward()
+    critic.q_opt.step()
+    soft_update(critic.q_target, critic.q, cfg.tau)
+    return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "q_mean": q_t.mean()}
+
+
+class DTQL(nn.Module):
+    """One-step tanh-Gaussian policy in the trust region of a pretrained EDM behaviour model.
+
+    `behavior` (EDMBehavior) and `critic` (IQL, reference IQLConfig(layer_norm=True)) are the
+    pretrained stage outputs; they become submodules (their weights are in this agent's state_dict),
+    and their optimisers are exposed as `bc_opt`, `q_opt`, `v_opt` so that checkpoints resume them.
+    """
+    name = "dtql"
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: DTQLConfig, behavior: EDMBehavior, critic: IQL,
+                 device="cpu"):
+        super().__init__()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.behavior, self.critic = behavior, critic
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.to(device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.bc_opt = behavior.opt
+        self.q_opt, self.v_opt = critic.q_opt, critic.v_opt
+
+    def update(self, b: dict, generator=None) -> dict:
+        cfg, out = self.cfg, {}
+        if cfg.update_critic:
+            out.update(iql_critic_step(self.critic, b))
+        if cfg.update_behavior:
+            out.update(self.behavior.update(b, generator))
+        # actor: alpha * L_TR(a_pi) - Q_min(s, a_pi) (+ gamma_nll * NLL); behaviour and Q frozen
+        self.behavior.requires_grad_(False)
+        self.critic.q.requires_grad_(False)
+        try:
+            a, _ = self.actor(b["obs"], generator=generator)
+            tr_loss = self.behavior.loss(a, b["obs"], generator)
+            q_pi = self.critic.q.q_min(b["obs"], a).mean()
+            actor_loss = cfg.alpha * tr_loss - q_pi
+            if cfg.gamma_nll > 0:
+                nll = -tanh_gaussian_log_prob(self.actor, b["obs"], b["action"]).mean()
+                actor_loss = actor_loss + cfg.gamma_nll * nll
+                out["nll"] = nll.detach()
+        finally:
+            self.behavior.requires_grad_(True)
+            self.critic.q.requires_grad_(True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.step += 1
+        out.update(actor_loss=actor_loss.detach(), tr_loss=tr_loss.detach(), q_pi=q_pi.detach())
+        return out
+
+    @torch.no_grad()
+    def select(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """Per state: `eval_candidates` policy samples, one drawn ~ softmax(min Q_target / temperature)."""
+        cfg, N = self.cfg, self.cfg.eval_candidates
+        per_chunk = max(1, cfg.eval_chunk // N)
+        out = []
+        for o in obs.split(per_chunk):
+            rep = o.repeat_interleave(N, 0)
+            a, _ = self.actor(rep, generator=generator)
+            q = self.critic.q_target.q_min(rep, a).view(len(o), N)
+            idx = torch.multinomial(torch.softmax(q / cfg.eval_temperature, -1), 1, generator=generator)
+            out.append(a.view(len(o), N, -1)[torch.arange(len(o), device=o.device), idx[:, 0]])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.step.device)
+        squeeze = o.dim() == 1
+        a = self.select(o[None] if squeeze else o, generator)
+        return (a[0] if squeeze else a).cpu().numpy()

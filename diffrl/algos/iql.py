@@ -1,0 +1,84 @@
+"""Implicit Q-learning (Kostrikov et al. 2022): the critic pretraining stage, and the `iql` row
+through its advantage-weighted (AWR) policy. EDA and DTQL load this critic."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffrl.fields import param
+from diffrl.nets import Critic, GaussianActor, ValueNet, soft_update
+
+
+@dataclass
+class IQLConfig:
+    """IQL critic and AWR policy (losses in algorithms.md)."""
+    expectile: float = param(0.7, "expectile tau of the value loss", low=0, high=1, low_open=True, high_open=True)
+    temperature: float = param(3.0, "AWR inverse temperature beta: weights exp(beta (Q - V))", low=0, low_open=True)
+    max_weight: float = param(100.0, "clip of the AWR weights", low=0, low_open=True)
+    discount: float = param(0.99, "discount gamma", low=0, high=1)
+    tau: float = param(0.005, "Polyak rate of the target critic", low=0, high=1, low_open=True)
+    lr: float = param(3e-4, "Adam learning rate of Q, V and the policy", low=0, low_open=True)
+    batch_size: int = param(256, "minibatch size", low=1)
+    hidden: int = param(256, "hidden width of Q and V", low=1)
+    layers: int = param(3, "hidden layers of Q and V", low=1)
+    activation: str = param("mish", "activation of Q and V", choices=("mish", "relu", "silu"))
+    layer_norm: bool = param(False, "LayerNorm in Q (DTQL's critic uses it)")
+    policy_hidden: int = param(256, "hidden width of the AWR policy", low=1)
+    reward_scaling: str = param("locomotion", "locomotion: r * 1000 / (max - min episode return); none",
+                                choices=("locomotion", "none"))
+
+
+class IQL(torch.nn.Module):
+    name = "iql"
+    config_cls = IQLConfig
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device="cpu", reward_scale: float = 1.0):
+        super().__init__()
+        self.cfg, self.reward_scale = cfg, reward_scale
+        kw = dict(hidden=cfg.hidden, layers=cfg.layers, act=cfg.activation)
+        self.q = Critic(obs_dim, act_dim, layer_norm=cfg.layer_norm, **kw)
+        self.q_target = Critic(obs_dim, act_dim, layer_norm=cfg.layer_norm, **kw)
+        self.q_target.load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+        self.v = ValueNet(obs_dim, **kw)
+        self.policy = GaussianActor(obs_dim, act_dim, cfg.policy_hidden, 2, "relu")
+        self.to(device)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
+        self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+
+    def update(self, b: dict, generator=None) -> dict:
+        cfg = self.cfg
+        with torch.no_grad():
+            q_t = self.q_target.q_min(b["obs"], b["action"])
+        # value: expectile regression of min Q_target(s, a) - V(s)
+        v = self.v(b["obs"])
+        u = q_t - v
+        v_loss = ((cfg.expectile - (u < 0).float()).abs() * u.pow(2)).mean()
+        self.v_opt.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.v_opt.step()
+        # Q: r + gamma (1 - d) V(s')
+        with torch.no_grad():
+            target = self.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * self.v(b["next_obs"])
+        q = self.q(b["obs"], b["action"])
+        q_loss = (q - target).pow(2).mean(-1).sum()
+        self.q_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_opt.step()
+        soft_update(self.q_target, self.q, cfg.tau)
+        # AWR policy: maximise exp(beta A) log pi(a|s)
+        w = torch.exp(cfg.temperature * (q_t - v.detach())).clamp(max=cfg.max_weight)
+        pi_loss = -(w * self.policy.log_prob(b["obs"], b["action"])).mean()
+        self.pi_opt.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.pi_opt.step()
+        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "pi_loss": pi_loss.detach(),
+                "q_mean": q_t.mean()}
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.v.net[0].weight.device)
+        return self.policy(o).cpu().numpy()

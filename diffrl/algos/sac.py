@@ -1,0 +1,134 @@
+"""Soft actor-critic (Haarnoja et al. 2018): the online baseline and the data-collection agent
+of the dataset stage. One file: config, agent, training loop."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffrl.data import ReplayBuffer
+from diffrl.envs import make_env, normalized_score, evaluate
+from diffrl.fields import param
+from diffrl.nets import Critic, TanhGaussianActor, soft_update
+
+
+@dataclass
+class SACConfig:
+    """Soft actor-critic hyperparameters."""
+    hidden: int = param(256, "hidden width of actor and twin critics", low=1)
+    layers: int = param(2, "hidden layers of actor and twin critics", low=1)
+    lr: float = param(3e-4, "Adam learning rate of actor, critics and temperature", low=0, low_open=True)
+    batch_size: int = param(256, "minibatch size", low=1)
+    discount: float = param(0.99, "discount gamma", low=0, high=1)
+    tau: float = param(0.005, "Polyak rate of the target critics", low=0, high=1, low_open=True)
+    init_temperature: float = param(1.0, "initial entropy temperature alpha", low=0, low_open=True)
+    target_entropy_scale: float = param(-1.0, "target entropy = scale * action dim")
+    buffer_size: int = param(1_000_000, "replay buffer capacity", low=1)
+
+
+class SAC(torch.nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig, device="cpu"):
+        super().__init__()
+        self.cfg, self.act_dim = cfg, act_dim
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
+        self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
+        self.critic_target = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        self.target_entropy = cfg.target_entropy_scale * act_dim
+        self.to(device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+
+    def update(self, b: dict, generator=None) -> dict:
+        cfg, alpha = self.cfg, self.log_alpha.exp().detach()
+        with torch.no_grad():
+            a2, logp2 = self.actor(b["next_obs"], generator=generator)
+            q_next = self.critic_target.q_min(b["next_obs"], a2) - alpha * logp2
+            target = b["reward"] + cfg.discount * (1 - b["terminal"]) * q_next
+        q = self.critic(b["obs"], b["action"])
+        critic_loss = (q - target).pow(2).mean(-1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        a, logp = self.actor(b["obs"], generator=generator)
+        self.critic.requires_grad_(False)
+        actor_loss = (alpha * logp - self.critic.q_min(b["obs"], a)).mean()
+        self.critic.requires_grad_(True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        soft_update(self.critic_target, self.critic, cfg.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "alpha": alpha}
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True, generator=None) -> np.ndarray:
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.log_alpha.device)
+        a, _ = self.actor(o, deterministic=deterministic, generator=generator)
+        return a.cpu().numpy()
+
+
+def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every: int, seed: int,
+              device="cpu", eval_episodes: int = 1, stop_score: float | None = None,
+              record_episodes: bool = False, log=None):
+    """Train SAC online; stop early once the evaluation score reaches `stop_score`.
+
+    Returns (agent, info, episodes): info has env_steps, the last evaluation score and whether
+    the stop score was reached; episodes are the training episodes (for medium-replay data).
+    """
+    env = make_env(env_name)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = SAC(obs_dim, act_dim, cfg, device)
+    buf = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer_size, steps), device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    episodes, cur = [], {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    info = {"env_steps": 0, "score": None, "target_reached": False, "evaluations": []}
+    for step in range(1, steps + 1):
+        if step <= warmup:
+            action = rng.uniform(-1, 1, act_dim).astype(np.float32)
+        else:
+            action = agent.act(obs[None], deterministic=False, generator=gen)[0]
+        nxt, r, term, trunc, _ = env.step(action)
+        buf.add(obs=obs[None], action=action[None], reward=[r], next_obs=nxt[None], terminal=[float(term)])
+        if record_episodes:
+            for k, v in zip(("observations", "actions", "rewards", "terminations", "truncations"),
+                            (nxt, action, r, term, trunc)):
+                cur[k].append(v)
+        obs = nxt
+        if term or trunc:
+            obs, _ = env.reset()
+            if record_episodes:
+                episodes.append({k: np.asarray(v) for k, v in cur.items()})
+                cur = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+        if step > warmup and buf.size >= cfg.batch_size:
+            metrics = agent.update(buf.sample(cfg.batch_size, generator=None), generator=gen)
+            if log is not None:
+                log.log(step, metrics)
+        elif log is not None:
+            log.bar.update(1)
+        info["env_steps"] = step
+        if step % eval_every == 0 or step == steps:
+            ret = float(evaluate(agent.act, env_name, eval_episodes, seed=10_000 + step).mean())
+            info["score"] = float(normalized_score(env_name, ret))
+            info["evaluations"].append({"env_steps": step, "return": ret, "score": info["score"]})
+            if log is not None:
+                log.log_eval(step, info["score"], ret)
+            if stop_score is not None and info["score"] >= stop_score:
+                info["target_reached"] = True
+                break
+    env.close()
+    return agent, info, episodes

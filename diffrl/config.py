@@ -1,0 +1,279 @@
+"""params.yaml: load, override, validate, and hand each stage only the keys it declared.
+
+Every section of params.yaml is a dataclass whose fields carry a one-line doc and their valid
+range. Validation runs before any work starts (in the Snakefile at parse time and in every
+stage entry point), so a typo or an out-of-range value costs one line of error, not a run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffrl.algos import ALGORITHM_CONFIGS
+from diffrl.fields import ConfigError, param
+
+
+ENV_NAMES = ("halfcheetah", "hopper", "walker2d")
+BUDGET_NAMES = ("smoke", "quick", "paper")
+
+
+@dataclass
+class Budget:
+    """How much compute a run gets. Algorithm hyperparameters never change with the budget."""
+    sac_steps: int = param(3000, "env steps of the SAC agent that collects the generated dataset", low=1)
+    sac_warmup: int = param(1000, "uniform-random env steps before SAC starts learning", low=0)
+    sac_eval_every: int = param(1000, "SAC env steps between checks of the dataset quality target", low=1)
+    dataset_episodes: int = param(10, "episodes rolled out into a generated dataset", low=1)
+    critic_steps: int = param(300, "gradient steps of critic pretraining (IQL)", low=1)
+    behavior_steps: int = param(300, "gradient steps of behaviour pretraining (diffusion BC)", low=1)
+    eval_every: int = param(150, "gradient steps between evaluations during training", low=1)
+    curve_episodes: int = param(1, "episodes per evaluation during training (learning curve)", low=1)
+    eval_episodes: int = param(2, "episodes of the final evaluation (fresh seeds, separate from training)", low=1)
+    toy_samples: int = param(2000, "samples in each 2-D toy bandit dataset", low=16)
+
+
+@dataclass
+class DatasetConfig:
+    """Where the offline data comes from."""
+    source: str = param("generate", "generate: build a Minari dataset locally with a SAC agent; "
+                        "minari: load (and download when online) a Minari dataset id",
+                        choices=("generate", "minari"))
+    quality: str = param("medium", "behaviour quality of a generated dataset",
+                         choices=("random", "medium", "expert", "medium-replay"))
+    medium_target_score: float = param(33.0, "normalised score at which the SAC agent is frozen for "
+                                       "'medium' (about a third of expert, as D4RL did)", low=0, high=100)
+    minari_ids: dict = param({"halfcheetah": "mujoco/halfcheetah/medium-v0",
+                              "hopper": "mujoco/hopper/medium-v0",
+                              "walker2d": "mujoco/walker2d/medium-v0"},
+                             "Minari dataset id per environment, used when source is minari")
+    seed: int = param(0, "seed of the data-collection agent and its rollouts", low=0)
+
+
+@dataclass
+class StatsConfig:
+    """Multi-seed statistics of the summary stage."""
+    baseline: str = param("bc", "row that probability of improvement is measured against")
+    bootstrap_reps: int = param(2000, "stratified-bootstrap resamples for the IQM confidence interval", low=100)
+    confidence: float = param(0.95, "confidence level of the IQM interval", low=0, high=1,
+                              low_open=True, high_open=True)
+
+
+@dataclass
+class Params:
+    """The whole of params.yaml."""
+    budget: str = param("quick", "compute preset: smoke (minutes), quick (real learning, ~30 min), "
+                        "paper (published step counts)", choices=BUDGET_NAMES)
+    device: str = param("auto", "auto picks CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
+    deterministic: bool = param(True, "request deterministic kernels (bit-identical CPU reruns)")
+    seeds: list = param([0, 1, 2], "training seeds; every algorithm runs each one")
+    envs: list = param(["halfcheetah"], "environments that `snakemake` (target all) and `dvc repro` build")
+    algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms)")
+    toy_sets: list = param(["8gaussians", "rings"], "2-D toy bandit datasets the toy stage builds")
+    dataset: DatasetConfig = param(DatasetConfig(), "offline data")
+    budgets: dict = param({}, "the smoke, quick and paper presets")
+    stats: StatsConfig = param(StatsConfig(), "multi-seed statistics")
+
+
+# Algorithm sections (iql, bc, ...) are owned by their modules and registered in diffrl.algos.
+SECTION_TYPES: dict[str, type] = {"dataset": DatasetConfig, "stats": StatsConfig,
+                                  **ALGORITHM_CONFIGS}
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _suggest(key: str, valid, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(valid))})"
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
+    kind = type(_default(f))
+    meta = f.metadata
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r} is not a boolean: set true or false")
+    elif kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    value = float(value)  # yaml leaves '1e-4' and 'inf' as strings
+                except ValueError:
+                    raise ConfigError(f"{where}={value!r} is not a number: set a {kind.__name__}, "
+                                      f"e.g. {_default(f)!r}") from None
+            else:
+                raise ConfigError(f"{where}={value!r} is not a number: set a {kind.__name__}, e.g. {_default(f)!r}")
+        if kind is int:
+            if not float(value).is_integer():
+                raise ConfigError(f"{where}={value!r} must be a whole number, e.g. {_default(f)!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if math.isnan(value):
+                raise ConfigError(f"{where} is NaN: set a number, e.g. {_default(f)!r}")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (value < low or (meta["low_open"] and value == low)):
+            rel = ">" if meta["low_open"] else ">="
+            raise ConfigError(f"{where}={value!r} is out of range: it must be {rel} {low}")
+        if high is not None and (value > high or (meta["high_open"] and value == high)):
+            rel = "<" if meta["high_open"] else "<="
+            raise ConfigError(f"{where}={value!r} is out of range: it must be {rel} {high}")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r} must be a string")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}={value!r} is not one of {', '.join(choices)}{hint}")
+    elif kind is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}={value!r} must be a list, e.g. {_default(f)!r}")
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}={value!r} must be a mapping")
+    return value
+
+
+def build_section(prefix: str, cls, raw: Any):
+    """Validate one mapping against a config dataclass; unknown keys get the closest valid key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix} must be a mapping of keys to values, got {raw!r}")
+    fields = _fields(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key '{prefix}.{key}' in params.yaml{_suggest(key, fields, prefix + '.')}")
+        f = fields[key]
+        sub = _default(f)
+        if dataclasses.is_dataclass(sub):
+            kwargs[key] = build_section(f"{prefix}.{key}", type(sub), value)
+        else:
+            kwargs[key] = _coerce(f"{prefix}.{key}", value, f)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(prefix)
+    return obj
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """Apply `key.sub=value` overrides (the syntax of `dvc exp run -S`); values parse as YAML."""
+    raw = copy.deepcopy(raw)
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. iql.expectile=0.8")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text != "" else ""
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def read_params(path: str | Path = "params.yaml", overrides=()) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the repository root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix the syntax") from None
+    return apply_overrides(raw, overrides)
+
+
+def validate(raw: dict) -> dict:
+    """Validate the whole params mapping; return a dict of top-level key -> validated value.
+
+    Sections become dataclass instances; `budgets` becomes {name: Budget}; plain keys are coerced.
+    """
+    top = _fields(Params)
+    known = set(top) | set(SECTION_TYPES)
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown key '{key}' in params.yaml{_suggest(key, known)}")
+    for key in known:
+        value = raw.get(key)
+        if key in SECTION_TYPES:
+            out[key] = build_section(key, SECTION_TYPES[key], value)
+        elif key == "budgets":
+            value = value or {}
+            for name in value:
+                if name not in BUDGET_NAMES:
+                    raise ConfigError(f"unknown budget 'budgets.{name}'{_suggest(name, BUDGET_NAMES)}")
+            out[key] = {name: build_section(f"budgets.{name}", Budget, value.get(name)) for name in BUDGET_NAMES}
+        else:
+            out[key] = _coerce(key, value, top[key]) if key in raw else getattr(Params(), key)
+    for env in out["envs"]:
+        if env not in ENV_NAMES:
+            raise ConfigError(f"envs: unknown environment '{env}'{_suggest(env, ENV_NAMES)}")
+    from diffrl.data import TOY_SETS
+    for name in out["toy_sets"]:
+        if name not in TOY_SETS:
+            raise ConfigError(f"toy_sets: unknown toy dataset '{name}'{_suggest(name, TOY_SETS)}")
+    for seed in out["seeds"]:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seeds: {seed!r} is not a non-negative integer")
+    if len(set(out["seeds"])) != len(out["seeds"]) or not out["seeds"]:
+        raise ConfigError("seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]")
+    from diffrl.algos import ROWS
+    for algo in out["algorithms"]:
+        if algo not in ROWS:
+            raise ConfigError(f"algorithms: unknown algorithm '{algo}'{_suggest(algo, ROWS)}")
+    if out["stats"].baseline not in out["algorithms"]:
+        raise ConfigError(f"stats.baseline='{out['stats'].baseline}' is not in algorithms "
+                          f"{out['algorithms']}: pick one of them")
+    return out
+
+
+def load(path: str | Path = "params.yaml", overrides=()) -> dict:
+    return validate(read_params(path, overrides))
+
+
+class StageParams:
+    """The validated params of one stage, restricted to the keys it declared.
+
+    Reading an undeclared key raises, so a stage cannot silently depend on a value that
+    Snakemake's params: and dvc.yaml's params: do not track.
+    """
+
+    def __init__(self, stage: str, validated: dict, declared):
+        self._stage = stage
+        self._values = {}
+        for key in declared:
+            top, _, sub = key.partition(".")
+            self._values[key] = validated[top] if not sub else getattr(validated[top], sub)
+        self.budget_preset = None
+        if "budget" in self._values and "budgets" in self._values:
+            self.budget_preset = self._values["budgets"][self._values["budget"]]
+
+    def __getitem__(self, key):
+        if key not in self._values:
+            raise KeyError(f"stage '{self._stage}' reads '{key}' but does not declare it "
+                           f"in diffrl.pipeline.STAGES")
+        return self._values[key]
+
+    @property
+    def budget(self) -> Budget:
+        if self.budget_preset is None:
+            raise KeyError(f"stage '{self._stage}' does not declare budget and budgets")
+        return self.budget_preset

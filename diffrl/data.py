@@ -1,0 +1,245 @@
+"""Offline data: Minari datasets (generated locally or downloaded), 2-D toy bandits, and the
+one replay buffer that every algorithm samples from (offline data is loaded into it too)."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffrl.envs import env_spec, make_env
+
+
+# --------------------------------------------------------------------------- replay buffer
+class ReplayBuffer:
+    """Fixed-capacity ring buffer of transitions held as tensors on the training device."""
+
+    KEYS = ("obs", "action", "reward", "next_obs", "terminal")
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device="cpu"):
+        self.capacity, self.device = int(capacity), torch.device(device)
+        shapes = {"obs": (obs_dim,), "action": (act_dim,), "reward": (), "next_obs": (obs_dim,), "terminal": ()}
+        self.data = {k: torch.zeros((self.capacity, *s), dtype=torch.float32, device=self.device)
+                     for k, s in shapes.items()}
+        self.size, self.ptr = 0, 0
+
+    def add(self, **batch) -> None:
+        """Add a batch of transitions (numpy or tensors, leading batch dim)."""
+        n = len(batch["obs"])
+        idx = (self.ptr + torch.arange(n)) % self.capacity
+        for k in self.KEYS:
+            self.data[k][idx.to(self.device)] = torch.as_tensor(np.asarray(batch[k]), dtype=torch.float32,
+                                                                device=self.device).reshape(n, *self.data[k].shape[1:])
+        self.ptr = int((self.ptr + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
+        idx = torch.randint(0, self.size, (batch_size,), generator=generator).to(self.device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, device="cpu") -> "ReplayBuffer":
+        n = len(arrays["obs"])
+        buf = cls(arrays["obs"].shape[1], arrays["action"].shape[1], n, device)
+        buf.add(**{k: arrays[k] for k in cls.KEYS})
+        return buf
+
+    def state_dict(self) -> dict:
+        return {"data": {k: v[: self.size].cpu() for k, v in self.data.items()}, "size": self.size, "ptr": self.ptr}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["data"].items():
+            self.data[k][: len(v)] = v.to(self.device)
+        self.size, self.ptr = state["size"], state["ptr"]
+
+
+# --------------------------------------------------------------------------- offline datasets
+@dataclass
+class OfflineData:
+    """Flat transitions of an offline dataset plus what the algorithms need to know about it."""
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminal: np.ndarray
+    episode_returns: np.ndarray
+    metadata: dict
+
+    def arrays(self) -> dict:
+        return {k: getattr(self, k) for k in ReplayBuffer.KEYS}
+
+    def locomotion_reward_scale(self) -> float:
+        """IQL's locomotion scaling: r * 1000 / (max episode return - min episode return)."""
+        spread = float(self.episode_returns.max() - self.episode_returns.min())
+        return 1000.0 / spread if spread > 1e-6 else 1.0
+
+
+class DatasetError(RuntimeError):
+    """A missing, corrupted or mismatched dataset; the message names the file and the fix."""
+
+
+def dataset_file(path: str | Path) -> Path:
+    return Path(path) / "data" / "main_data.hdf5"
+
+
+def load_offline(path: str | Path, env_name: str) -> OfflineData:
+    """Load a Minari dataset directory and check it against the environment."""
+    import h5py  # noqa: F401  (minari reads through h5py)
+    import minari
+
+    path = Path(path)
+    fix = f"delete {path} and rerun `snakemake {path}`"
+    if not dataset_file(path).exists():
+        raise DatasetError(f"dataset {path} is missing (no {dataset_file(path)}): run `snakemake {path}`")
+    try:
+        ds = minari.MinariDataset(str(path / "data"))
+        episodes = list(ds.iterate_episodes())
+    except Exception as e:
+        raise DatasetError(f"dataset file {dataset_file(path)} is corrupted or truncated "
+                           f"({type(e).__name__}): {fix}") from None
+    if not episodes:
+        raise DatasetError(f"dataset {path} holds no episodes: {fix}")
+    env = make_env(env_name)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    o, a = episodes[0].observations, episodes[0].actions
+    if o.shape[-1] != obs_dim or a.shape[-1] != act_dim:
+        raise DatasetError(f"dataset {path} has observation/action dims {o.shape[-1]}/{a.shape[-1]} but "
+                           f"{env_spec(env_name).gym_id} has {obs_dim}/{act_dim}: the dataset belongs to "
+                           f"another environment; {fix}")
+    cat = lambda xs: np.concatenate(xs).astype(np.float32)  # noqa: E731
+    data = OfflineData(
+        obs=cat([e.observations[:-1] for e in episodes]),
+        action=np.clip(cat([e.actions for e in episodes]), -1, 1),
+        reward=cat([e.rewards for e in episodes]),
+        next_obs=cat([e.observations[1:] for e in episodes]),
+        terminal=cat([e.terminations for e in episodes]),
+        episode_returns=np.array([float(e.rewards.sum()) for e in episodes]),
+        metadata=dict(ds.storage.metadata),
+    )
+    if not np.isfinite(data.obs).all() or not np.isfinite(data.reward).all():
+        raise DatasetError(f"dataset {path} contains NaN or Inf values: {fix}")
+    return data
+
+
+def write_minari(out_dir: Path, dataset_id: str, episodes: list[dict], env_name: str, algorithm: str,
+                 description: str) -> None:
+    """Write episodes (dicts of observations[T+1], actions, rewards, terminations, truncations)
+    as a real Minari dataset at out_dir, with D4RL reference scores in its metadata."""
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    spec = env_spec(env_name)
+    root = (out_dir.parent / f".{out_dir.name}.minari-root").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        buffers = [EpisodeBuffer(id=i, seed=ep.get("seed"), observations=ep["observations"],
+                                 actions=ep["actions"].astype(np.float32), rewards=ep["rewards"],
+                                 terminations=ep["terminations"], truncations=ep["truncations"])
+                   for i, ep in enumerate(episodes)]
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=spec.gym_id, algorithm_name=algorithm, author="diffrl pipeline",
+                author_email="n/a", code_permalink="n/a", ref_min_score=spec.ref_min,
+                ref_max_score=spec.ref_max, description=description)
+        shutil.copytree(root / dataset_id, out_dir)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def fetch_minari(dataset_id: str, out_dir: Path, timeout_s: float = 10.0) -> None:
+    """Load a Minari dataset id (downloading it when online) and copy it to out_dir.
+
+    Offline machines get one clear line naming the local alternative, after at most one
+    short network attempt (no retry loops)."""
+    import minari
+    from minari.storage.datasets_root_path import get_dataset_path
+
+    try:
+        local = Path(get_dataset_path(dataset_id))
+        if not (local / "data").exists():
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(timeout_s)
+            os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s)))
+            os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout_s)))
+            try:
+                minari.load_dataset(dataset_id, download=True)
+            finally:
+                socket.setdefaulttimeout(old)
+            local = Path(get_dataset_path(dataset_id))
+    except Exception as e:
+        raise DatasetError(
+            f"Minari dataset '{dataset_id}' is not available locally and could not be downloaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'}); offline? "
+            f"set dataset.source: generate to build the dataset locally, or check dataset.minari_ids") from None
+    shutil.copytree(local, out_dir)
+
+
+# --------------------------------------------------------------------------- 2-D toy bandits
+TOY_SETS = ("8gaussians", "rings", "swissroll", "moons", "checkerboard", "2spirals")
+
+
+def toy_actions(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Samples of a 2-D toy distribution scaled into [-1, 1]^2 (the sets of the reference toys)."""
+    if name == "8gaussians":
+        k = rng.integers(0, 8, n)
+        centers = np.stack([np.cos(k * np.pi / 4), np.sin(k * np.pi / 4)], 1) * 0.7
+        x = centers + 0.06 * rng.standard_normal((n, 2))
+    elif name == "rings":
+        r = rng.choice([0.25, 0.5, 0.75], n)
+        th = rng.uniform(0, 2 * np.pi, n)
+        x = np.stack([r * np.cos(th), r * np.sin(th)], 1) + 0.02 * rng.standard_normal((n, 2))
+    elif name == "swissroll":
+        th = 1.5 * np.pi * (1 + 2 * rng.uniform(0, 1, n))
+        x = np.stack([th * np.cos(th), th * np.sin(th)], 1) / (4.5 * np.pi) * 0.9
+        x += 0.02 * rng.standard_normal((n, 2))
+    elif name == "moons":
+        k = rng.integers(0, 2, n)
+        th = rng.uniform(0, np.pi, n)
+        x = np.where(k[:, None] == 0, np.stack([np.cos(th), np.sin(th)], 1),
+                     np.stack([1 - np.cos(th), 0.5 - np.sin(th)], 1))
+        x = (x - np.array([0.5, 0.25])) * 0.6 + 0.03 * rng.standard_normal((n, 2))
+    elif name == "checkerboard":
+        x1 = rng.uniform(-1, 1, n)
+        x2 = rng.uniform(-1, 1, n) * 0.5 + (np.floor((x1 + 1) * 2) % 2) * 0.5
+        x = np.stack([x1, x2 * 2 - 0.5 - (np.floor((x1 + 1) * 2) % 2) * 0.5], 1) * 0.9
+    elif name == "2spirals":
+        t = np.sqrt(rng.uniform(0, 1, n)) * 3 * np.pi
+        sign = rng.choice([-1.0, 1.0], n)
+        x = sign[:, None] * np.stack([-t * np.cos(t), t * np.sin(t)], 1) / (3 * np.pi) * 0.9
+        x += 0.02 * rng.standard_normal((n, 2))
+    else:
+        raise ValueError(f"unknown toy dataset '{name}': choose one of {', '.join(TOY_SETS)}")
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+TOY_TARGET = np.array([0.7, 0.0], dtype=np.float32)  # the reward peaks at the 8gaussians mode at angle 0
+
+
+def toy_reward(actions: np.ndarray | torch.Tensor):
+    """Bandit reward: 1 - ||a - target|| / 2 (in [0, 1] on [-1,1]^2); one mode of each set is best."""
+    if isinstance(actions, torch.Tensor):
+        return 1 - (actions - torch.as_tensor(TOY_TARGET, device=actions.device)).norm(dim=-1) / 2
+    return 1 - np.linalg.norm(actions - TOY_TARGET, axis=-1) / 2
+
+
+def toy_dataset(name: str, n: int, seed: int) -> dict:
+    """A one-step bandit dataset: constant state, 2-D action, reward, terminal after one step."""
+    rng = np.random.default_rng(seed)
+    a = toy_actions(name, n, rng)
+    obs = np.zeros((n, 1), dtype=np.float32)
+    return {"obs": obs, "action": a, "reward": toy_reward(a).astype(np.float32), "next_obs": obs,
+            "terminal": np.ones(n, dtype=np.float32)}

@@ -1,0 +1,69 @@
+"""Environments, D4RL-normalised scores and the one evaluator every algorithm uses."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+warnings.filterwarnings("ignore", message=".*settotalmass.*")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    gym_id: str
+    ref_min: float  # D4RL random-policy return
+    ref_max: float  # D4RL expert return
+
+
+ENVS = {
+    "halfcheetah": EnvSpec("HalfCheetah-v5", -280.178953, 12135.0),
+    "hopper": EnvSpec("Hopper-v5", -20.272305, 3234.3),
+    "walker2d": EnvSpec("Walker2d-v5", 1.629008, 4592.3),
+}
+
+
+def env_spec(name: str) -> EnvSpec:
+    if name not in ENVS:
+        import difflib
+        close = difflib.get_close_matches(name, ENVS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        from diffrl.fields import ConfigError
+        raise ConfigError(f"unknown environment '{name}'{hint}: supported are {', '.join(ENVS)}")
+    return ENVS[name]
+
+
+def make_env(name: str) -> gym.Env:
+    return gym.make(env_spec(name).gym_id)
+
+
+def normalized_score(name: str, returns):
+    """D4RL normalised score 100 (R - R_min) / (R_max - R_min)."""
+    s = env_spec(name)
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - s.ref_min) / (s.ref_max - s.ref_min)
+
+
+def evaluate(act, name: str, episodes: int, seed: int) -> np.ndarray:
+    """Return the undiscounted return of `episodes` full episodes, run side by side.
+
+    `act(obs[B, obs_dim]) -> actions[B, act_dim]` is called once per time step for all live
+    episodes, so diffusion policies denoise the whole batch at once. Episode i is reset with
+    seed `seed + i`, so an evaluation is reproducible and separate from training episodes.
+    """
+    envs = [make_env(name) for _ in range(episodes)]
+    obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)])
+    returns = np.zeros(episodes)
+    alive = np.ones(episodes, dtype=bool)
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        actions = np.asarray(act(obs[idx].astype(np.float32)))
+        for j, i in enumerate(idx):
+            o, r, term, trunc, _ = envs[i].step(actions[j])
+            returns[i] += r
+            obs[i] = o
+            if term or trunc:
+                alive[i] = False
+    for e in envs:
+        e.close()
+    return returns

@@ -1,0 +1,155 @@
+"""Networks shared by every algorithm: MLPs, fused critic ensembles, diffusion noise nets, policies."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 3, act: str = "mish",
+        layer_norm: bool = False) -> nn.Sequential:
+    mods, d = [], in_dim
+    for _ in range(layers):
+        mods.append(nn.Linear(d, hidden))
+        if layer_norm:
+            mods.append(nn.LayerNorm(hidden))
+        mods.append(ACTIVATIONS[act]())
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers evaluated as one batched matmul (twin critics in one call)."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        bound = 1 / math.sqrt(in_dim)  # same init as nn.Linear
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (n, B, in) or (B, in)
+        if x.dim() == 2:
+            return torch.baddbmm(self.bias, x.unsqueeze(0).expand(self.weight.shape[0], -1, -1), self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """n MLPs with identical shapes, fused: input (B, in) -> output (n, B, out)."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int, hidden: int = 256, layers: int = 3,
+                 act: str = "mish", layer_norm: bool = False):
+        super().__init__()
+        dims = [in_dim] + [hidden] * layers
+        self.layers = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers)) if layer_norm else None
+        self.act = ACTIVATIONS[act]()
+        self.out = EnsembleLinear(n, dims[-1], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = self.act(x)
+        return self.out(x)
+
+
+class Critic(nn.Module):
+    """n Q heads Q_i(s, a) fused in one ensemble; returns (n, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, act: str = "mish",
+                 layer_norm: bool = False, n: int = 2):
+        super().__init__()
+        self.net = EnsembleMLP(n, obs_dim + act_dim, 1, hidden, layers, act, layer_norm)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
+
+    def q_min(self, obs, action):
+        return self(obs, action).min(0).values
+
+
+class ValueNet(nn.Module):
+    def __init__(self, obs_dim: int, hidden: int = 256, layers: int = 3, act: str = "mish", layer_norm=False):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden, layers, act, layer_norm)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class SinusoidalEmbedding(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000) * torch.arange(half) / (half - 1)))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = t.float().unsqueeze(-1) * self.freqs
+        return torch.cat([x.sin(), x.cos()], -1)
+
+
+class NoiseNet(nn.Module):
+    """eps_theta(a_t, t, s): time embedding 16 -> Linear 32 -> Mish -> Linear 16, then
+    concat(a_t, t_emb, s) -> layers x hidden Mish -> action dim (the Diffusion-QL policy net)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, t_dim: int = 16):
+        super().__init__()
+        self.time = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
+                                  nn.Linear(2 * t_dim, t_dim))
+        self.net = mlp(act_dim + t_dim + obs_dim, act_dim, hidden, layers, "mish")
+
+    def forward(self, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([a_t, self.time(t), obs], -1))
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class TanhGaussianActor(nn.Module):
+    """a = tanh(mu + sigma z); log-prob with the tanh correction (SAC, DTQL one-step policy)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, act: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim, hidden, layers, act)
+
+    def forward(self, obs, deterministic: bool = False, generator=None):
+        mu, log_std = self.net(obs).chunk(2, -1)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        if deterministic:
+            return torch.tanh(mu), None
+        std = log_std.exp()
+        z = mu + std * torch.randn(mu.shape, generator=generator, device=mu.device)
+        a = torch.tanh(z)
+        logp = (-0.5 * ((z - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        logp = logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
+        return a, logp
+
+
+class GaussianActor(nn.Module):
+    """tanh-mean Gaussian with state-independent log std (the IQL AWR policy)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, act: str = "relu"):
+        super().__init__()
+        self.mean = mlp(obs_dim, act_dim, hidden, layers, act)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def log_prob(self, obs, action):
+        mu = torch.tanh(self.mean(obs))
+        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return (-0.5 * ((action - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def forward(self, obs):
+        return torch.tanh(self.mean(obs))
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

@@ -1,0 +1,71 @@
+"""Per-run logging: a progress bar, a plain log line every interval, dvclive metrics, steps/s."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+
+class NumericalError(RuntimeError):
+    """A NaN or Inf in a loss, gradient or value; the message names the step and the quantity."""
+
+
+class RunLog:
+    """Logs scalar metrics of one training run.
+
+    Metrics arrive as tensors and are only moved to the host every `every` steps, so logging
+    costs no host sync per step. Non-finite values stop the run with a message naming the
+    quantity and the step.
+    """
+
+    def __init__(self, run_dir: Path | None, total: int, desc: str, every: int = 100):
+        self.every, self.total, self.t0 = max(1, every), total, time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, mininterval=5.0, file=sys.stderr, dynamic_ncols=True,
+                        disable=None)
+        self.live = None
+        self._acc: dict[str, list] = {}
+        if run_dir is not None:
+            from dvclive import Live
+            self.live = Live(dir=str(Path(run_dir) / "dvclive"), save_dvc_exp=False, dvcyaml=None,
+                             report=None, monitor_system=False)
+
+    def log(self, step: int, metrics: dict) -> None:
+        for k, v in metrics.items():
+            self._acc.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else torch.tensor(v))
+        self.bar.update(1)
+        if step % self.every == 0 or step == self.total:
+            self.flush(step)
+
+    def flush(self, step: int) -> dict:
+        out = {}
+        for k, vs in self._acc.items():
+            v = float(torch.stack([x.float() for x in vs]).mean())
+            if not math.isfinite(v):
+                raise NumericalError(f"non-finite {k} ({v}) around step {step}: lower the learning rate or "
+                                     f"check the data; the last good checkpoint is kept")
+            out[k] = v
+        self._acc.clear()
+        out["steps_per_s"] = step / max(time.perf_counter() - self.t0, 1e-9)
+        if self.live is not None:
+            self.live.step = step
+            for k, v in out.items():
+                self.live.log_metric(f"train/{k}", v)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in list(out.items())[:4]})
+        return out
+
+    def log_eval(self, step: int, score: float, ret: float) -> None:
+        print(f"[eval] step {step}: return {ret:.1f}, normalised score {score:.2f}", file=sys.stderr, flush=True)
+        if self.live is not None:
+            self.live.step = step
+            self.live.log_metric("eval/score", score)
+            self.live.log_metric("eval/return", ret)
+
+    def close(self) -> float:
+        self.bar.close()
+        if self.live is not None:
+            self.live.end()
+        return time.perf_counter() - self.t0

@@ -1,0 +1,68 @@
+"""What every stage entry point shares: arguments, validated params, logging, errors.
+
+A stage is `python stages/NAME.py --env E [--seed S] [--set key=value ...]`. It validates
+params.yaml (plus overrides) before doing any work, sees only the keys it declared in
+diffrl.pipeline.STAGES, tees its output to its log file, and turns known failures into one
+line naming the key or file and the fix (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from diffrl import config
+from diffrl.config import ConfigError, StageParams  # noqa: F401 (re-exported for stages)
+from diffrl.data import DatasetError
+from diffrl.pipeline import STAGES
+from diffrl.runlog import NumericalError
+
+
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+            st.flush()
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+    def isatty(self):
+        return False
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params.yaml value, as `dvc exp run -S` does (repeatable)")
+    return p
+
+
+def run(stage: str, args: argparse.Namespace, log_path: str, main) -> None:
+    """Validate params, open the log, run `main(params, args)`; map known failures to one line."""
+    try:
+        validated = config.load(args.params, args.set)
+        params = StageParams(stage, validated, STAGES[stage])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        sys.stdout = _Tee(sys.__stdout__, log)
+        sys.stderr = _Tee(sys.__stderr__, log)
+        try:
+            from diffrl.utils import set_threads
+            set_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
+            main(params, args)
+        except (ConfigError, DatasetError, NumericalError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
