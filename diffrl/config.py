@@ -277,3 +277,38 @@ class StageParams:
         if self.budget_preset is None:
             raise KeyError(f"stage '{self._stage}' does not declare budget and budgets")
         return self.budget_preset
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def snakemake_config(config: dict, params_file: str | Path = "params.yaml") -> tuple[dict, list[str]]:
+    """Merge Snakemake's `--config` into params.yaml and return (merged, overrides).
+
+    Dotted keys (`--config iql.expectile=0.8`) work as in `dvc exp run -S`. The overrides are
+    returned as `key=value` strings, which the rules pass on to their stage as `--set`, so a
+    stage sees exactly the values Snakemake used.
+    """
+    dotted = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix(chr(10) + '...')}"
+              for k, v in config.items() if "." in k]
+    plain = {k: v for k, v in config.items() if "." not in k}
+    merged = apply_overrides(plain, dotted)
+    base = _flatten(read_params(params_file))
+    flat = _flatten(merged)
+    for key in base:
+        if key not in flat and not any(k.startswith(key + ".") for k in flat):
+            raise ConfigError(f"--config removed '{key}': set a value instead")
+    overrides = []
+    for key, value in flat.items():
+        if key not in base or base[key] != value:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            overrides.append(f"{key}={text.removesuffix(chr(10) + '...').strip()}")
+    return merged, overrides

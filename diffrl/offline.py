@@ -3,6 +3,7 @@ save the checkpoint the next stage loads, and load any row's policy back for eva
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -33,8 +34,21 @@ def load_agent(run_dir: str | Path, device="cpu"):
     return agent
 
 
+def describe_dataset(dataset_dir: str) -> str:
+    """One line saying what the data is (locally generated data is not D4RL, and says so)."""
+    info_path = Path(dataset_dir) / "info.json"
+    if not info_path.exists():
+        return str(dataset_dir)
+    info = json.loads(info_path.read_text())
+    if info.get("source") == "minari":
+        return f"Minari {info.get('minari_id')}"
+    return (f"locally generated {info['quality']} (SAC behaviour agent, {info['episodes']} episodes, mean score "
+            f"{info['score_mean']:.1f}; not D4RL)")
+
+
 def train_run(agent_cls, cfg, *, env_name: str, dataset_dir: str, out_dir: Path, seed: int, steps: int,
-              eval_every: int, curve_episodes: int, device, resume_path: Path | None, extra_fn=None) -> dict:
+              eval_every: int, curve_episodes: int, device, resume_path: Path | None, budget: str,
+              extra_fn=None) -> dict:
     """Load the dataset, build the agent, train it with the shared loop and save the run."""
     data = load_offline(dataset_dir, env_name)
     obs_dim, act_dim = data.obs.shape[1], data.action.shape[1]
@@ -45,7 +59,7 @@ def train_run(agent_cls, cfg, *, env_name: str, dataset_dir: str, out_dir: Path,
     info = train_offline(agent, buf, steps=steps, batch_size=cfg.batch_size, seed=seed, run_dir=out_dir,
                          env_name=env_name, eval_every=eval_every, curve_episodes=curve_episodes,
                          resume_path=resume_path, checkpoint_every=max(1, eval_every), desc=f"{agent.name} seed {seed}")
-    info.update(algo=agent.name, env=env_name, seed=seed, env_steps=0, dataset_transitions=len(data.obs),
-                started=t0)
+    info.update(algo=agent.name, env=env_name, seed=seed, env_steps=0, started=t0,
+                run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)})
     save_run(out_dir, agent, cfg, obs_dim, act_dim, extra, info)
     return info

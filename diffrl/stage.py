@@ -36,6 +36,9 @@ class _Tee:
     def isatty(self):
         return False
 
+    def close(self):  # atexit handlers of other libraries may close their stream
+        pass
+
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)

@@ -19,7 +19,7 @@ def main(p, args):
     with atomic_path(run_dir(args.env, "bc", args.seed)) as tmp:
         info = train_run(DiffusionBC, cfg, env_name=args.env, dataset_dir=dataset_dir(args.env), out_dir=tmp, seed=args.seed,
                          steps=b.behavior_steps, eval_every=b.eval_every, curve_episodes=b.curve_episodes,
-                         device=pick_device(p["device"]), resume_path=Path(resume_file("behavior_pretrain", args.env, args.seed)))
+                         device=pick_device(p["device"]), budget=p["budget"], resume_path=Path(resume_file("behavior_pretrain", args.env, args.seed)))
     Path(resume_file("behavior_pretrain", args.env, args.seed)).unlink(missing_ok=True)
     print(f"behavior_pretrain {args.env} seed {args.seed}: {info['grad_steps']} steps in {info['wall_s']:.0f}s")
 

@@ -1,0 +1,58 @@
+# The pipeline graph for Snakemake. params.yaml is the single source of truth: every value a
+# stage reads reaches it through `params:` (so changing it reruns exactly that stage and what
+# depends on it), and the same stages, commands, inputs and outputs are declared in dvc.yaml.
+#   snakemake --cores 2 results/halfcheetah_summary.csv --config budget=smoke
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from diffrl import config as params_lib
+from diffrl.pipeline import (dataset_dir, declared_values, eval_file, log_file, run_dir, summary_files,
+                             toy_file, ROW_STAGE)
+
+configfile: "params.yaml"
+
+try:
+    MERGED, OVERRIDES = params_lib.snakemake_config(config)
+    P = params_lib.validate(MERGED)
+except params_lib.ConfigError as e:
+    # one line, before any job is scheduled or any output touched
+    raise SystemExit(f"error: {e}")
+
+# Passed to every stage so it uses exactly the values Snakemake used (`--config` overrides).
+SET = "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES)
+# Library code is an input of every stage that runs it: a code change reruns those stages.
+LIB = sorted(str(p) for p in Path(workflow.basedir, "diffrl").rglob("*.py"))
+LIB = [str(Path(p).relative_to(workflow.basedir)) for p in LIB]
+
+
+def declared(stage):
+    return declared_values(stage, P, MERGED)
+
+
+def uses_gpu():
+    import torch
+    return int(P["device"] == "cuda" or (P["device"] == "auto" and torch.cuda.is_available()))
+
+
+GPU = uses_gpu()
+
+wildcard_constraints:
+    env="|".join(params_lib.ENV_NAMES),
+    seed=r"\d+",
+    algo="|".join(ROW_STAGE),
+    name=r"[A-Za-z0-9]+",
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    input:
+        [f for env in P["envs"] for f in summary_files(env)],
+        [toy_file(n) for n in P["toy_sets"]],
+    default_target: True

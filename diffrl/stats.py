@@ -1,0 +1,138 @@
+"""Multi-seed statistics: the summary table (mean, SE, std, IQM with a stratified-bootstrap CI),
+probability of improvement against a baseline, learning curves and interval plots."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+# rliable hands arch a RandomState, which arch now warns about; the seeding is still exact.
+warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+
+COLUMNS = ["algorithm", "n_seeds", "score_mean", "score_se", "score_std", "score_iqm", "iqm_ci_low",
+           "iqm_ci_high", "best_mean", "return_mean", "env_steps", "grad_steps", "wall_s"]
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean (rliable's definition: 25% trimmed mean over all runs)."""
+    from rliable import metrics
+    return float(metrics.aggregate_iqm(np.asarray(x, dtype=np.float64).reshape(-1, 1)))
+
+
+def iqm_interval(scores: dict[str, np.ndarray], reps: int, confidence: float, seed: int = 0) -> dict:
+    """IQM point estimate and stratified-bootstrap CI per algorithm (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+    score_dict = {k: np.asarray(v, dtype=np.float64).reshape(-1, 1) for k, v in scores.items()}
+    out = {}
+    for k, v in score_dict.items():
+        if len(v) < 2:  # a single run has no spread to resample
+            out[k] = (float(v.mean()), float(v.mean()), float(v.mean()))
+            continue
+        point, ci = rly.get_interval_estimates({k: v}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
+                                               confidence_interval_size=confidence,
+                                               random_state=np.random.RandomState(seed))
+        out[k] = (float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0]))
+    return out
+
+
+def probability_of_improvement(scores: dict[str, np.ndarray], baseline: str, reps: int, confidence: float,
+                               seed: int = 0) -> dict:
+    """P(X > Y) of each algorithm X over the baseline Y (Mann-Whitney, ties count half), with CI."""
+    from rliable import library as rly
+    from rliable import metrics
+    out = {}
+    y = np.asarray(scores[baseline], dtype=np.float64).reshape(-1, 1)
+    for k, v in scores.items():
+        if k == baseline:
+            continue
+        x = np.asarray(v, dtype=np.float64).reshape(-1, 1)
+        point = float(metrics.probability_of_improvement(x, y))
+        if len(x) > 1 and len(y) > 1:
+            _, ci = rly.get_interval_estimates({k: (x, y)}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
+                                               reps=reps, confidence_interval_size=confidence,
+                                               random_state=np.random.RandomState(seed))
+            out[k] = (point, float(ci[k][0, 0]), float(ci[k][1, 0]))
+        else:
+            out[k] = (point, point, point)
+    return out
+
+
+def summarize(results: list[dict], algorithms: list[str], reps: int, confidence: float) -> pd.DataFrame:
+    """One row per algorithm from the evaluation records of its seeds."""
+    by = {a: [r for r in results if r["algorithm"] == a] for a in algorithms}
+    scores = {a: np.array([r["final_score"] for r in rs]) for a, rs in by.items()}
+    intervals = iqm_interval(scores, reps, confidence)
+    rows = []
+    for a, rs in by.items():
+        s = scores[a]
+        n = len(s)
+        rows.append({
+            "algorithm": a, "n_seeds": n, "score_mean": s.mean(),
+            "score_se": s.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
+            "score_std": s.std(ddof=1) if n > 1 else float("nan"),
+            "score_iqm": intervals[a][0], "iqm_ci_low": intervals[a][1], "iqm_ci_high": intervals[a][2],
+            "best_mean": float(np.mean([r["best_during_training_score"] for r in rs])),
+            "return_mean": float(np.mean([r["final_return"] for r in rs])),
+            "env_steps": int(np.mean([r["env_steps"] for r in rs])),
+            "grad_steps": int(np.mean([r["grad_steps"] for r in rs])),
+            "wall_s": float(np.mean([r["wall_s"] for r in rs])),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def curves_frame(results: list[dict]) -> pd.DataFrame:
+    rows = [{"algorithm": r["algorithm"], "seed": r["seed"], "step": c["step"], "score": c["score"],
+             "return": c["return"]} for r in results for c in r.get("curve", [])]
+    return pd.DataFrame(rows, columns=["algorithm", "seed", "step", "score", "return"])
+
+
+def plot_curves(curves: pd.DataFrame, path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo, g in curves.groupby("algorithm", sort=False):
+        stats = g.groupby("step")["score"].agg(["mean", "std", "count"]).reset_index()
+        se = (stats["std"] / np.sqrt(stats["count"])).fillna(0)
+        ax.plot(stats["step"], stats["mean"], label=algo)
+        ax.fill_between(stats["step"], stats["mean"] - se, stats["mean"] + se, alpha=0.2)
+    ax.set_xlabel("step (gradient steps offline, env steps online)")
+    ax.set_ylabel("normalised score (mean ± SE over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_intervals(table: pd.DataFrame, path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(table)))
+    y = np.arange(len(table))
+    ax.errorbar(table["score_iqm"], y, xerr=[table["score_iqm"] - table["iqm_ci_low"],
+                                            table["iqm_ci_high"] - table["score_iqm"]], fmt="o", capsize=4)
+    ax.set_yticks(y, table["algorithm"])
+    ax.set_xlabel("IQM normalised score (95% stratified-bootstrap CI)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def markdown(table: pd.DataFrame, poi: dict, baseline: str, header: str) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if np.isnan(v) else f"{v:.2f}"
+        return str(v)
+    lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for _, row in table.iterrows()]
+    lines += ["", "score_* are final scores (D4RL-normalised, fresh evaluation episodes); best_mean is the "
+              "best-during-training score (selected on evaluation episodes, optimistic by construction).", "",
+              f"Probability of improvement over `{baseline}` (95% CI):", "", "| algorithm | P(X > baseline) | CI |",
+              "|---|---|---|"]
+    lines += [f"| {k} | {v[0]:.2f} | [{v[1]:.2f}, {v[2]:.2f}] |" for k, v in poi.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""Stage `evaluate`: final evaluation of one trained row in the real environment.
+
+Writes runs/{env}/eval/{algo}/seed{seed}.json: the final score (fresh evaluation episodes,
+separate seeds from training), raw returns, and the best-during-training score taken from the
+run's learning curve (labelled as such: it is selected on evaluation episodes)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffrl import stage  # noqa: E402
+from diffrl.pipeline import eval_file, log_file, run_dir  # noqa: E402
+
+
+def main(p, args):
+    import numpy as np
+    from diffrl.envs import evaluate, normalized_score
+    from diffrl.offline import load_agent
+    from diffrl.train import FINAL_SEED, policy_fn
+    from diffrl.utils import pick_device, read_json, seed_everything, write_json
+
+    seed_everything(args.seed, p["deterministic"])
+    rdir = run_dir(args.env, args.algo, args.seed)
+    train = read_json(Path(rdir) / "train.json")
+    agent = load_agent(rdir, pick_device(p["device"]))
+    ep_seed = FINAL_SEED + 1000 * args.seed
+    returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed)
+    scores = normalized_score(args.env, returns)
+    curve = train.get("curve", [])
+    result = {
+        "algorithm": args.algo, "env": args.env, "seed": args.seed,
+        "final_score": float(scores.mean()), "final_return": float(returns.mean()),
+        "episode_returns": returns.tolist(), "eval_episodes": int(len(returns)),
+        "best_during_training_score": float(max([c["score"] for c in curve] + [scores.mean()])),
+        "curve": curve, "grad_steps": int(train.get("grad_steps", 0)), "env_steps": int(train.get("env_steps", 0)),
+        "wall_s": float(train.get("wall_s", 0.0)), "run_info": train.get("run_info", {}),
+    }
+    write_json(eval_file(args.env, args.algo, args.seed), result)
+    print(f"{args.algo} {args.env} seed {args.seed}: return {returns.mean():.1f}, score {np.mean(scores):.2f}")
+
+
+if __name__ == "__main__":
+    a = stage.parser(__doc__)
+    a.add_argument("--env", required=True)
+    a.add_argument("--algo", required=True)
+    a.add_argument("--seed", type=int, required=True)
+    args = a.parse_args()
+    stage.run("evaluate", args, log_file("evaluate", args.env, args.algo, f"seed{args.seed}"), main)

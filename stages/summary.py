@@ -1,0 +1,56 @@
+"""Stage `summary`: multi-seed statistics of every row for one environment.
+
+Writes results/{env}_summary.csv and .md, results/{env}_metrics.json (for `dvc exp show`),
+results/{env}_curves.csv (for `dvc plots`) and PNG learning curves and IQM intervals. Every
+declared run must be there: a missing or failed seed stops the stage with its name."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffrl import stage  # noqa: E402
+from diffrl.pipeline import eval_file, log_file, summary_files  # noqa: E402
+
+
+def main(p, args):
+    import json
+
+    from diffrl.stats import curves_frame, markdown, plot_curves, plot_intervals, probability_of_improvement, summarize
+    from diffrl.utils import atomic_path, write_json
+
+    algos, seeds, st = p["algorithms"], p["seeds"], p["stats"]
+    missing = [eval_file(args.env, a, s) for a in algos for s in seeds if not Path(eval_file(args.env, a, s)).exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} declared run(s) have no evaluation, e.g. {missing[0]}: "
+                                f"rerun `snakemake results/{args.env}_summary.csv` (a failed seed is never "
+                                f"summarised as if it had finished)")
+    results = [json.loads(Path(eval_file(args.env, a, s)).read_text()) for a in algos for s in seeds]
+    table = summarize(results, algos, st.bootstrap_reps, st.confidence)
+    scores = {a: [r["final_score"] for r in results if r["algorithm"] == a] for a in algos}
+    poi = probability_of_improvement(scores, st.baseline, st.bootstrap_reps, st.confidence)
+    meta = results[0].get("run_info", {})
+    header = (f"# {args.env}: {len(seeds)} seeds {seeds}, budget `{meta.get('budget', '?')}`, data: "
+              f"{meta.get('dataset', '?')}")
+    curves = curves_frame(results)
+    csv, md, metrics, curves_csv, curves_png, intervals_png = summary_files(args.env)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(md) as tmp:
+        tmp.write_text(markdown(table, poi, st.baseline, header))
+    write_json(metrics, {row["algorithm"]: {k: (None if v != v else v) for k, v in row.items() if k != "algorithm"}
+                         for row in table.to_dict("records")}
+               | {"probability_of_improvement": {k: v[0] for k, v in poi.items()}})
+    with atomic_path(curves_csv) as tmp:
+        curves.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(curves_png) as tmp:
+        plot_curves(curves, tmp, header.lstrip("# "))
+    with atomic_path(intervals_png) as tmp:
+        plot_intervals(table, tmp, header.lstrip("# "))
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    a = stage.parser(__doc__)
+    a.add_argument("--env", required=True)
+    args = a.parse_args()
+    stage.run("summary", args, log_file("summary", args.env), main)

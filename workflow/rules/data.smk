@@ -1,0 +1,19 @@
+# Data: offline datasets (generated locally with SAC, or fetched from Minari) and 2-D toys.
+
+rule dataset:
+    output: directory(dataset_dir("{env}"))
+    input: LIB, "stages/dataset.py"
+    params: declared=declared("dataset")
+    log: log_file("dataset", "{env}")
+    threads: 1
+    resources: gpu=GPU
+    shell: "python stages/dataset.py --env {wildcards.env}" + SET
+
+
+rule toy_dataset:
+    output: toy_file("{name}")
+    input: LIB, "stages/toy_dataset.py"
+    params: declared=declared("toy_dataset")
+    log: log_file("toy_dataset", "{name}")
+    threads: 1
+    shell: "python stages/toy_dataset.py --name {wildcards.name}" + SET

@@ -1,0 +1,11 @@
+# Multi-seed statistics and the result tables users read.
+
+rule summary:
+    output: summary_files("{env}")
+    input:
+        LIB, "stages/summary.py",
+        lambda wc: [eval_file(wc.env, a, s) for a in P["algorithms"] for s in P["seeds"]],
+    params: declared=declared("summary")
+    log: log_file("summary", "{env}")
+    threads: 1
+    shell: "python stages/summary.py --env {wildcards.env}" + SET
