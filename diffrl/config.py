@@ -308,6 +308,8 @@ def snakemake_config(config: dict, params_file: str | Path = "params.yaml") -> t
             raise ConfigError(f"--config removed '{key}': set a value instead")
     overrides = []
     for key, value in flat.items():
+        if isinstance(value, str) and key in base and not isinstance(base[key], str):
+            value = yaml.safe_load(value)  # Snakemake leaves nested --config values as strings
         if key not in base or base[key] != value:
             text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
             overrides.append(f"{key}={text.removesuffix(chr(10) + '...').strip()}")

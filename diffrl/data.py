@@ -160,17 +160,27 @@ def write_minari(out_dir: Path, dataset_id: str, episodes: list[dict], env_name:
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
+def _probe_remote(timeout_s: float) -> None:
+    """Fail at once when the dataset server (Minari's configured hub endpoint) is unreachable."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+
+
 def fetch_minari(dataset_id: str, out_dir: Path, timeout_s: float = 10.0) -> None:
     """Load a Minari dataset id (downloading it when online) and copy it to out_dir.
 
     Offline machines get one clear line naming the local alternative, after at most one
     short network attempt (no retry loops)."""
     import minari
-    from minari.storage.datasets_root_path import get_dataset_path
+    from minari.storage.datasets_root_dir import get_dataset_path
 
     try:
         local = Path(get_dataset_path(dataset_id))
         if not (local / "data").exists():
+            _probe_remote(timeout_s)  # one short attempt: the hub client itself retries for half a minute
             old = socket.getdefaulttimeout()
             socket.setdefaulttimeout(timeout_s)
             os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout_s)))

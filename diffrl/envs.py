@@ -21,6 +21,8 @@ ENVS = {
     "halfcheetah": EnvSpec("HalfCheetah-v5", -280.178953, 12135.0),
     "hopper": EnvSpec("Hopper-v5", -20.272305, 3234.3),
     "walker2d": EnvSpec("Walker2d-v5", 1.629008, 4592.3),
+    # not an offline benchmark: a fast online check for SAC/SDAC/DPMD (random ~ -1200, solved ~ -150)
+    "pendulum": EnvSpec("Pendulum-v1", -1200.0, -150.0),
 }
 
 

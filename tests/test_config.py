@@ -1,0 +1,64 @@
+"""params.yaml validation: bad input gets one line naming the key and the fix."""
+import subprocess
+import sys
+
+import pytest
+
+from diffrl import config
+from diffrl.config import ConfigError
+
+from conftest import ROOT
+
+
+def test_repository_params_are_valid():
+    p = config.load(ROOT / "params.yaml")
+    assert p["budget"] in ("smoke", "quick", "paper") and p["seeds"] == [0, 1, 2]
+    assert set(p["budgets"]) == {"smoke", "quick", "paper"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["iql.expectle=0.8"], "did you mean 'iql.expectile'"),
+    (["budgt=smoke"], "did you mean 'budget'"),
+    (["iql.expectile=1.5"], "iql.expectile=1.5 is out of range"),
+    (["iql.expectile=0"], "out of range"),
+    (["iql.lr=abc"], "is not a number"),
+    (["sac.init_temperature=-1"], "out of range"),
+    (["budget=smok"], "did you mean 'smoke'"),
+    (["envs=[halfcheeta]"], "did you mean 'halfcheetah'"),
+    (["seeds=[0, 0]"], "distinct"),
+    (["budgets.smoke.critic_steps=0"], "out of range"),
+    (["algorithms=[bc, iqll]"], "did you mean 'iql'"),
+    (["stats.baseline=dql"], "not in algorithms"),
+])
+def test_bad_values_are_rejected_with_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        config.load(ROOT / "params.yaml", overrides)
+
+
+def test_overrides_parse_like_dvc_set():
+    p = config.load(ROOT / "params.yaml", ["iql.expectile=0.8", "seeds=[3, 4]", "budget=smoke"])
+    assert p["iql"].expectile == 0.8 and p["seeds"] == [3, 4] and p["budget"] == "smoke"
+
+
+def test_snakemake_nested_config_becomes_overrides():
+    raw = config.read_params(ROOT / "params.yaml")
+    raw["budget"] = "smoke"
+    raw["iql"] = {**raw["iql"], "expectile": "0.8"}  # as `--config 'iql={expectile: 0.8}'` gives it
+    merged, overrides = config.snakemake_config(raw, ROOT / "params.yaml")
+    assert merged["iql"]["expectile"] == "0.8" and set(overrides) == {"budget=smoke", "iql.expectile=0.8"}
+
+
+def test_stage_sees_only_declared_keys():
+    sp = config.StageParams("behavior_pretrain", config.load(ROOT / "params.yaml"),
+                            ["budget", "budgets", "bc"])
+    assert sp["bc"].T == 5 and sp.budget.behavior_steps > 0
+    with pytest.raises(KeyError, match="does not declare"):
+        sp["iql"]
+
+
+def test_stage_entry_point_fails_fast_with_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "stages/critic_pretrain.py", "--env", "halfcheetah", "--seed", "0",
+                          "--set", "iql.expectile=1.5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.strip() and "settotalmass" not in l]
+    assert lines == ["error: iql.expectile=1.5 is out of range: it must be < 1"], out.stderr

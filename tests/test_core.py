@@ -1,0 +1,121 @@
+"""Unit tests of the shared backbone: schedules, sampler, networks, buffer, data, stats."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffrl.data import DatasetError, ReplayBuffer, load_offline, toy_dataset, TOY_SETS, write_minari
+from diffrl.diffusion import DiffusionSchedule, vp_betas
+from diffrl.envs import normalized_score
+from diffrl.nets import Critic
+from diffrl.stats import iqm, summarize
+
+
+def test_vp_schedule_matches_formula():
+    T, bmin, bmax = 5, 0.1, 10.0
+    betas = vp_betas(T, bmin, bmax)
+    for t in range(1, T + 1):
+        alpha = math.exp(-bmin / T - 0.5 * (bmax - bmin) * (2 * t - 1) / T ** 2)
+        assert betas[t - 1].item() == pytest.approx(1 - alpha, rel=1e-9)
+
+
+def test_q_sample_and_x0_prediction_invert():
+    s = DiffusionSchedule.make("vp", 5)
+    x0, z = torch.rand(64, 3) * 2 - 1, torch.randn(64, 3)
+    t = torch.randint(0, 5, (64,))
+    assert torch.allclose(s.predict_x0(s.q_sample(x0, t, z), t, z), x0, atol=1e-5)
+
+
+def test_sampler_is_seeded_and_clipped():
+    s = DiffusionSchedule.make("linear", 20)
+    eps = lambda x, t, o: 3 * torch.ones_like(x)  # noqa: E731  (pushes far outside the box)
+    obs = torch.zeros(10, 4)
+    a1 = s.sample(eps, obs, 2, torch.Generator().manual_seed(0))
+    a2 = s.sample(eps, obs, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(a1, a2) and a1.abs().max() <= 1
+
+
+def test_fused_critic_equals_separate_heads():
+    c = Critic(5, 2, hidden=16, layers=2, n=2)
+    s, a = torch.randn(7, 5), torch.randn(7, 2)
+    q = c(s, a)
+    x = torch.cat([s, a], -1)
+    for i in range(2):
+        h = x
+        for layer in c.net.layers:
+            h = c.net.act(h @ layer.weight[i] + layer.bias[i])
+        qi = (h @ c.net.out.weight[i] + c.net.out.bias[i]).squeeze(-1)
+        assert torch.allclose(q[i], qi, atol=1e-6)
+
+
+def test_replay_buffer_wraps_and_samples():
+    buf = ReplayBuffer(3, 2, capacity=10)
+    for i in range(3):
+        n = 4
+        buf.add(obs=np.full((n, 3), i), action=np.zeros((n, 2)), reward=np.arange(n), next_obs=np.zeros((n, 3)),
+                terminal=np.zeros(n))
+    assert buf.size == 10 and buf.ptr == 2
+    batch = buf.sample(32, torch.Generator().manual_seed(0))
+    assert batch["obs"].shape == (32, 3) and batch["reward"].shape == (32,)
+
+
+def test_normalised_score_reference_points():
+    assert normalized_score("halfcheetah", -280.178953) == pytest.approx(0)
+    assert normalized_score("halfcheetah", 12135.0) == pytest.approx(100)
+
+
+def test_toy_sets_lie_in_the_action_box():
+    for name in TOY_SETS:
+        d = toy_dataset(name, 500, 0)
+        assert d["action"].shape == (500, 2) and np.abs(d["action"]).max() <= 1
+        assert 0 <= d["reward"].min() and d["reward"].max() <= 1
+
+
+def _episodes(n=2, T=20, obs_dim=17, act_dim=6):
+    rng = np.random.default_rng(0)
+    return [{"observations": rng.standard_normal((T + 1, obs_dim)), "actions": rng.uniform(-1, 1, (T, act_dim)),
+             "rewards": rng.standard_normal(T), "terminations": np.zeros(T, bool),
+             "truncations": np.r_[np.zeros(T - 1, bool), True]} for _ in range(n)]
+
+
+def test_minari_round_trip_and_bad_files(tmp_path):
+    out = tmp_path / "ds"
+    write_minari(out, "local/halfcheetah/test-v0", _episodes(), "halfcheetah", "random", "unit test")
+    data = load_offline(out, "halfcheetah")
+    assert data.obs.shape == (40, 17) and data.metadata["ref_max_score"] == 12135.0
+    assert np.allclose(data.next_obs[:19], data.obs[1:20])
+    with pytest.raises(DatasetError, match="hopper|Hopper"):
+        load_offline(out, "hopper")
+    h5 = out / "data" / "main_data.hdf5"
+    h5.write_bytes(h5.read_bytes()[:200])  # truncated file
+    with pytest.raises(DatasetError, match="corrupted or truncated"):
+        load_offline(out, "halfcheetah")
+    with pytest.raises(DatasetError, match="missing"):
+        load_offline(tmp_path / "nothing", "halfcheetah")
+
+
+def test_minari_download_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):
+    import time
+    from diffrl.data import fetch_minari
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    t0 = time.time()
+    try:
+        fetch_minari("mujoco/halfcheetah/medium-v0", tmp_path / "out", timeout_s=5)
+    except DatasetError as e:
+        assert "dataset.source: generate" in str(e)
+    else:  # an online machine downloads it; that is the other correct outcome
+        assert (tmp_path / "out" / "data").exists()
+    assert time.time() - t0 < 30
+
+
+def test_summary_statistics_by_hand():
+    rows = [{"algorithm": "a", "seed": s, "final_score": v, "final_return": 10 * v, "best_during_training_score": v + 1,
+             "env_steps": 0, "grad_steps": 100, "wall_s": 1.0} for s, v in enumerate([1.0, 2.0, 6.0, 3.0])]
+    t = summarize(rows, ["a"], reps=200, confidence=0.95).iloc[0]
+    v = np.array([1.0, 2.0, 6.0, 3.0])
+    assert t.n_seeds == 4 and t.score_mean == pytest.approx(3.0)
+    assert t.score_std == pytest.approx(v.std(ddof=1)) and t.score_se == pytest.approx(v.std(ddof=1) / 2)
+    assert t.score_iqm == pytest.approx(2.5) == iqm(v)  # middle half: 2 and 3
+    assert t.iqm_ci_low <= t.score_iqm <= t.iqm_ci_high
+    assert t.best_mean == pytest.approx(4.0) and t.return_mean == pytest.approx(30.0)

@@ -1,0 +1,71 @@
+"""The Snakemake graph and dvc.yaml declare the same stages, commands, inputs, outputs and params."""
+import json
+import re
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+from diffrl.pipeline import STAGES
+
+from conftest import ROOT
+
+
+def snakemake_jobs(cwd=ROOT, extra=()):
+    out = subprocess.run(["snakemake", "-n", "--forceall", "-p", "--nolock", *extra], cwd=cwd,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    jobs, cur = [], None
+    for line in out.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            cur = {"rule": m.group(1), "input": [], "output": [], "cmd": None}
+            jobs.append(cur)
+        elif cur is not None and line.startswith("    input: "):
+            cur["input"] = [s.strip() for s in line[len("    input: "):].split(",")]
+        elif cur is not None and line.startswith("    output: "):
+            cur["output"] = [s.strip() for s in line[len("    output: "):].split(",")]
+        elif cur is not None and line.startswith("Shell command: "):
+            cur["cmd"] = line[len("Shell command: "):].strip()
+    return [j for j in jobs if j["rule"] != "all"]
+
+
+def dvc_stages(cwd=ROOT):
+    from dvc.repo import Repo
+    with Repo(str(cwd)) as repo:
+        stages = []
+        for st in repo.index.stages:
+            params = [p for d in st.deps if hasattr(d, "params") for p in d.params]
+            deps = [Path(d.def_path).as_posix() for d in st.deps if not hasattr(d, "params")]
+            stages.append({"name": st.name.split("@")[0], "cmd": st.cmd, "deps": deps, "params": sorted(params),
+                           "outs": [Path(o.def_path).as_posix() for o in st.outs]})
+    return stages
+
+
+def test_same_stages_commands_inputs_outputs_and_params():
+    jobs = snakemake_jobs()
+    stages = dvc_stages()
+    assert len(jobs) >= 20, jobs
+    by_out = {tuple(sorted(s["outs"])): s for s in stages}
+    assert len(jobs) == len(stages), (sorted(j["rule"] for j in jobs), sorted(s["name"] for s in stages))
+    for job in jobs:
+        key = tuple(sorted(job["output"]))
+        assert key in by_out, f"Snakemake job {job['rule']} -> {key} has no DVC stage"
+        st = by_out[key]
+        assert st["name"] == job["rule"]
+        assert st["cmd"] == job["cmd"], (st["cmd"], job["cmd"])
+        # inputs: the library files are covered by the `diffrl` dependency, eval files by their folder
+        for path in job["input"]:
+            assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in st["deps"]), \
+                f"{job['rule']}: Snakemake input {path} is not a DVC dependency of {st['name']}"
+        for dep in st["deps"]:
+            assert any(p == dep or p.startswith(dep.rstrip("/") + "/") for p in job["input"]), \
+                f"{st['name']}: DVC dependency {dep} is not a Snakemake input of {job['rule']}"
+        assert st["params"] == sorted(STAGES[job["rule"]]), (st["name"], st["params"])
+
+
+def test_snakemake_params_are_the_declared_keys():
+    """Every rule's params: carries exactly the values its stage declares."""
+    text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    rules = re.findall(r"rule (\w+):.*?params: declared=declared\(\"(\w+)\"\)", text, flags=re.S)
+    assert rules and all(a == b for a, b in rules), rules
+    assert {a for a, _ in rules} == set(STAGES)
