@@ -10,7 +10,7 @@ sys.path.insert(0, workflow.basedir)
 
 from diffrl import config as params_lib
 from diffrl.pipeline import (dataset_dir, declared_values, eval_file, log_file, run_dir, summary_files,
-                             toy_file, ROW_STAGE)
+                             toy_file, ROW_STAGE, STAGES)
 
 configfile: "params.yaml"
 
@@ -21,8 +21,13 @@ except params_lib.ConfigError as e:
     # one line, before any job is scheduled or any output touched
     raise SystemExit(f"error: {e}")
 
-# Passed to every stage so it uses exactly the values Snakemake used (`--config` overrides).
-SET = "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES)
+
+
+def overrides(stage):
+    """The `--config` overrides of the keys a stage reads, passed on as `--set` so the stage uses
+    exactly the values Snakemake used (and other stages' commands stay unchanged)."""
+    keys = set(STAGES[stage])
+    return "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES if o.split("=", 1)[0].split(".")[0] in keys)
 # Library code is an input of every stage that runs it: a code change reruns those stages.
 LIB = sorted(str(p) for p in Path(workflow.basedir, "diffrl").rglob("*.py"))
 LIB = [str(Path(p).relative_to(workflow.basedir)) for p in LIB]

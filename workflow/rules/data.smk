@@ -7,7 +7,7 @@ rule dataset:
     log: log_file("dataset", "{env}")
     threads: 1
     resources: gpu=GPU
-    shell: "python stages/dataset.py --env {wildcards.env}" + SET
+    shell: "python stages/dataset.py --env {wildcards.env}" + overrides("dataset")
 
 
 rule toy_dataset:
@@ -16,4 +16,4 @@ rule toy_dataset:
     params: declared=declared("toy_dataset")
     log: log_file("toy_dataset", "{name}")
     threads: 1
-    shell: "python stages/toy_dataset.py --name {wildcards.name}" + SET
+    shell: "python stages/toy_dataset.py --name {wildcards.name}" + overrides("toy_dataset")

@@ -7,4 +7,4 @@ rule evaluate:
     log: log_file("evaluate", "{env}", "{algo}", "seed{seed}")
     threads: 1
     resources: gpu=GPU
-    shell: "python stages/evaluate.py --env {wildcards.env} --algo {wildcards.algo} --seed {wildcards.seed}" + SET
+    shell: "python stages/evaluate.py --env {wildcards.env} --algo {wildcards.algo} --seed {wildcards.seed}" + overrides("evaluate")

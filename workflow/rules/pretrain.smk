@@ -8,7 +8,7 @@ rule critic_pretrain:
     log: log_file("critic_pretrain", "{env}", "seed{seed}")
     threads: 1
     resources: gpu=GPU
-    shell: "python stages/critic_pretrain.py --env {wildcards.env} --seed {wildcards.seed}" + SET
+    shell: "python stages/critic_pretrain.py --env {wildcards.env} --seed {wildcards.seed}" + overrides("critic_pretrain")
 
 
 rule behavior_pretrain:
@@ -18,4 +18,4 @@ rule behavior_pretrain:
     log: log_file("behavior_pretrain", "{env}", "seed{seed}")
     threads: 1
     resources: gpu=GPU
-    shell: "python stages/behavior_pretrain.py --env {wildcards.env} --seed {wildcards.seed}" + SET
+    shell: "python stages/behavior_pretrain.py --env {wildcards.env} --seed {wildcards.seed}" + overrides("behavior_pretrain")

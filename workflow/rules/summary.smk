@@ -8,4 +8,4 @@ rule summary:
     params: declared=declared("summary")
     log: log_file("summary", "{env}")
     threads: 1
-    shell: "python stages/summary.py --env {wildcards.env}" + SET
+    shell: "python stages/summary.py --env {wildcards.env}" + overrides("summary")
