@@ -13,6 +13,7 @@ Losses and hyperparameters: /work/shared/specs/algorithms.md, section "DTQL".
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -21,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffrl.algos.iql import IQL
-from diffrl.fields import param
+from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.fields import ConfigError, param
 from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp, soft_update
 
 
@@ -42,12 +43,17 @@ class DTQLBehaviorConfig:
     clamp_denoised: bool = param(True, "clamp D to [-1, 1] in the loss and the sampler (DTQL's clip_denoised)")
     hidden: int = param(256, "hidden width of the score net F", low=1)
     layers: int = param(4, "hidden layers (Mish) of the score net F", low=1)
-    t_dim: int = param(16, "noise-level embedding width", low=2)
+    t_dim: int = param(16, "noise-level embedding width (even)", low=4)
     lr: float = param(3e-4, "Adam learning rate", low=0, low_open=True)
     batch_size: int = param(256, "minibatch size", low=1)
-    sample_steps: int = param(10, "noise levels of the deterministic Heun sampler used by act()", low=1)
+    sample_steps: int = param(18, "noise levels of the deterministic Heun sampler used by act() "
+                              "(EDM default 18)", low=1)
     rho: float = param(7.0, "Karras schedule exponent of the sampler's noise levels", low=0, low_open=True)
-    heun: bool = param(True, "second-order (Heun) correction in the sampler; false = Euler", )
+    heun: bool = param(True, "second-order (Heun) correction in the sampler; false = Euler")
+
+    def check(self, prefix: str) -> None:
+        if self.sigma_min >= self.sigma_max:
+            raise ConfigError(f"{prefix}.sigma_min={self.sigma_min} must be below {prefix}.sigma_max={self.sigma_max}")
 
 
 class EDMScoreNet(nn.Module):
@@ -193,6 +199,20 @@ def tanh_gaussian_log_prob(actor: TanhGaussianActor, obs: torch.Tensor, action: 
     return logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
 
 
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Parameters of `modules` take no gradient inside the block (inputs still do); flags restored after."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 def iql_critic_step(critic: IQL, b: dict) -> dict:
     """IQL's V (expectile) and Q (r + gamma (1-d) V(s')) steps and the Polyak target update, without
     its AWR policy (DTQL and EDA only need the critic)."""
@@ -235,6 +255,13 @@ class DTQL(nn.Module):
         self.bc_opt = behavior.opt
         self.q_opt, self.v_opt = critic.q_opt, critic.v_opt
 
+    @classmethod
+    def from_configs(cls, obs_dim: int, act_dim: int, cfg: DTQLConfig, behavior_cfg: DTQLBehaviorConfig,
+                     critic_cfg: IQLConfig, device="cpu", reward_scale: float = 1.0) -> "DTQL":
+        """A fresh agent with untrained behaviour and critic shells (for loading a whole DTQL checkpoint)."""
+        return cls(obs_dim, act_dim, cfg, EDMBehavior(obs_dim, act_dim, behavior_cfg, device),
+                   IQL(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
+
     def update(self, b: dict, generator=None) -> dict:
         cfg, out = self.cfg, {}
         if cfg.update_critic:
@@ -242,9 +269,7 @@ class DTQL(nn.Module):
         if cfg.update_behavior:
             out.update(self.behavior.update(b, generator))
         # actor: alpha * L_TR(a_pi) - Q_min(s, a_pi) (+ gamma_nll * NLL); behaviour and Q frozen
-        self.behavior.requires_grad_(False)
-        self.critic.q.requires_grad_(False)
-        try:
+        with frozen(self.behavior, self.critic.q):
             a, _ = self.actor(b["obs"], generator=generator)
             tr_loss = self.behavior.loss(a, b["obs"], generator)
             q_pi = self.critic.q.q_min(b["obs"], a).mean()
@@ -253,9 +278,6 @@ class DTQL(nn.Module):
                 nll = -tanh_gaussian_log_prob(self.actor, b["obs"], b["action"]).mean()
                 actor_loss = actor_loss + cfg.gamma_nll * nll
                 out["nll"] = nll.detach()
-        finally:
-            self.behavior.requires_grad_(True)
-            self.critic.q.requires_grad_(True)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()

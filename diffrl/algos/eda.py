@@ -1,0 +1,361 @@
+"""Efficient Diffusion Alignment (EDA, Chen et al. 2024): a diffusion behaviour model whose noise
+prediction is the action gradient of a scalar network, eps_theta = -sigma_t grad_a f_theta(a_t, t, s),
+so that differences of f between two such models are log-density ratios. Alignment then fine-tunes
+a copy pi of the behaviour model mu by classification over M behaviour samples per state:
+
+    p_i = softmax_i(alpha Q(s, a_i)),  logits_i = beta (f_pi(a_t^i, t, s) - f_mu(a_t^i, t, s)),
+    L = cross-entropy(p, softmax(logits)),
+
+whose optimum is pi proportional to mu exp((alpha / beta) Q).
+Stages: IQL critic (diffrl.algos.iql) -> `BottleneckBehavior` -> `EDAAlign`.
+Math and reference hyperparameters: /work/shared/specs/algorithms.md, section "EDA".
+
+Unlike the released code, the policy energy is computed with gradients (the release evaluates it
+under no_grad, so its alignment loss cannot backpropagate); `released_no_grad_bug` reproduces that.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.fields import param
+from diffrl.nets import SinusoidalEmbedding
+
+
+# --------------------------------------------------------------------------- continuous VP-SDE
+class VPSDE:
+    """Linear-beta VP-SDE: log alpha_t = -t^2 (beta1 - beta0)/4 - t beta0/2, sigma_t = sqrt(1 - alpha_t^2),
+    half log-SNR lambda_t = log alpha_t - log sigma_t."""
+
+    def __init__(self, beta0: float = 0.1, beta1: float = 20.0):
+        self.beta0, self.beta1 = beta0, beta1
+
+    def log_alpha(self, t):
+        return -t ** 2 * (self.beta1 - self.beta0) / 4 - t * self.beta0 / 2
+
+    def alpha_sigma(self, t):
+        la = self.log_alpha(t)
+        return la.exp(), (-torch.expm1(2 * la)).sqrt()
+
+    def lam(self, t):
+        la = self.log_alpha(t)
+        return la - 0.5 * torch.log(-torch.expm1(2 * la))
+
+    def t_of_lam(self, lam):
+        """Inverse of lambda_t: log alpha = -log(1 + e^{-2 lambda})/2, then the quadratic in t."""
+        la = -0.5 * torch.nn.functional.softplus(-2 * lam)
+        a, b = (self.beta1 - self.beta0) / 4, self.beta0 / 2
+        return -2 * la / (b + torch.sqrt(b ** 2 - 4 * a * la))
+
+
+def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, order: int = 2,
+                      method: str = "dpm++2m", t_start: float = 1.0, t_end: float = 1e-3,
+                      skip: str = "logSNR", clip: float | None = 1.0) -> torch.Tensor:
+    """Integrate the probability-flow ODE of `sde` from x at t_start down to t_end with DPM-Solver.
+
+    eps_fn(x, t) -> eps, t a (B,) tensor. `steps` is the number of model evaluations (NFE).
+    method "dpm++2m": DPM-Solver++(2M), multistep, data prediction x0 = (x - sigma eps)/alpha
+    (clipped to [-clip, clip] when clip is set); first step first order.
+    method "dpm2": single-step DPM-Solver-2 (noise prediction, midpoint r = 1/2): steps // 2
+    second-order intervals plus one first-order interval when steps is odd.
+    order 1 gives DDIM (both methods). skip: "logSNR" (uniform in lambda) or "time" (uniform in t).
+    """
+    B, dev = x.shape[0], x.device
+    if method == "dpm2" and order == 2:
+        n_int, orders = (steps + 1) // 2, [2] * (steps // 2) + [1] * (steps % 2)
+    elif method in ("dpm2", "dpm++2m"):
+        n_int, orders = steps, None
+    else:
+        raise ValueError(f"unknown DPM-Solver method '{method}': choose dpm++2m or dpm2")
+    t0, t1 = torch.tensor(t_start, dtype=torch.float64), torch.tensor(t_end, dtype=torch.float64)
+    if skip == "logSNR":
+        ts = sde.t_of_lam(torch.linspace(float(sde.lam(t0)), float(sde.lam(t1)), n_int + 1, dtype=torch.float64))
+    elif skip == "time":
+        ts = torch.linspace(t_start, t_end, n_int + 1, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown skip type '{skip}': choose logSNR or time")
+    ts = ts.to(dev)
+    lams = sde.lam(ts)
+    al, sg = sde.alpha_sigma(ts)
+    al, sg, lams = al.float(), sg.float(), lams.float()
+    tt = lambda i: ts[i].float().expand(B)  # noqa: E731
+
+    def x0_of(xc, i, eps):
+        x0 = (xc - sg[i] * eps) / al[i]
+        return x0.clamp(-clip, clip) if clip is not None else x0
+
+    if method == "dpm++2m":
+        x0_prev = None
+        for i in range(n_int):
+            x0 = x0_of(x, i, eps_fn(x, tt(i)))
+            h = lams[i + 1] - lams[i]
+            if order == 1 or x0_prev is None:
+                d = x0
+            else:
+                r = (lams[i] - lams[i - 1]) / h
+                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            x = (sg[i + 1] / sg[i]) * x - al[i + 1] * torch.expm1(-h) * d
+            x0_prev = x0
+        return x.clamp(-clip, clip) if clip is not None else x
+    for i in range(n_int):  # single-step DPM-Solver (noise prediction)
+        eps = eps_fn(x, tt(i))
+        h = lams[i + 1] - lams[i]
+        if orders is not None and orders[i] == 2:
+            lam_mid = lams[i] + 0.5 * h
+            t_mid = sde.t_of_lam(lam_mid.double())
+            a_mid, s_mid = (v.float() for v in sde.alpha_sigma(t_mid))
+            x_mid = (a_mid / al[i]) * x - s_mid * torch.expm1(0.5 * h) * eps
+            eps_mid = eps_fn(x_mid, t_mid.float().expand(B))
+            x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps_mid
+        else:
+            x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps
+    return x.clamp(-clip, clip) if clip is not None else x
+
+
+# --------------------------------------------------------------------------- bottleneck energy net
+class ResBlock(nn.Module):
+    """Pre-LayerNorm residual MLP block: x + W2 act(W1 LN(dropout(x)))."""
+
+    def __init__(self, dim: int, expansion: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, expansion * dim), nn.Linear(expansion * dim, dim)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.norm(self.drop(x)))))
+
+
+class EnergyNet(nn.Module):
+    """f(a_t, t, s) = sum(MLPResNet(concat(Lin128(a_t), Lin32(emb t), Lin96(s)))) -> (B,)."""
+
+    T_SCALE = 1000.0  # t in [1e-3, 1] is embedded like a discrete step index in [1, 1000]
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, blocks: int = 3, dropout: float = 0.1,
+                 expansion: int = 4, out_dim: int = 0, t_dim: int = 64):
+        super().__init__()
+        self.a_in = nn.Linear(act_dim, 128)
+        self.t_emb = SinusoidalEmbedding(t_dim)
+        self.t_in = nn.Linear(t_dim, 32)
+        self.s_in = nn.Linear(obs_dim, 96)
+        self.inp = nn.Linear(128 + 32 + 96, hidden)
+        self.blocks = nn.Sequential(*(ResBlock(hidden, expansion, dropout) for _ in range(blocks)))
+        self.act = nn.SiLU()
+        self.out = nn.Linear(hidden, out_dim or act_dim)
+
+    def forward(self, a_t, t, obs):
+        h = torch.cat([self.a_in(a_t), self.t_in(self.t_emb(t * self.T_SCALE)), self.s_in(obs)], -1)
+        return self.out(self.act(self.blocks(self.inp(h)))).sum(-1)
+
+
+def energy_eps(net: EnergyNet, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, sigma: torch.Tensor,
+               create_graph: bool = False) -> torch.Tensor:
+    """eps_theta = -sigma_t grad_a f(a_t, t, s); with create_graph the result is differentiable in the
+    parameters (training), otherwise a_t is detached and only the gradient is returned (sampling)."""
+    with torch.enable_grad():
+        a = a_t if (create_graph and a_t.requires_grad) else a_t.detach().requires_grad_(True)
+        f = net(a, t, obs)
+        (g,) = torch.autograd.grad(f.sum(), a, create_graph=create_graph)
+    return -sigma[:, None] * g
+
+
+@dataclass
+class EDABehaviorConfig:
+    """EDA behaviour model: bottleneck (scalar-energy) diffusion on the continuous VP-SDE."""
+    beta0: float = param(0.1, "VP-SDE beta_min", low=0, low_open=True)
+    beta1: float = param(20.0, "VP-SDE beta_max", low=0, low_open=True)
+    t_min: float = param(1e-3, "smallest diffusion time (training and sampler end)", low=0, high=1,
+                         low_open=True, high_open=True)
+    hidden: int = param(256, "width of the residual MLP", low=1)
+    blocks: int = param(3, "residual blocks", low=1)
+    expansion: int = param(4, "inner width of a residual block = expansion * hidden", low=1)
+    dropout: float = param(0.1, "dropout in the residual blocks (training only)", low=0, high=1, high_open=True)
+    out_dim: int = param(0, "width of the vector summed into f (0 = action dim)", low=0)
+    lr: float = param(3e-4, "Adam learning rate", low=0, low_open=True)
+    batch_size: int = param(2048, "minibatch size", low=1)
+    sample_steps: int = param(15, "DPM-Solver model evaluations per sample", low=1)
+    solver_order: int = param(2, "DPM-Solver order (1 = DDIM)", low=1, high=2)
+    solver: str = param("dpm++2m", "dpm++2m: DPM-Solver++(2M) multistep; dpm2: single-step DPM-Solver-2",
+                        choices=("dpm++2m", "dpm2"))
+    skip_type: str = param("logSNR", "sampler time grid: uniform in logSNR or in time", choices=("logSNR", "time"))
+
+
+class BottleneckBehavior(nn.Module):
+    """Behaviour model mu with eps_theta = -sigma_t grad_a f_theta; loss ||eps_theta - z||^2."""
+    name = "eda_behavior"
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: EDABehaviorConfig, device="cpu"):
+        super().__init__()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.sde = VPSDE(cfg.beta0, cfg.beta1)
+        self.net = EnergyNet(obs_dim, act_dim, cfg.hidden, cfg.blocks, cfg.dropout, cfg.expansion, cfg.out_dim)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+
+    @property
+    def device(self):
+        return self.step.device
+
+    def energy(self, a_t, t, obs):
+        return self.net(a_t, t, obs)
+
+    def eps(self, a_t, t, obs, create_graph: bool = False):
+        return energy_eps(self.net, a_t, t, obs, self.sde.alpha_sigma(t)[1], create_graph)
+
+    def loss(self, action, obs, generator=None, reduce: bool = True):
+        B = action.shape[0]
+        t = self.cfg.t_min + (1 - self.cfg.t_min) * torch.rand(B, device=action.device, generator=generator)
+        z = torch.randn(action.shape, device=action.device, generator=generator)
+        al, sg = self.sde.alpha_sigma(t)
+        a_t = (al[:, None] * action + sg[:, None] * z).requires_grad_(True)
+        per = (self.eps(a_t, t, obs, create_graph=True) - z).pow(2).mean(-1)
+        return per.mean() if reduce else per
+
+    def update(self, b: dict, generator=None) -> dict:
+        loss = self.loss(b["action"], b["obs"], generator)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return {"bc_loss": loss.detach()}
+
+    def sample_with(self, net: EnergyNet, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """DPM-Solver samples of the model whose energy net is `net` (dropout off while sampling)."""
+        c = self.cfg
+        was = net.training
+        net.eval()
+        try:
+            x = torch.randn((obs.shape[0], self.act_dim), device=obs.device, generator=generator)
+            eps_fn = lambda x_, t_: energy_eps(net, x_, t_, obs, self.sde.alpha_sigma(t_)[1])  # noqa: E731
+            with torch.no_grad():
+                return dpm_solver_sample(eps_fn, x, self.sde, c.sample_steps, c.solver_order, c.solver,
+                                         1.0, c.t_min, c.skip_type, clip=1.0)
+        finally:
+            net.train(was)
+
+    def sample(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        return self.sample_with(self.net, obs, generator)
+
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.sample(o, generator).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- alignment
+@dataclass
+class EDAConfig:
+    """EDA alignment of a copy pi of the behaviour model to the critic."""
+    num_samples: int = param(16, "behaviour samples M per state (DPM-Solver of the frozen mu)", low=2)
+    alpha: float = param(3.0, "inverse temperature of the labels p = softmax(alpha Q)", low=0)
+    beta: float = param(0.1, "logit scale beta of f_pi - f_mu (README value; per-task values in the "
+                        "paper's appendix)", low=0, low_open=True)
+    lr: float = param(5e-5, "Adam learning rate of pi", low=0, low_open=True)
+    batch_size: int = param(256, "states per minibatch", low=1)
+    eval_samples: int = param(4, "policy samples per state at evaluation, the argmax-Q one is taken", low=1)
+    q_agg: str = param("min", "aggregate of the twin target Q heads for labels and selection",
+                       choices=("min", "mean"))
+    released_no_grad_bug: bool = param(False, "reproduce the released update, which computes the policy "
+                                       "energy under no_grad (the loss then cannot backpropagate and pi "
+                                       "is never updated)")
+
+
+class EDAAlign(nn.Module):
+    """EDA alignment. `behavior` (BottleneckBehavior, mu: frozen) and `critic` (IQL: frozen) come from
+    the previous stages' checkpoints; pi is initialised as an exact copy of mu's energy net, trained
+    with dropout off. Both models and the critic are submodules (in this agent's state_dict)."""
+    name = "eda"
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior: BottleneckBehavior, critic: IQL,
+                 device="cpu"):
+        super().__init__()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.behavior, self.critic = behavior, critic
+        self.pi = copy.deepcopy(behavior.net)
+        self.behavior.requires_grad_(False)
+        self.critic.requires_grad_(False)
+        self.pi.requires_grad_(True)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.to(device)
+        self.train()
+        self.pi_opt = torch.optim.Adam(self.pi.parameters(), lr=cfg.lr)
+
+    @classmethod
+    def from_configs(cls, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior_cfg: EDABehaviorConfig,
+                     critic_cfg: IQLConfig, device="cpu", reward_scale: float = 1.0) -> "EDAAlign":
+        """A fresh agent with untrained behaviour and critic shells (for loading a whole EDA checkpoint)."""
+        return cls(obs_dim, act_dim, cfg, BottleneckBehavior(obs_dim, act_dim, behavior_cfg, device),
+                   IQL(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
+
+    def train(self, mode: bool = True):
+        """Dropout stays off in mu and pi whatever the mode (alignment uses no dropout)."""
+        super().train(mode)
+        self.behavior.eval()
+        self.pi.eval()
+        return self
+
+    def q_value(self, obs, action):
+        q = self.critic.q_target(obs, action)
+        return q.min(0).values if self.cfg.q_agg == "min" else q.mean(0)
+
+    def policy_energy(self, a_t, t, obs):
+        return self.pi(a_t, t, obs)
+
+    def loss(self, obs: torch.Tensor, generator=None) -> tuple[torch.Tensor, dict]:
+        cfg, beh, M = self.cfg, self.behavior, self.cfg.num_samples
+        B = obs.shape[0]
+        rep = obs.repeat_interleave(M, 0)
+        with torch.no_grad():
+            a = beh.sample(rep, generator)  # (B*M, d) from the frozen mu
+            p = torch.softmax(cfg.alpha * self.q_value(rep, a).view(B, M), -1)
+            t = (beh.cfg.t_min + (1 - beh.cfg.t_min) * torch.rand(B, device=obs.device, generator=generator))
+            t = t.repeat_interleave(M, 0)  # one shared t per state
+            al, sg = beh.sde.alpha_sigma(t)
+            a_t = al[:, None] * a + sg[:, None] * torch.randn(a.shape, device=obs.device, generator=generator)
+            f_mu = beh.energy(a_t, t, rep)
+        if cfg.released_no_grad_bug:
+            with torch.no_grad():
+                f_pi = self.policy_energy(a_t, t, rep)
+        else:
+            f_pi = self.policy_energy(a_t, t, rep)
+        logits = cfg.beta * (f_pi - f_mu).view(B, M)
+        loss = -(p * torch.log_softmax(logits, -1)).sum(-1).mean()
+        with torch.no_grad():
+            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+        return loss, {"label_entropy": entropy, "logit_std": logits.detach().std(-1).mean()}
+
+    def update(self, b: dict, generator=None) -> dict:
+        loss, info = self.loss(b["obs"], generator)
+        if loss.requires_grad:
+            self.pi_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.pi_opt.step()
+        self.step += 1
+        return {"align_loss": loss.detach(), **info}
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """Samples of the aligned policy pi (DPM-Solver on pi's energy net)."""
+        return self.behavior.sample_with(self.pi, obs, generator)
+
+    @torch.no_grad()
+    def select(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """Per state: `eval_samples` policy samples, the one with the largest Q."""
+        K, B = self.cfg.eval_samples, obs.shape[0]
+        rep = obs.repeat_interleave(K, 0)
+        a = self.sample(rep, generator)
+        idx = self.q_value(rep, a).view(B, K).argmax(-1)
+        return a.view(B, K, -1)[torch.arange(B, device=obs.device), idx]
+
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.step.device)
+        squeeze = o.dim() == 1
+        a = self.select(o[None] if squeeze else o, generator)
+        return (a[0] if squeeze else a).cpu().numpy()
