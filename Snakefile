@@ -9,8 +9,9 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from diffrl import config as params_lib
-from diffrl.pipeline import (dataset_dir, declared_values, eval_file, log_file, run_dir, summary_files,
-                             toy_file, ROW_STAGE, STAGES)
+from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, PRETRAINED, ROWS
+from diffrl.pipeline import (bandit_file, bandit_plot_file, dataset_dir, declared_values, eval_file, log_file,
+                             run_dir, stage_keys, summary_files, toy_file)
 
 configfile: "params.yaml"
 
@@ -23,18 +24,18 @@ except params_lib.ConfigError as e:
 
 
 
-def overrides(stage):
+def overrides(stage, **wildcards):
     """The `--config` overrides of the keys a stage reads, passed on as `--set` so the stage uses
     exactly the values Snakemake used (and other stages' commands stay unchanged)."""
-    keys = set(STAGES[stage])
+    keys = set(stage_keys(stage, **wildcards))
     return "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES if o.split("=", 1)[0].split(".")[0] in keys)
 # Library code is an input of every stage that runs it: a code change reruns those stages.
 LIB = sorted(str(p) for p in Path(workflow.basedir, "diffrl").rglob("*.py"))
 LIB = [str(Path(p).relative_to(workflow.basedir)) for p in LIB]
 
 
-def declared(stage):
-    return declared_values(stage, P, MERGED)
+def declared(stage, **wildcards):
+    return declared_values(stage, P, MERGED, **wildcards)
 
 
 def uses_gpu():
@@ -47,17 +48,22 @@ GPU = uses_gpu()
 wildcard_constraints:
     env="|".join(params_lib.ENV_NAMES),
     seed=r"\d+",
-    algo="|".join(ROW_STAGE),
+    algo="|".join(ROWS),
+    critic="|".join(CRITICS),
+    behavior="|".join(BEHAVIORS),
     name=r"[A-Za-z0-9]+",
 
 include: "workflow/rules/data.smk"
-include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/bandit.smk"
 
 
 rule all:
     input:
         [f for env in P["envs"] for f in summary_files(env)],
         [toy_file(n) for n in P["toy_sets"]],
+        [bandit_plot_file(n) for n in P["bandit_sets"]],
+        "results/bandit_summary.csv",
     default_target: True

@@ -32,11 +32,16 @@ class Budget:
     sac_eval_every: int = param(1000, "SAC env steps between checks of the dataset quality target", low=1)
     dataset_episodes: int = param(10, "episodes rolled out into a generated dataset", low=1)
     critic_steps: int = param(300, "gradient steps of critic pretraining (IQL)", low=1)
-    behavior_steps: int = param(300, "gradient steps of behaviour pretraining (diffusion BC)", low=1)
+    behavior_steps: int = param(300, "gradient steps of behaviour pretraining (diffusion BC, DTQL's EDM model)", low=1)
+    energy_behavior_steps: int = param(20, "gradient steps of EDA's bottleneck energy behaviour (batch 2048, "
+                                       "about 1 s a step on a CPU core)", low=1)
+    offline_steps: int = param(200, "gradient steps of offline training (Diffusion-QL variants, DTQL)", low=1)
+    align_steps: int = param(3, "gradient steps of EDA alignment (16 behaviour samples per state)", low=1)
     eval_every: int = param(150, "gradient steps between evaluations during training", low=1)
     curve_episodes: int = param(1, "episodes per evaluation during training (learning curve)", low=1)
     eval_episodes: int = param(2, "episodes of the final evaluation (fresh seeds, separate from training)", low=1)
     toy_samples: int = param(2000, "samples in each 2-D toy bandit dataset", low=16)
+    toy_steps: int = param(100, "gradient steps of each algorithm in the 2-D bandit study", low=1)
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Params:
     envs: list = param(["halfcheetah"], "environments that `snakemake` (target all) and `dvc repro` build")
     algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms)")
     toy_sets: list = param(["8gaussians", "rings"], "2-D toy bandit datasets the toy stage builds")
+    bandit_sets: list = param(["8gaussians", "rings"], "toy datasets of the bandit study (every algorithm on each)")
     dataset: DatasetConfig = param(DatasetConfig(), "offline data")
     budgets: dict = param({}, "the smoke, quick and paper presets")
     stats: StatsConfig = param(StatsConfig(), "multi-seed statistics")
@@ -227,7 +233,7 @@ def validate(raw: dict) -> dict:
         if env not in ENV_NAMES:
             raise ConfigError(f"envs: unknown environment '{env}'{_suggest(env, ENV_NAMES)}")
     from diffrl.data import TOY_SETS
-    for name in out["toy_sets"]:
+    for name in out["toy_sets"] + out["bandit_sets"]:
         if name not in TOY_SETS:
             raise ConfigError(f"toy_sets: unknown toy dataset '{name}'{_suggest(name, TOY_SETS)}")
     for seed in out["seeds"]:
@@ -239,6 +245,14 @@ def validate(raw: dict) -> dict:
     for algo in out["algorithms"]:
         if algo not in ROWS:
             raise ConfigError(f"algorithms: unknown algorithm '{algo}'{_suggest(algo, ROWS)}")
+    missing = [n for n in out["bandit_sets"] if n not in out["toy_sets"]]
+    if missing:
+        raise ConfigError(f"bandit_sets: {missing[0]} is not in toy_sets: add it there first")
+    from diffrl.algos import DQL_VARIANTS
+    for row, variant in DQL_VARIANTS.items():
+        if out[row].variant != variant:
+            raise ConfigError(f"{row}.variant={out[row].variant!r}: the {row} row is Diffusion-QL's "
+                              f"'{variant}' variant; set {row}.variant: {variant}")
     if out["stats"].baseline not in out["algorithms"]:
         raise ConfigError(f"stats.baseline='{out['stats'].baseline}' is not in algorithms "
                           f"{out['algorithms']}: pick one of them")
@@ -290,6 +304,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _parse_in_place(d: dict) -> None:
+    """Turn Snakemake's string leaves ('0.8', '[0, 1]' items) into YAML values, in place."""
+    for k, v in d.items():
+        if isinstance(v, dict):
+            _parse_in_place(v)
+        elif isinstance(v, list):
+            d[k] = [yaml.safe_load(x) if isinstance(x, str) and x.strip() else x for x in v]
+        elif isinstance(v, str) and v.strip():
+            d[k] = yaml.safe_load(v)
+
+
 def snakemake_config(config: dict, params_file: str | Path = "params.yaml") -> tuple[dict, list[str]]:
     """Merge Snakemake's `--config` into params.yaml and return (merged, overrides).
 
@@ -301,15 +326,20 @@ def snakemake_config(config: dict, params_file: str | Path = "params.yaml") -> t
               for k, v in config.items() if "." in k]
     plain = {k: v for k, v in config.items() if "." not in k}
     merged = apply_overrides(plain, dotted)
+    _parse_in_place(merged)
     base = _flatten(read_params(params_file))
     flat = _flatten(merged)
     for key in base:
         if key not in flat and not any(k.startswith(key + ".") for k in flat):
             raise ConfigError(f"--config removed '{key}': set a value instead")
     overrides = []
+    def parse(v):  # Snakemake leaves nested and list --config values as strings
+        if isinstance(v, list):
+            return [parse(x) for x in v]
+        return yaml.safe_load(v) if isinstance(v, str) and v.strip() else v
+
     for key, value in flat.items():
-        if isinstance(value, str) and key in base and not isinstance(base[key], str):
-            value = yaml.safe_load(value)  # Snakemake leaves nested --config values as strings
+        value = parse(value)
         if key not in base or base[key] != value:
             text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
             overrides.append(f"{key}={text.removesuffix(chr(10) + '...').strip()}")

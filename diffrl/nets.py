@@ -7,7 +7,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ACTIVATIONS = {"mish": nn.Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+class _FastMishFn(torch.autograd.Function):
+    """Mish x tanh(softplus(x)) through one sigmoid s: tanh(softplus(x)) = p / (2 - p) with
+    p = s (2 - s), and d/dx = t + x (1 - t^2) s. Same values as nn.Mish, several times faster on
+    CPU than aten::mish. First derivatives only: a double backward fails loudly."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = torch.sigmoid(x)
+        p = s * (2 - s)
+        t = p / (2 - p)
+        ctx.save_for_backward(x, s, t)
+        return x * t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, s, t = ctx.saved_tensors
+        return g * (t + x * (1 - t * t) * s)
+
+
+class Mish(nn.Module):
+    """nn.Mish on CUDA (fused kernel); the one-sigmoid form on CPU."""
+
+    def forward(self, x):
+        return F.mish(x) if x.is_cuda else _FastMishFn.apply(x)
+
+
+ACTIVATIONS = {"mish": Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 3, act: str = "mish",
@@ -102,7 +129,7 @@ class NoiseNet(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, t_dim: int = 16):
         super().__init__()
-        self.time = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
+        self.time = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), Mish(),
                                   nn.Linear(2 * t_dim, t_dim))
         self.net = mlp(act_dim + t_dim + obs_dim, act_dim, hidden, layers, "mish")
 

@@ -1,5 +1,9 @@
-"""Glue between stages and offline algorithms: build an agent for a run, train it on a dataset,
-save the checkpoint the next stage loads, and load any row's policy back for evaluation."""
+"""Glue between stages and offline algorithms: build the agent of a params section, train it on
+a dataset with the shared loop, save the checkpoint the next stage loads, and load any run back.
+
+A run folder holds model.pt (section, config, constructor arguments, weights; for DTQL and EDA
+also the critic and behaviour they started from) and train.json (learning curve, steps, wall
+time, what data and budget it used)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +11,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from diffrl.algos import ROWS
+from diffrl.algos import AGENTS, BEHAVIORS, CRITICS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS
 from diffrl.data import ReplayBuffer, load_offline
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint, write_json
@@ -17,21 +19,43 @@ from diffrl.utils import load_checkpoint, save_checkpoint, write_json
 MODEL_FILE = "model.pt"
 
 
-def save_run(out_dir: Path, agent, cfg, obs_dim: int, act_dim: int, extra: dict, info: dict) -> None:
-    """model.pt (config, dims, weights) + train.json (curve, steps, wall time)."""
-    save_checkpoint(out_dir / MODEL_FILE, {"algo": agent.name, "config": dataclasses.asdict(cfg), "obs_dim": obs_dim,
-                                           "act_dim": act_dim, "extra": extra, "state": agent.state_dict()})
-    write_json(out_dir / "train.json", info)
+def budget_steps(section: str, budget) -> int:
+    """Gradient steps of a section's run at the selected budget."""
+    if section in CRITICS:
+        return budget.critic_steps
+    if section == "eda_behavior":
+        return budget.energy_behavior_steps
+    if section in BEHAVIORS:
+        return budget.behavior_steps
+    if section == "eda":
+        return budget.align_steps
+    return budget.offline_steps
+
+
+def _meta(section: str, cfg, extra: dict) -> dict:
+    return {"section": section, "config": dataclasses.asdict(cfg), "extra": extra}
+
+
+def build_agent(meta: dict, obs_dim: int, act_dim: int, device, parts: dict | None = None):
+    """Construct the (untrained) agent described by `meta`; composite rows get their parts."""
+    section = meta["section"]
+    cfg = SECTIONS[section](**meta["config"])
+    cls = AGENTS[section]
+    if section in PRETRAINED:
+        return cls(obs_dim, act_dim, cfg, parts["behavior"], parts["critic"], device)
+    return cls(obs_dim, act_dim, cfg, device, **meta["extra"])
 
 
 def load_agent(run_dir: str | Path, device="cpu"):
-    """Rebuild the agent saved in run_dir/model.pt (any row of the summary table)."""
+    """Rebuild the agent saved in run_dir/model.pt with its weights (any section)."""
     ck = load_checkpoint(Path(run_dir) / MODEL_FILE, device)
-    cls = ROWS[ck["algo"]]
-    agent = cls(ck["obs_dim"], ck["act_dim"], cls.config_cls(**ck["config"]), device, **ck["extra"])
+    parts = None
+    if ck["parts"]:
+        parts = {k: build_agent(m, ck["obs_dim"], ck["act_dim"], device) for k, m in ck["parts"].items()}
+    agent = build_agent(ck["meta"], ck["obs_dim"], ck["act_dim"], device, parts)
     agent.load_state_dict(ck["state"])
     agent.eval()
-    return agent
+    return agent, ck
 
 
 def describe_dataset(dataset_dir: str) -> str:
@@ -46,20 +70,41 @@ def describe_dataset(dataset_dir: str) -> str:
             f"{info['score_mean']:.1f}; not D4RL)")
 
 
-def train_run(agent_cls, cfg, *, env_name: str, dataset_dir: str, out_dir: Path, seed: int, steps: int,
+def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Path, seed: int, steps: int,
               eval_every: int, curve_episodes: int, device, resume_path: Path | None, budget: str,
-              extra_fn=None) -> dict:
-    """Load the dataset, build the agent, train it with the shared loop and save the run."""
+              pretrained: dict | None = None) -> dict:
+    """Train the agent of `section` on the dataset with the shared loop and save the run.
+
+    `pretrained` maps "critic"/"behavior" to run folders whose checkpoints a composite row
+    (DTQL, EDA) starts from. Rows are evaluated along the way (learning curve); pretraining-only
+    sections (DTQL's and EDA's critic and behaviour) are not.
+    """
     data = load_offline(dataset_dir, env_name)
     obs_dim, act_dim = data.obs.shape[1], data.action.shape[1]
-    extra = extra_fn(data) if extra_fn else {}
-    agent = agent_cls(obs_dim, act_dim, cfg, device, **extra)
+    extra = {}
+    if section in CRITICS:  # IQL's locomotion reward scaling is a property of the dataset
+        extra["reward_scale"] = data.locomotion_reward_scale() if cfg.reward_scaling == "locomotion" else 1.0
+    if section in DQL_VARIANTS:
+        extra["total_steps"] = steps
+    parts, parts_meta = None, {}
+    if section in PRETRAINED:
+        parts = {}
+        for kind, run in (pretrained or {}).items():
+            parts[kind], ck = load_agent(run, device)
+            parts_meta[kind] = ck["meta"]
+    meta = _meta(section, cfg, extra)
+    agent = build_agent(meta, obs_dim, act_dim, device, parts)
     buf = ReplayBuffer.from_arrays(data.arrays(), device)
     t0 = time.time()
     info = train_offline(agent, buf, steps=steps, batch_size=cfg.batch_size, seed=seed, run_dir=out_dir,
-                         env_name=env_name, eval_every=eval_every, curve_episodes=curve_episodes,
-                         resume_path=resume_path, checkpoint_every=max(1, eval_every), desc=f"{agent.name} seed {seed}")
-    info.update(algo=agent.name, env=env_name, seed=seed, env_steps=0, started=t0,
+                         env_name=env_name if section in ROWS else None, eval_every=eval_every,
+                         curve_episodes=curve_episodes, resume_path=resume_path,
+                         checkpoint_every=max(1, eval_every), desc=f"{section} seed {seed}")
+    pre_wall = sum(json.loads((Path(r) / "train.json").read_text()).get("wall_s", 0.0)
+                   for r in (pretrained or {}).values())
+    info.update(section=section, env=env_name, seed=seed, env_steps=0, started=t0, pretraining_wall_s=pre_wall,
                 run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)})
-    save_run(out_dir, agent, cfg, obs_dim, act_dim, extra, info)
+    save_checkpoint(out_dir / MODEL_FILE, {"meta": meta, "parts": parts_meta, "obs_dim": obs_dim,
+                                           "act_dim": act_dim, "state": agent.state_dict()})
+    write_json(out_dir / "train.json", info)
     return info

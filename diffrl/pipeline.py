@@ -11,18 +11,32 @@ import json
 BUDGET_KEYS = ["budget", "budgets"]
 RUN_KEYS = BUDGET_KEYS + ["device", "deterministic"]
 
-# stage -> params.yaml keys it reads (a section name means the whole section)
+# stage -> params.yaml keys it reads (a section name means the whole section). A `{wildcard}`
+# stands for the section the job trains: critic_pretrain with critic=dtql_critic reads dtql_critic.
 STAGES: dict[str, list[str]] = {
     "dataset": RUN_KEYS + ["dataset", "sac"],
     "toy_dataset": BUDGET_KEYS,
-    "critic_pretrain": RUN_KEYS + ["iql"],
-    "behavior_pretrain": RUN_KEYS + ["bc"],
+    "critic_pretrain": RUN_KEYS + ["{critic}"],
+    "behavior_pretrain": RUN_KEYS + ["{behavior}"],
+    "offline_train": RUN_KEYS + ["{algo}"],
     "evaluate": RUN_KEYS,
     "summary": ["seeds", "algorithms", "stats"],
+    "bandit_train": RUN_KEYS + ["seeds", "{algo_pretrained}", "{algo}"],
+    "bandit_plot": ["seeds"],
+    "bandit_summary": ["seeds", "bandit_sets"],
 }
 
-# which training stage produces the checkpoint of each summary row
-ROW_STAGE = {"bc": "behavior_pretrain", "iql": "critic_pretrain"}
+
+def stage_keys(stage: str, **wildcards) -> list[str]:
+    """The keys of one job; `{algo_pretrained}` is the critic and behaviour sections of DTQL/EDA."""
+    from diffrl.algos import PRETRAINED
+    keys = []
+    for k in STAGES[stage]:
+        if k == "{algo_pretrained}":
+            keys += list(PRETRAINED.get(wildcards.get("algo"), ()))
+        else:
+            keys.append(k.format(**wildcards))
+    return keys
 
 
 def dataset_dir(env: str) -> str:
@@ -41,13 +55,21 @@ def eval_file(env: str, algo: str, seed) -> str:
     return f"runs/{env}/eval/{algo}/seed{seed}.json"
 
 
+def bandit_file(name: str, algo: str) -> str:
+    return f"runs/bandit/{name}/{algo}.npz"
+
+
+def bandit_plot_file(name: str) -> str:
+    return f"results/bandit_{name}.png"
+
+
 def log_file(stage: str, *parts) -> str:
     return "logs/" + "/".join([stage, *map(str, parts)]) + ".log"
 
 
-def resume_file(stage: str, env: str, seed) -> str:
+def resume_file(section: str, env: str, seed) -> str:
     """Resume checkpoints live outside the stage outputs, so a failed job's progress survives."""
-    return f"runs/.resume/{stage}/{env}/seed{seed}.pt"
+    return f"runs/.resume/{env}/{section}/seed{seed}.pt"
 
 
 SUMMARY_OUTPUTS = ("summary.csv", "summary.md", "metrics.json", "curves.csv", "curves.png", "intervals.png")
@@ -57,13 +79,13 @@ def summary_files(env: str) -> list[str]:
     return [f"results/{env}_{name}" for name in SUMMARY_OUTPUTS]
 
 
-def declared_values(stage: str, validated: dict, raw: dict) -> str:
+def declared_values(stage: str, validated: dict, raw: dict, **wildcards) -> str:
     """The values a stage reads, as canonical JSON (Snakemake reruns a job when this changes).
 
     For `budgets` only the selected preset counts, since that is all a stage reads of it.
     """
     out = {}
-    for key in STAGES[stage]:
+    for key in stage_keys(stage, **wildcards):
         if key == "budgets":
             out[key] = raw.get("budgets", {}).get(validated["budget"], {})
         else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from diffrl import config
 from diffrl.config import ConfigError, StageParams  # noqa: F401 (re-exported for stages)
 from diffrl.data import DatasetError
-from diffrl.pipeline import STAGES
+from diffrl.pipeline import stage_keys
 from diffrl.runlog import NumericalError
 
 
@@ -48,11 +48,11 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run(stage: str, args: argparse.Namespace, log_path: str, main) -> None:
+def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) -> None:
     """Validate params, open the log, run `main(params, args)`; map known failures to one line."""
     try:
         validated = config.load(args.params, args.set)
-        params = StageParams(stage, validated, STAGES[stage])
+        params = StageParams(stage, validated, stage_keys(stage, **wildcards))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -48,9 +48,10 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
                   resume_path: Path | None = None, checkpoint_every: int = 0, desc: str = "train") -> dict:
     """Train `agent` for `steps` gradient steps on minibatches of `buffer`.
 
-    Every `eval_every` steps (and at the end) the agent is evaluated for `curve_episodes`
-    episodes on fresh seeds; these points form the learning curve, and its maximum is the
-    best-during-training score (reported as such, never as the final score). With
+    Every `eval_every` steps before the last the agent is evaluated for `curve_episodes` episodes
+    on fresh seeds; with the final evaluation (the evaluate stage) these points form the learning
+    curve, and its maximum is the best-during-training score (reported as such, never as the
+    final score). With
     `resume_path`, the loop checkpoints every `checkpoint_every` steps and, if a checkpoint is
     there, resumes from it (model, optimisers, RNG states, step, curve).
     Returns {curve, grad_steps, wall_s}.
@@ -74,7 +75,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     for step in range(start + 1, steps + 1):
         metrics = agent.update(buffer.sample(batch_size, generator=gen), generator=sample_gen)
         log.log(step, metrics)
-        if env_name is not None and (step % eval_every == 0 or step == steps):
+        if env_name is not None and step % eval_every == 0 and step < steps:
             ret, score = eval_score(agent, env_name, curve_episodes, CURVE_SEED + 1000 * seed + step)
             curve.append({"step": step, "return": ret, "score": score})
             log.log_eval(step, score, ret)

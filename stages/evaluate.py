@@ -22,18 +22,22 @@ def main(p, args):
     seed_everything(args.seed, p["deterministic"])
     rdir = run_dir(args.env, args.algo, args.seed)
     train = read_json(Path(rdir) / "train.json")
-    agent = load_agent(rdir, pick_device(p["device"]))
+    agent, _ = load_agent(rdir, pick_device(p["device"]))
     ep_seed = FINAL_SEED + 1000 * args.seed
     returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed)
     scores = normalized_score(args.env, returns)
-    curve = train.get("curve", [])
+    # the learning curve ends with this final evaluation
+    curve = train.get("curve", []) + [{"step": int(train.get("grad_steps", 0)), "return": float(returns.mean()),
+                                       "score": float(scores.mean())}]
     result = {
         "algorithm": args.algo, "env": args.env, "seed": args.seed,
         "final_score": float(scores.mean()), "final_return": float(returns.mean()),
         "episode_returns": returns.tolist(), "eval_episodes": int(len(returns)),
         "best_during_training_score": float(max([c["score"] for c in curve] + [scores.mean()])),
         "curve": curve, "grad_steps": int(train.get("grad_steps", 0)), "env_steps": int(train.get("env_steps", 0)),
-        "wall_s": float(train.get("wall_s", 0.0)), "run_info": train.get("run_info", {}),
+        # wall time of the row: its own training plus the pretraining runs it started from
+        "wall_s": float(train.get("wall_s", 0.0)) + float(train.get("pretraining_wall_s", 0.0)),
+        "run_info": train.get("run_info", {}),
     }
     write_json(eval_file(args.env, args.algo, args.seed), result)
     print(f"{args.algo} {args.env} seed {args.seed}: return {returns.mean():.1f}, score {np.mean(scores):.2f}")

@@ -28,7 +28,8 @@ def test_repository_params_are_valid():
     (["seeds=[0, 0]"], "distinct"),
     (["budgets.smoke.critic_steps=0"], "out of range"),
     (["algorithms=[bc, iqll]"], "did you mean 'iql'"),
-    (["stats.baseline=dql"], "not in algorithms"),
+    (["stats.baseline=qg", "algorithms=[bc, iql]"], "not in algorithms"),
+    (["qg.variant=ql"], "set qg.variant: qg"),
 ])
 def test_bad_values_are_rejected_with_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -45,7 +46,7 @@ def test_snakemake_nested_config_becomes_overrides():
     raw["budget"] = "smoke"
     raw["iql"] = {**raw["iql"], "expectile": "0.8"}  # as `--config 'iql={expectile: 0.8}'` gives it
     merged, overrides = config.snakemake_config(raw, ROOT / "params.yaml")
-    assert merged["iql"]["expectile"] == "0.8" and set(overrides) == {"budget=smoke", "iql.expectile=0.8"}
+    assert merged["iql"]["expectile"] == 0.8 and set(overrides) == {"budget=smoke", "iql.expectile=0.8"}
 
 
 def test_stage_sees_only_declared_keys():
@@ -57,7 +58,7 @@ def test_stage_sees_only_declared_keys():
 
 
 def test_stage_entry_point_fails_fast_with_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "stages/critic_pretrain.py", "--env", "halfcheetah", "--seed", "0",
+    out = subprocess.run([sys.executable, "stages/train.py", "critic_pretrain", "--critic", "iql", "--env", "halfcheetah", "--seed", "0",
                           "--set", "iql.expectile=1.5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip() and "settotalmass" not in l]

@@ -119,3 +119,14 @@ def test_summary_statistics_by_hand():
     assert t.score_iqm == pytest.approx(2.5) == iqm(v)  # middle half: 2 and 3
     assert t.iqm_ci_low <= t.score_iqm <= t.iqm_ci_high
     assert t.best_mean == pytest.approx(4.0) and t.return_mean == pytest.approx(30.0)
+
+
+def test_fast_mish_matches_torch_mish():
+    from diffrl.nets import Mish
+    x = torch.linspace(-20, 20, 2001, dtype=torch.float64, requires_grad=True)
+    y = Mish()(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = torch.nn.functional.mish(x2)
+    (g2,) = torch.autograd.grad(y2.sum(), x2)
+    assert torch.allclose(y, y2, atol=1e-10) and torch.allclose(g, g2, atol=1e-10)

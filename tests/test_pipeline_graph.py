@@ -5,7 +5,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-from diffrl.pipeline import STAGES
+from diffrl.pipeline import STAGES, stage_keys
 
 from conftest import ROOT
 
@@ -18,12 +18,14 @@ def snakemake_jobs(cwd=ROOT, extra=()):
     for line in out.stdout.splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
         if m:
-            cur = {"rule": m.group(1), "input": [], "output": [], "cmd": None}
+            cur = {"rule": m.group(1), "input": [], "output": [], "cmd": None, "wildcards": {}}
             jobs.append(cur)
         elif cur is not None and line.startswith("    input: "):
             cur["input"] = [s.strip() for s in line[len("    input: "):].split(",")]
         elif cur is not None and line.startswith("    output: "):
             cur["output"] = [s.strip() for s in line[len("    output: "):].split(",")]
+        elif cur is not None and line.startswith("    wildcards: "):
+            cur["wildcards"] = dict(kv.split("=", 1) for kv in line[len("    wildcards: "):].split(", "))
         elif cur is not None and line.startswith("Shell command: "):
             cur["cmd"] = line[len("Shell command: "):].strip()
     return [j for j in jobs if j["rule"] != "all"]
@@ -51,7 +53,7 @@ def test_same_stages_commands_inputs_outputs_and_params():
         key = tuple(sorted(job["output"]))
         assert key in by_out, f"Snakemake job {job['rule']} -> {key} has no DVC stage"
         st = by_out[key]
-        assert st["name"] == job["rule"]
+        assert st["name"] in (job["rule"], f"{job['rule']}_{job['wildcards'].get('algo')}"), (st["name"], job)
         assert st["cmd"] == job["cmd"], (st["cmd"], job["cmd"])
         # inputs: the library files are covered by the `diffrl` dependency, eval files by their folder
         for path in job["input"]:
@@ -60,12 +62,12 @@ def test_same_stages_commands_inputs_outputs_and_params():
         for dep in st["deps"]:
             assert any(p == dep or p.startswith(dep.rstrip("/") + "/") for p in job["input"]), \
                 f"{st['name']}: DVC dependency {dep} is not a Snakemake input of {job['rule']}"
-        assert st["params"] == sorted(STAGES[job["rule"]]), (st["name"], st["params"])
+        assert st["params"] == sorted(stage_keys(job["rule"], **job["wildcards"])), (st["name"], st["params"])
 
 
 def test_snakemake_params_are_the_declared_keys():
     """Every rule's params: carries exactly the values its stage declares."""
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    rules = re.findall(r"rule (\w+):.*?params: declared=declared\(\"(\w+)\"\)", text, flags=re.S)
+    rules = re.findall(r"rule (\w+):.*?declared=(?:lambda wc: )?declared\(\"(\w+)\"", text, flags=re.S)
     assert rules and all(a == b for a, b in rules), rules
     assert {a for a, _ in rules} == set(STAGES)

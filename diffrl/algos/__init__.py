@@ -1,12 +1,38 @@
 """Algorithm registry: each module owns its config dataclass, agent and update rule.
 
-ALGORITHM_CONFIGS maps a params.yaml section to its config dataclass; ROWS maps a summary-table
-row to the agent class whose checkpoint the evaluation stage loads.
+SECTIONS maps a params.yaml section to its config dataclass. Several sections share a class
+with different values (the IQL critics of IQL, DTQL and EDA; the Diffusion-QL variants).
+AGENTS maps a section to the agent class its stage trains; ROWS are the summary-table rows.
 """
 from diffrl.algos.bc import BCConfig, DiffusionBC
+from diffrl.algos.dql import DiffusionQL, DQLConfig
+from diffrl.algos.dtql import DTQL, DTQLBehaviorConfig, DTQLConfig, EDMBehavior
+from diffrl.algos.eda import BottleneckBehavior, EDAAlign, EDABehaviorConfig, EDAConfig
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.algos.sac import SACConfig
 
-ALGORITHM_CONFIGS = {"sac": SACConfig, "iql": IQLConfig, "bc": BCConfig}
+CRITICS = ("iql", "dtql_critic", "eda_critic")          # critic pretraining (IQL losses)
+BEHAVIORS = ("bc", "dtql_behavior", "eda_behavior")     # behaviour pretraining
+DQL_VARIANTS = {"dql": "ql", "qg": "qg", "edp": "edp", "eg_ood": "eg_ood"}  # row -> dql variant
+OFFLINE = (*DQL_VARIANTS, "dtql", "eda")                # offline training on the dataset
+# the critic and behaviour runs an offline row starts from (cached pretraining stages)
+PRETRAINED = {"dtql": ("dtql_critic", "dtql_behavior"), "eda": ("eda_critic", "eda_behavior")}
 
-ROWS = {"bc": DiffusionBC, "iql": IQL}
+SECTIONS = {
+    "sac": SACConfig,
+    **{c: IQLConfig for c in CRITICS},
+    "bc": BCConfig, "dtql_behavior": DTQLBehaviorConfig, "eda_behavior": EDABehaviorConfig,
+    **{r: DQLConfig for r in DQL_VARIANTS},
+    "dtql": DTQLConfig, "eda": EDAConfig,
+}
+ALGORITHM_CONFIGS = SECTIONS  # what the config loader validates
+
+AGENTS = {
+    **{c: IQL for c in CRITICS},
+    "bc": DiffusionBC, "dtql_behavior": EDMBehavior, "eda_behavior": BottleneckBehavior,
+    **{r: DiffusionQL for r in DQL_VARIANTS},
+    "dtql": DTQL, "eda": EDAAlign,
+}
+
+# summary-table rows: the evaluated policy of each of these runs
+ROWS = ("bc", "iql", *OFFLINE)

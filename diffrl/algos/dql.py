@@ -25,7 +25,9 @@ gradient step (it really decays). `published_lr_decay` reproduces the released c
 CosineAnnealingLR(T_max = total steps) was stepped once per 50-epoch evaluation round
 (every 50,000 gradient steps, ~40 times over 2M steps), which leaves the lr ~constant.
 
-Also here: `online_finetune` (the online tuning mode) and `select_checkpoint` (model selection).
+Also here: `online_finetune` (the online tuning mode), `select_checkpoint` (model selection),
+and `DPMSolver`. The nets' Mish (diffrl.nets.Mish) is computed through one sigmoid on CPU, where
+aten::mish is slow. `DiffusionQL.update_critic` runs a critic-only TD step (warm-up).
 """
 from __future__ import annotations
 
@@ -35,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffrl.algos.bc import ema_update
 from diffrl.diffusion import DiffusionSchedule, vp_betas
@@ -100,45 +101,6 @@ class DQLConfig:
             raise ConfigError(f"{prefix}.dpm_steps={self.dpm_steps} exceeds T={self.T}: set at most T (0 = T)")
 
 
-# --------------------------------------------------------------------------- fast Mish
-class _MishFn(torch.autograd.Function):
-    """Mish x tanh(softplus(x)) written with one sigmoid: with u = sigmoid(-x),
-    tanh(softplus(x)) = (1 - u^2) / (1 + u^2) and d/dx mish = t + x (1 - t^2)(1 - u), t the
-    tanh term. Same function as nn.Mish (|diff| < 1e-6) but several times faster on CPU, where
-    aten::mish runs a scalar tanh/log1p. First derivatives only."""
-
-    @staticmethod
-    def forward(ctx, x):
-        u = torch.sigmoid(x.neg())
-        u2 = u * u
-        t = (1 - u2).div_(u2.add_(1))
-        ctx.save_for_backward(x, u, t)
-        return x * t
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, u, t = ctx.saved_tensors
-        d = torch.addcmul(t, x * (1 - t * t), 1 - u)
-        return g * d
-
-
-class FastMish(torch.nn.Module):
-    """Drop-in replacement of nn.Mish (no parameters, so state dicts are unchanged)."""
-
-    def forward(self, x):
-        return _MishFn.apply(x)
-
-
-def use_fast_mish(module: torch.nn.Module) -> torch.nn.Module:
-    """Swap every nn.Mish inside `module` for FastMish (in place); returns the module."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Mish):
-                setattr(parent, name, FastMish())
-    return module
-
-
 # --------------------------------------------------------------------------- DPM-Solver
 class DPMSolver:
     """Deterministic DPM-Solver++(2M) (Lu et al. 2022) for a discrete VP schedule.
@@ -196,9 +158,9 @@ class DiffusionQL(torch.nn.Module):
             raise ConfigError(f"dql.variant={cfg.variant!r} is not one of {', '.join(VARIANTS)}")
         self.cfg, self.act_dim, self.reward_scale = cfg, act_dim, reward_scale
         self.name = "dql" if cfg.variant == "ql" else f"dql_{cfg.variant}"
-        self.actor = use_fast_mish(NoiseNet(obs_dim, act_dim, cfg.hidden, cfg.layers))
+        self.actor = NoiseNet(obs_dim, act_dim, cfg.hidden, cfg.layers)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = use_fast_mish(Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "mish"))
+        self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "mish")
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         betas = vp_betas(cfg.T, cfg.beta_min, cfg.beta_max)
         self.schedule = DiffusionSchedule(betas, device)
@@ -208,8 +170,8 @@ class DiffusionQL(torch.nn.Module):
         self.register_buffer("qg_scale", (self.schedule.sqrt_1m_abar / self.schedule.sqrt_abar).clone(),
                              persistent=False)
         self.to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, foreach=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, fused=True)
         # python-side counters (no host sync); saved through get_extra_state
         self._step = 0
         self._lr_start = 0  # gradient step at which the current lr schedule began
@@ -341,6 +303,14 @@ class DiffusionQL(torch.nn.Module):
         self.critic_opt.step()
         return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), **extra}
 
+    def update_critic(self, b: dict, generator=None) -> dict:
+        """One critic-only step (TD loss and Polyak target update), e.g. to warm up the critic
+        before policy improvement; the actor, its EMA and the step counter are untouched."""
+        self._set_lr()
+        metrics = self._critic_step(b, generator)
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        return metrics
+
     def _actor_loss(self, b, generator) -> tuple[torch.Tensor, dict]:
         cfg, v = self.cfg, self.cfg.variant
         obs, action = b["obs"], b["action"]
@@ -462,8 +432,9 @@ def select_checkpoint(curve: list[dict], mode: str = "online", k: int = 1, publi
     online: the argmax of the evaluation score (first one on ties); it peeks at online returns,
     so report it as best-during-training. offline: among the checkpoints whose bc_loss is one
     of the k smallest, the latest. `published=True` reproduces the released selection, which
-    compared np.argsort(bc_loss) elementwise to top_k = min(len - 1, k) (a mask unrelated to the
-    k smallest losses) and then took the best score under that mask.
+    took the row where np.argsort(bc_loss) == top_k, top_k = min(len - 1, k): a permutation
+    compared elementwise to a number, i.e. the position at which checkpoint top_k is ranked,
+    unrelated to the k smallest losses.
     """
     if not curve:
         raise ValueError("select_checkpoint: empty curve")
@@ -474,11 +445,6 @@ def select_checkpoint(curve: list[dict], mode: str = "online", k: int = 1, publi
     bc = np.array([c["bc_loss"] for c in curve], dtype=np.float64)
     if published:
         top_k = min(len(bc) - 1, k)
-        mask = np.argsort(bc) == top_k
-        if not mask.any():
-            mask[:] = True
-        scores = np.array([c["score"] for c in curve], dtype=np.float64)
-        cand = np.flatnonzero(mask)
-        return int(cand[np.argmax(scores[cand])])
+        return int(np.flatnonzero(np.argsort(bc) == top_k)[0])
     smallest = np.argsort(bc, kind="stable")[: max(1, k)]
     return int(smallest.max())

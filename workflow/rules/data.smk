@@ -3,17 +3,21 @@
 rule dataset:
     output: directory(dataset_dir("{env}"))
     input: LIB, "stages/dataset.py"
-    params: declared=declared("dataset")
+    params:
+        declared=declared("dataset"),
+        set=overrides("dataset"),
     log: log_file("dataset", "{env}")
     threads: 1
     resources: gpu=GPU
-    shell: "python stages/dataset.py --env {wildcards.env}" + overrides("dataset")
+    shell: "python stages/dataset.py --env {wildcards.env}{params.set}"
 
 
 rule toy_dataset:
     output: toy_file("{name}")
     input: LIB, "stages/toy_dataset.py"
-    params: declared=declared("toy_dataset")
+    params:
+        declared=declared("toy_dataset"),
+        set=overrides("toy_dataset"),
     log: log_file("toy_dataset", "{name}")
     threads: 1
-    shell: "python stages/toy_dataset.py --name {wildcards.name}" + overrides("toy_dataset")
+    shell: "python stages/toy_dataset.py --name {wildcards.name}{params.set}"

@@ -3,8 +3,10 @@
 rule evaluate:
     output: eval_file("{env}", "{algo}", "{seed}")
     input: LIB, "stages/evaluate.py", run_dir("{env}", "{algo}", "{seed}")
-    params: declared=declared("evaluate")
+    params:
+        declared=declared("evaluate"),
+        set=overrides("evaluate"),
     log: log_file("evaluate", "{env}", "{algo}", "seed{seed}")
     threads: 1
     resources: gpu=GPU
-    shell: "python stages/evaluate.py --env {wildcards.env} --algo {wildcards.algo} --seed {wildcards.seed}" + overrides("evaluate")
+    shell: "python stages/evaluate.py --env {wildcards.env} --algo {wildcards.algo} --seed {wildcards.seed}{params.set}"

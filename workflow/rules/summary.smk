@@ -5,7 +5,9 @@ rule summary:
     input:
         LIB, "stages/summary.py",
         lambda wc: [eval_file(wc.env, a, s) for a in P["algorithms"] for s in P["seeds"]],
-    params: declared=declared("summary")
+    params:
+        declared=declared("summary"),
+        set=overrides("summary"),
     log: log_file("summary", "{env}")
     threads: 1
-    shell: "python stages/summary.py --env {wildcards.env}" + overrides("summary")
+    shell: "python stages/summary.py --env {wildcards.env}{params.set}"

@@ -1,0 +1,91 @@
+"""The 2-D bandit study: every offline algorithm on a toy dataset (one constant state, 2-D
+action, reward peaking at one mode), pretraining included, in one process per (dataset, seed).
+
+What it measures: the mean reward of each policy's actions against the best and the mean reward
+in the data, and how much of the policy stays on the data's support."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffrl.algos import AGENTS, CRITICS, DQL_VARIANTS, PRETRAINED
+from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
+from diffrl.train import train_offline
+
+ON_SUPPORT = 0.1  # a policy action within this distance of some data action is "on support"
+
+
+def _build(section: str, cfg, device, steps: int, parts=None):
+    cls = AGENTS[section]
+    if section in PRETRAINED:
+        return cls(1, 2, cfg, parts["behavior"], parts["critic"], device)
+    extra = {"reward_scale": 1.0} if section in CRITICS else ({"total_steps": steps} if section in DQL_VARIANTS else {})
+    return cls(1, 2, cfg, device, **extra)
+
+
+def toy_steps(section: str, budget) -> int:
+    """EDA's behaviour and alignment keep their own (costly) step counts; the rest run toy_steps."""
+    return {"eda": budget.align_steps, "eda_behavior": budget.energy_behavior_steps}.get(section, budget.toy_steps)
+
+
+def run_bandit(name: str, row: str, seed: int, configs: dict, budget, n_samples: int, device="cpu",
+               log=print) -> dict:
+    """Train one row (and the critic and behaviour it starts from) on toy set `name` with `seed`;
+    return its policy's actions [n_samples, 2] and the data."""
+    data = toy_dataset(name, budget.toy_samples, seed=0)
+    buf = ReplayBuffer.from_arrays(data, device)
+    trained = {}
+    for section in (*PRETRAINED.get(row, ()), row):
+        steps = toy_steps(section, budget)
+        torch.manual_seed(seed)
+        parts = None
+        if section in PRETRAINED:
+            critic, behavior = PRETRAINED[section]
+            parts = {"critic": trained[critic], "behavior": trained[behavior]}
+        agent = _build(section, configs[section], device, steps, parts)
+        train_offline(agent, buf, steps=steps, batch_size=configs[section].batch_size, seed=seed, run_dir=None,
+                      env_name=None, eval_every=steps, curve_episodes=1, desc=f"{name} {section} seed {seed}")
+        trained[section] = agent
+        log(f"{name} seed {seed}: trained {section} ({steps} steps)")
+    agent = trained[row].eval()
+    actions = agent.act(np.zeros((n_samples, 1), np.float32), generator=torch.Generator(device=device).manual_seed(seed))
+    return {"actions": np.asarray(actions), "data": data}
+
+
+def bandit_metrics(name: str, seed: int, actions: dict, data: dict) -> list[dict]:
+    rows = []
+    d = torch.as_tensor(data["action"])
+    for algo, a in actions.items():
+        at = torch.as_tensor(a, dtype=torch.float32)
+        nearest = torch.cdist(at, d).min(1).values
+        rows.append({"dataset": name, "algorithm": algo, "seed": seed,
+                     "policy_reward_mean": float(toy_reward(a).mean()),
+                     "data_reward_best": float(data["reward"].max()),
+                     "data_reward_mean": float(data["reward"].mean()),
+                     "on_support": float((nearest < ON_SUPPORT).float().mean())})
+    return rows
+
+
+def plot_bandit(name: str, data: dict, actions_by_seed: list[dict], path) -> None:
+    """One panel per algorithm: its samples (all seeds) over the data, coloured by reward."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    algos = list(actions_by_seed[0])
+    cols = 4
+    rows = int(np.ceil(len(algos) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax, algo in zip(axes.flat, algos):
+        ax.scatter(data["action"][:, 0], data["action"][:, 1], c="lightgray", s=2, label="data")
+        a = np.concatenate([s[algo] for s in actions_by_seed])
+        sc = ax.scatter(a[:, 0], a[:, 1], c=toy_reward(a), s=3, cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"{algo}: reward {toy_reward(a).mean():.2f}", fontsize=9)
+        ax.set_xlim(-1, 1)
+        ax.set_ylim(-1, 1)
+        ax.set_aspect("equal")
+    for ax in list(axes.flat)[len(algos):]:
+        ax.axis("off")
+    fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.6, label="reward")
+    fig.suptitle(f"{name}: policy samples over the behaviour data ({len(actions_by_seed)} seeds)")
+    fig.savefig(path, dpi=80, format="png")
+    plt.close(fig)

@@ -1,0 +1,56 @@
+"""Stages `critic_pretrain`, `behavior_pretrain` and `offline_train`: train one params section
+on data/{env}/dataset for one seed and write runs/{env}/{section}/seed{seed}/.
+
+    python stages/train.py critic_pretrain --critic iql --env halfcheetah --seed 0
+    python stages/train.py behavior_pretrain --behavior bc --env halfcheetah --seed 0
+    python stages/train.py offline_train --algo dtql --env halfcheetah --seed 0
+DTQL and EDA load the critic and behaviour checkpoints of their own pretraining runs."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffrl import stage  # noqa: E402
+from diffrl.pipeline import dataset_dir, log_file, resume_file, run_dir  # noqa: E402
+
+WILDCARD = {"critic_pretrain": "critic", "behavior_pretrain": "behavior", "offline_train": "algo"}
+
+
+def main(p, args):
+    from diffrl.algos import PRETRAINED
+    from diffrl.offline import budget_steps, train_run
+    from diffrl.utils import atomic_path, pick_device, seed_everything
+
+    section = getattr(args, WILDCARD[args.stage])
+    cfg, b = p[section], p.budget
+    seed_everything(args.seed, p["deterministic"])
+    pretrained = None
+    if section in PRETRAINED:
+        critic, behavior = PRETRAINED[section]
+        pretrained = {"critic": run_dir(args.env, critic, args.seed), "behavior": run_dir(args.env, behavior, args.seed)}
+    resume = Path(resume_file(section, args.env, args.seed))
+    with atomic_path(run_dir(args.env, section, args.seed)) as tmp:
+        info = train_run(section, cfg, env_name=args.env, dataset_dir=dataset_dir(args.env), out_dir=tmp,
+                         seed=args.seed, steps=budget_steps(section, b), eval_every=b.eval_every,
+                         curve_episodes=b.curve_episodes, device=pick_device(p["device"]), resume_path=resume,
+                         budget=p["budget"], pretrained=pretrained)
+    resume.unlink(missing_ok=True)
+    print(f"{args.stage} {section} {args.env} seed {args.seed}: {info['grad_steps']} steps in {info['wall_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE
+    a = stage.parser(__doc__)
+    a.add_argument("stage", choices=list(WILDCARD))
+    a.add_argument("--critic", choices=CRITICS)
+    a.add_argument("--behavior", choices=BEHAVIORS)
+    a.add_argument("--algo", choices=OFFLINE)
+    a.add_argument("--env", required=True)
+    a.add_argument("--seed", type=int, required=True)
+    args = a.parse_args()
+    key = WILDCARD[args.stage]
+    if getattr(args, key) is None:
+        a.error(f"{args.stage} needs --{key}")
+    section = getattr(args, key)
+    stage.run(args.stage, args, log_file(args.stage, args.env, section, f"seed{args.seed}"), main,
+              **{key: section})

@@ -1,0 +1,41 @@
+# Training, cached per seed: critic pretraining (IQL losses: iql, dtql_critic, eda_critic),
+# behaviour pretraining (bc, dtql_behavior, eda_behavior) and offline training (the
+# Diffusion-QL variants, and DTQL and EDA from their own pretrained critic and behaviour).
+
+rule critic_pretrain:
+    output: directory(run_dir("{env}", "{critic}", "{seed}"))
+    input: LIB, "stages/train.py", dataset_dir("{env}")
+    params:
+        declared=lambda wc: declared("critic_pretrain", critic=wc.critic),
+        set=lambda wc: overrides("critic_pretrain", critic=wc.critic),
+    log: log_file("critic_pretrain", "{env}", "{critic}", "seed{seed}")
+    threads: 1
+    resources: gpu=GPU
+    shell: "python stages/train.py critic_pretrain --critic {wildcards.critic} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
+
+
+rule behavior_pretrain:
+    output: directory(run_dir("{env}", "{behavior}", "{seed}"))
+    input: LIB, "stages/train.py", dataset_dir("{env}")
+    params:
+        declared=lambda wc: declared("behavior_pretrain", behavior=wc.behavior),
+        set=lambda wc: overrides("behavior_pretrain", behavior=wc.behavior),
+    log: log_file("behavior_pretrain", "{env}", "{behavior}", "seed{seed}")
+    threads: 1
+    resources: gpu=GPU
+    shell: "python stages/train.py behavior_pretrain --behavior {wildcards.behavior} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
+
+
+rule offline_train:
+    output: directory(run_dir("{env}", "{algo}", "{seed}"))
+    input:
+        LIB, "stages/train.py", dataset_dir("{env}"),
+        lambda wc: [run_dir(wc.env, part, wc.seed) for part in PRETRAINED.get(wc.algo, ())],
+    params:
+        declared=lambda wc: declared("offline_train", algo=wc.algo),
+        set=lambda wc: overrides("offline_train", algo=wc.algo),
+    log: log_file("offline_train", "{env}", "{algo}", "seed{seed}")
+    wildcard_constraints: algo="|".join(OFFLINE)
+    threads: 1
+    resources: gpu=GPU
+    shell: "python stages/train.py offline_train --algo {wildcards.algo} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
