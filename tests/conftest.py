@@ -28,3 +28,12 @@ def copy_project(dst: Path) -> Path:
 @pytest.fixture
 def project(tmp_path):
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small nets run fastest on one thread (and the machine may be shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ OBS, ACT = 17, 6  # halfcheetah shapes
 CENTERS = 0.7 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small nets are dispatch-bound: one intra-op thread is fastest and deterministic."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cheetah_batch(B=64, seed=0):

@@ -21,13 +21,7 @@ OBS, ACT = 3, 2
 CENTERS = 0.7 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small nets run fastest on one thread (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_behavior(obs_dim=OBS, act_dim=ACT, **kw):

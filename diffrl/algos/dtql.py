@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.fields import ConfigError, param
-from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp, soft_update
+from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp
 
 
 # --------------------------------------------------------------------------- EDM behaviour model
@@ -213,27 +213,6 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(f)
 
 
-def iql_critic_step(critic: IQL, b: dict) -> dict:
-    """IQL's V (expectile) and Q (r + gamma (1-d) V(s')) steps and the Polyak target update, without
-    its AWR policy (DTQL and EDA only need the critic)."""
-    cfg = critic.cfg
-    with torch.no_grad():
-        q_t = critic.q_target.q_min(b["obs"], b["action"])
-    u = q_t - critic.v(b["obs"])
-    v_loss = ((cfg.expectile - (u < 0).float()).abs() * u.pow(2)).mean()
-    critic.v_opt.zero_grad(set_to_none=True)
-    v_loss.backward()
-    critic.v_opt.step()
-    with torch.no_grad():
-        target = critic.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * critic.v(b["next_obs"])
-    q_loss = (critic.q(b["obs"], b["action"]) - target).pow(2).mean(-1).sum()
-    critic.q_opt.zero_grad(set_to_none=True)
-    q_loss.backward()
-    critic.q_opt.step()
-    soft_update(critic.q_target, critic.q, cfg.tau)
-    return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "q_mean": q_t.mean()}
-
-
 class DTQL(nn.Module):
     """One-step tanh-Gaussian policy in the trust region of a pretrained EDM behaviour model.
 
@@ -265,7 +244,7 @@ class DTQL(nn.Module):
     def update(self, b: dict, generator=None) -> dict:
         cfg, out = self.cfg, {}
         if cfg.update_critic:
-            out.update(iql_critic_step(self.critic, b))
+            out.update(self.critic.critic_step(b)[0])
         if cfg.update_behavior:
             out.update(self.behavior.update(b, generator))
         # actor: alpha * L_TR(a_pi) - Q_min(s, a_pi) (+ gamma_nll * NLL); behaviour and Q frozen

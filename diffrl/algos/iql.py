@@ -49,18 +49,19 @@ class IQL(torch.nn.Module):
         self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
         self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
 
-    def update(self, b: dict, generator=None) -> dict:
+    def critic_step(self, b: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """V (expectile of min Q_target - V) and Q (r + gamma (1 - d) V(s')) steps and the Polyak
+        target update. Returns (metrics, min Q_target(s, a), V(s)) for the policy step; DTQL
+        calls this alone, as it needs the critic without the AWR policy."""
         cfg = self.cfg
         with torch.no_grad():
             q_t = self.q_target.q_min(b["obs"], b["action"])
-        # value: expectile regression of min Q_target(s, a) - V(s)
         v = self.v(b["obs"])
         u = q_t - v
         v_loss = ((cfg.expectile - (u < 0).float()).abs() * u.pow(2)).mean()
         self.v_opt.zero_grad(set_to_none=True)
         v_loss.backward()
         self.v_opt.step()
-        # Q: r + gamma (1 - d) V(s')
         with torch.no_grad():
             target = self.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * self.v(b["next_obs"])
         q = self.q(b["obs"], b["action"])
@@ -69,14 +70,17 @@ class IQL(torch.nn.Module):
         q_loss.backward()
         self.q_opt.step()
         soft_update(self.q_target, self.q, cfg.tau)
+        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "q_mean": q_t.mean()}, q_t, v.detach()
+
+    def update(self, b: dict, generator=None) -> dict:
+        metrics, q_t, v = self.critic_step(b)
         # AWR policy: maximise exp(beta A) log pi(a|s)
-        w = torch.exp(cfg.temperature * (q_t - v.detach())).clamp(max=cfg.max_weight)
+        w = torch.exp(self.cfg.temperature * (q_t - v)).clamp(max=self.cfg.max_weight)
         pi_loss = -(w * self.policy.log_prob(b["obs"], b["action"])).mean()
         self.pi_opt.zero_grad(set_to_none=True)
         pi_loss.backward()
         self.pi_opt.step()
-        return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "pi_loss": pi_loss.detach(),
-                "q_mean": q_t.mean()}
+        return {**metrics, "pi_loss": pi_loss.detach()}
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
