@@ -1,0 +1,773 @@
+"""Online diffusion-policy RL: SDAC (reverse-sampling score matching) and DPMD (diffusion policy
+mirror descent) with the fork's inference-time tilts. Math and reference hyperparameters:
+/work/shared/specs/algorithms.md, "SDAC and DPMD (online)". One file: config, agent, training loop,
+named variants; the world models of the model-based tilt live in `diffrl.algos.dpmd_models`.
+
+Shared by both algorithms
+- Policy: eps_theta(a_t, t, s) (`diffrl.nets.NoiseNet`), linear beta schedule (T=20), x_T ~ 0.5 N(0, I),
+  DDPM ancestral sampling with x0 clipped to [-1, 1] (`DiffusionSchedule.sample`; guided sampling
+  composes `DiffusionSchedule.step`). An EMA copy of the policy collects data and is evaluated.
+- Action: num_particles samples per state in ONE sampler call (states repeated), the particle with
+  the best tilt value is kept (argmax, or drawn ~ softmax(lambda value) with a finite
+  particle_selection_lambda); while training, Gaussian noise of std 0.1 alpha is added.
+- Critic: twin Q (3x256 Mish), target reward_scale r + gamma (1 - terminal) min Q_target(s', a'),
+  a' the policy's action at s' drawn with the same particle routine (current policy, not the EMA,
+  plus the exploration noise: `target_noise`). Policy, EMA and target critics every delay_update
+  updates; the policy lr decays linearly from policy_lr to policy_lr_end between updates
+  lr_decay_begin and lr_decay_end.
+- Temperature: H(alpha) = 0.5 d log(2 pi e (0.1 alpha)^2) (the entropy of the exploration noise),
+  loss log(alpha) (H - target) with target -0.9 d, Adam 7e-3 every 250 updates (`tune_entropy`).
+
+Losses (both on the update's s' and the policy samples a' that the TD target already drew)
+- sdac: a_t = q_sample(a', t, e1); 64 candidates a0_j = clip((a_t - sqrt(1-abar) e2_j) / sqrt(abar));
+  w = softmax_j(V(s', a0_j) 5 / alpha); L = mean_B sum_j w_j ||eps_theta(a_t, t, s') - e2_j||^2 / d.
+- dpmd: L = mean_B w ||eps_theta(q_sample(a', t, z), t, s') - z||^2 / d with
+  w = exp(clip((V - m) / s, -3, 3) / alpha), m and s running mean/std of V (rate 1e-3,
+  initialised from the first batch rather than 0 and 1, which would clip every early weight). The BC target
+  a' is the tilted/selected sample itself (iterated mirror descent). `fix_q_norm_bug=False`
+  reproduces the published precedence bug V - m / s; `dpmd_constant_weight` sets w = 1;
+  `dpmd_double_q_update` reproduces the published double application of each critic step.
+V is the tilt value: Q aggregated over the heads by `q_critic_agg` (the TD target always uses the
+min), or with tilt="model" the one-step model value reward_scale r_hat(s, a) + gamma (1 - p_term) V_psi(s')
+with a learned state value V_psi (regressed on the TD bootstrap value min Q_target(s', a') of every
+update: cheap, differentiable, no sampler call; we chose it over Q(s', pi(s'))), or with
+plan_horizon H > 0 the model return of an H-action sequence
+sum_{k<H-1} gamma^k rs r_hat_k + gamma^{H-1} Q_agg(s_{H-1}, a_{H-1}) (tilt="q"; Q of the last step
+stands in for r_{H-1} + gamma V(s_H)) or sum_{k<H} gamma^k rs r_hat_k + gamma^H V_psi(s_H) (tilt="model").
+
+Inference-time tilts (every sampler call: acting, evaluation and the update's a')
+- Training-free guidance (tfg_lambda > 0): eps_g = eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)),
+  the gradient taken through eps_theta; V is evaluated at x0_hat clipped to [-1, 1] like the
+  sampler's x0 (clipped coordinates pass no gradient: at the noisiest levels, where
+  sqrt(abar) ~ 0.002, x0_hat is mostly clipped, so the tilt acts where the prediction means
+  something). lambda_t = tfg_lambda (constant) or tfg_lambda (t+1)/T (linear: decays towards the
+  clean end). guidance_recurrence K = guided steps per level: after each of the first K-1 the
+  sample is re-noised to level t with q(x_t | x_{t-1}). per_sample_guidance=False reproduces the
+  published 1/B scaling (gradient of the mean over the B states of a sampler call; the published
+  code vmapped the particles, so B excludes them); it applies to MALA's tilt term too.
+- MALA (mala_steps > 0): the policy is an energy net E_theta(s, a, t) with eps_theta = grad_a E.
+  At each level, mala_steps Metropolis-adjusted Langevin steps target
+  log pi_t(x) = -E(s, x, t) / sqrt(1-abar_t) + lambda_t V(s, x0_hat(x)) (the 1/sqrt(1-abar_t) makes
+  grad log pi_t the policy's score -eps/sqrt(1-abar_t); the spec writes -E), step size
+  h = clip(exp(l) beta_t, 1e-8, 0.5), l reset to 0 per level and moved by 0.05 (mean acceptance
+  probability - 0.574) after each step; then one unguided predictor (DDPM) step. With mala_steps > 0
+  the guidance enters only through MALA (tfg_lambda sets its lambda).
+
+Published reference commands (fork README) and our named variants: `VARIANTS` below. Our default
+is the FIXED q normalisation (fix_q_norm_bug=True) and single critic steps; the `dpmd` variant
+reproduces the reference command `--alg dpmd --num_particles 32` exactly, i.e. with both
+published bugs on (fix_q_norm_bug=False, dpmd_double_q_update=True), which is the code behind 9748;
+`dpmd_fixnorm` is that command with --fix_q_norm_bug (8995). Likewise `dpmd_tilt` and `dpmd_select`
+keep the published bugs of their reference commands (dpmd_tilt also the 1/B guidance scaling).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from diffrl.algos.dpmd_models import make_dynamics
+from diffrl.data import ReplayBuffer
+from diffrl.diffusion import DiffusionSchedule
+from diffrl.envs import evaluate, make_env, normalized_score
+from diffrl.fields import ConfigError, param
+from diffrl.nets import Critic, NoiseNet, SinusoidalEmbedding, ValueNet, soft_update
+from diffrl.utils import load_checkpoint, save_checkpoint
+
+INF = float("inf")
+
+
+@dataclass
+class OnlineConfig:
+    """SDAC / DPMD online hyperparameters (algorithms.md, "SDAC and DPMD (online)"); defaults are
+    the published HalfCheetah settings, except that published bugs are off (see VARIANTS)."""
+    alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent; "
+                     "sac: delegate to diffrl.algos.sac.train_sac (the Gaussian baseline)",
+                     choices=("sdac", "dpmd", "sac"))
+    # networks and diffusion
+    hidden: int = param(256, "hidden width of the policy net and the twin critics", low=1)
+    layers: int = param(3, "hidden layers of the policy net and the twin critics", low=1)
+    schedule: str = param("linear", "beta schedule: linear (0.8 linspace(1e-4, 0.999, T)) or cosine",
+                          choices=("linear", "cosine"))
+    T: int = param(20, "diffusion steps", low=1)
+    init_scale: float = param(0.5, "x_T ~ init_scale N(0, I)", low=0, low_open=True)
+    # environment loop
+    num_envs: int = param(5, "environments stepped side by side; one update per iteration of num_envs env steps",
+                          low=1)
+    batch_size: int = param(256, "minibatch size", low=1)
+    buffer_size: int = param(1_000_000, "replay buffer capacity (transitions)", low=1)
+    warmup: int = param(30_000, "uniform-random env steps before the first update", low=0)
+    # critic
+    gamma: float = param(0.99, "discount", low=0, high=1)
+    tau: float = param(0.005, "Polyak rate of the target critics (every delay_update updates)", low=0, high=1,
+                       low_open=True)
+    lr: float = param(3e-4, "Adam learning rate of the critics", low=0, low_open=True)
+    reward_scale: float = param(0.2, "reward multiplier in the TD target (and in model-based tilts)",
+                                low=0, low_open=True)
+    delay_update: int = param(2, "updates between policy, EMA and target-critic updates", low=1)
+    dpmd_double_q_update: bool = param(False, "dpmd: apply each critic step twice (published bug; the `dpmd` "
+                                       "variant turns it on to reproduce the reference run)")
+    # policy
+    policy_lr: float = param(3e-4, "policy Adam lr before the decay", low=0, low_open=True)
+    policy_lr_end: float = param(3e-5, "policy Adam lr after the decay", low=0, low_open=True)
+    lr_decay_begin: int = param(25_000, "update at which the linear policy-lr decay begins", low=0)
+    lr_decay_end: int = param(75_000, "update at which the policy lr reaches policy_lr_end", low=0)
+    ema_rate: float = param(0.005, "Polyak rate of the EMA policy (collection and evaluation), per policy update",
+                            low=0, high=1, low_open=True)
+    # action selection
+    num_particles: int = param(32, "policy samples per state when acting; the best under the tilt value is kept",
+                               low=1)
+    td_particles: int = param(0, "particles for the update's a' (TD target and policy-loss samples); "
+                              "0 = num_particles (the published code uses its acting routine)", low=0)
+    particle_selection_lambda: float = param(INF, "inf: keep the argmax particle; else draw one "
+                                             "~ softmax(lambda value)", low=0)
+    q_critic_agg: str = param("min", "aggregation of the twin Q heads in tilts, weights and selection "
+                              "(TD target always min)", choices=("min", "mean", "max"))
+    noise_scale: float = param(0.1, "exploration noise std = noise_scale * alpha (training actions and a')",
+                               low=0)
+    target_noise: bool = param(True, "add the exploration noise to the update's a' as the published acting "
+                               "routine does")
+    # temperature
+    init_alpha: float = param(5.0, "initial temperature alpha (log alpha starts at ln 5)", low=0, low_open=True)
+    tune_entropy: bool = param(True, "adapt alpha so the noise entropy 0.5 d log(2 pi e (noise_scale alpha)^2) "
+                               "tracks target_entropy_scale d")
+    target_entropy_scale: float = param(-0.9, "target entropy per action dimension")
+    alpha_lr: float = param(7e-3, "Adam lr of log alpha", low=0, low_open=True)
+    alpha_every: int = param(250, "updates between temperature steps", low=1)
+    # sdac
+    sdac_candidates: int = param(64, "sdac: reverse-sampling candidates a0_j per sample", low=1)
+    sdac_beta: float = param(5.0, "sdac: candidate weights softmax(V beta / alpha)", low=0)
+    # dpmd
+    q_norm_rate: float = param(1e-3, "dpmd: rate of the running mean/std of V", low=0, high=1, low_open=True)
+    q_norm_clip: float = param(3.0, "dpmd: clip of the normalised V before exp(. / alpha)", low=0, low_open=True)
+    fix_q_norm_bug: bool = param(True, "dpmd: True = (V - m) / s; False = the published precedence bug V - m / s")
+    dpmd_constant_weight: bool = param(False, "dpmd: w = 1 (pure cloning of the tilted/selected samples)")
+    # inference-time tilt
+    tilt: str = param("q", "value that tilts the policy: q = Q_agg(s, a); model = reward_scale r_hat(s, a) + "
+                      "gamma V_psi(s_hat') from learned models", choices=("q", "model"))
+    tfg_lambda: float = param(0.0, "guidance strength lambda (0 = off); with mala_steps > 0 the MALA tilt", low=0)
+    guidance_schedule: str = param("constant", "lambda_t: constant, or linear = lambda (t+1)/T",
+                                   choices=("constant", "linear"))
+    guidance_recurrence: int = param(1, "guided steps per level (re-noise to level t in between); 1 = none",
+                                     low=1)
+    per_sample_guidance: bool = param(True, "per-sample gradient; False = the published gradient of the batch "
+                                      "mean (guidance scaled by 1/N)")
+    mala_steps: int = param(0, "MALA corrector steps per level (0 = off); > 0 makes the policy an energy net",
+                            low=0)
+    mala_target_accept: float = param(0.574, "MALA step-size adaptation target acceptance", low=0, high=1,
+                                      low_open=True, high_open=True)
+    mala_adapt: float = param(0.05, "MALA log step-size adaptation rate", low=0)
+    # world models (tilt = model or plan_horizon > 0)
+    model_type: str = param("mlp_ensemble", "dynamics/reward model: deterministic MLP ensemble or a conditional "
+                            "diffusion model of (s' - s, r)", choices=("mlp_ensemble", "diffusion"))
+    model_ensemble: int = param(5, "members of the MLP ensemble", low=1)
+    model_hidden: int = param(200, "hidden width of the world model", low=1)
+    model_layers: int = param(3, "hidden layers of the world model", low=1)
+    model_T: int = param(10, "diffusion steps of the diffusion dynamics model", low=1)
+    model_lr: float = param(1e-3, "Adam lr of the world model and the state value V_psi", low=0, low_open=True)
+    plan_horizon: int = param(0, "H > 0: denoise H actions jointly, tilt by the model return, execute the first",
+                              low=0)
+
+    def check(self, prefix: str = "dpmd") -> None:
+        if self.lr_decay_end < self.lr_decay_begin:
+            raise ConfigError(f"{prefix}.lr_decay_end={self.lr_decay_end} is before {prefix}.lr_decay_begin="
+                              f"{self.lr_decay_begin}: make end >= begin")
+
+
+# Named variants: OnlineConfig overrides. Published numbers are HalfCheetah-v4, 1M env steps, 5 seeds.
+VARIANTS: dict[str, dict] = {
+    # the Gaussian SAC baseline: runs diffrl.algos.sac.train_sac (train_online delegates; 11114 later fork)
+    "sac": {"alg": "sac"},
+    # python scripts/train_mujoco.py --alg sdac
+    "sdac": {"alg": "sdac"},
+    # --alg dpmd --num_particles 32 (9748, SE 200): published code, both bugs on
+    "dpmd": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": False, "dpmd_double_q_update": True},
+    # ... --dpmd_constant_weight -tfg --tfg_lambda 128.0 --num_particles 32 --mala_steps 2 (10425, SE 372)
+    # (published guidance: gradient of the batch mean, so per_sample_guidance False)
+    "dpmd_tilt": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": False, "dpmd_double_q_update": True,
+                  "dpmd_constant_weight": True, "tfg_lambda": 128.0, "mala_steps": 2,
+                  "per_sample_guidance": False},
+    # ... --dpmd_constant_weight --num_particles 128 --q_critic_agg mean --particle_selection_lambda 64 (10429)
+    "dpmd_select": {"alg": "dpmd", "num_particles": 128, "fix_q_norm_bug": False, "dpmd_double_q_update": True,
+                    "dpmd_constant_weight": True, "q_critic_agg": "mean", "particle_selection_lambda": 64.0},
+    # ... --num_particles 32 --fix_q_norm_bug (8995, SE 246)
+    "dpmd_fixnorm": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": True, "dpmd_double_q_update": True},
+    # ours (no published number): guidance and particle selection by the one-step model value
+    "dpmd_model": {"alg": "dpmd", "num_particles": 32, "dpmd_constant_weight": True, "tilt": "model",
+                   "tfg_lambda": 128.0},
+    # ours (no published number): 3-action plans selected by their model return
+    "dpmd_plan": {"alg": "dpmd", "num_particles": 32, "dpmd_constant_weight": True, "plan_horizon": 3},
+}
+
+
+def variant_config(name: str, **overrides) -> OnlineConfig:
+    """OnlineConfig of a named variant, with further field overrides (e.g. a budget's warmup)."""
+    if name not in VARIANTS:
+        import difflib
+        close = difflib.get_close_matches(name, VARIANTS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown online variant '{name}'{hint}: choose one of {', '.join(VARIANTS)}")
+    valid = {f.name for f in fields(OnlineConfig)}
+    for k in overrides:
+        if k not in valid:
+            raise ConfigError(f"unknown OnlineConfig field '{k}'")
+    cfg = replace(OnlineConfig(), **{**VARIANTS[name], **overrides})
+    cfg.check()
+    return cfg
+
+
+# --------------------------------------------------------------------------- energy policy
+class EnergyNet(nn.Module):
+    """Scalar energy E_theta(a_t, t, s) (NoiseNet's time embedding and body, one output); calling
+    it returns eps_theta = grad_a E, so it is a drop-in eps-prediction net. When the caller has
+    gradients enabled the gradient is taken with create_graph (to train through it or to
+    differentiate it again); under no_grad it is computed locally and returned detached."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, t_dim: int = 16):
+        super().__init__()
+        self.time = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
+                                  nn.Linear(2 * t_dim, t_dim))
+        dims = [act_dim + t_dim + obs_dim] + [hidden] * layers
+        body = [m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.Mish())]
+        self.net = nn.Sequential(*body, nn.Linear(hidden, 1))  # torch's Mish: twice differentiable
+
+    def energy(self, a_t, t, obs):
+        return self.net(torch.cat([a_t, self.time(t), obs], -1)).squeeze(-1)
+
+    def forward(self, a_t, t, obs):
+        graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            a = a_t if (graph and a_t.requires_grad) else a_t.detach().requires_grad_(True)
+            eps, = torch.autograd.grad(self.energy(a, t, obs).sum(), a, create_graph=graph)
+        return eps
+
+
+def select_particles(particles: torch.Tensor, values: torch.Tensor, lam: float, generator=None) -> torch.Tensor:
+    """particles (B, P, D), values (B, P) -> (B, D): argmax (lam = inf) or one ~ softmax(lam values)."""
+    if math.isinf(lam):
+        idx = values.argmax(1)
+    else:
+        idx = torch.multinomial(torch.softmax(lam * values, 1), 1, generator=generator).squeeze(1)
+    return particles[torch.arange(particles.shape[0], device=particles.device), idx]
+
+
+# --------------------------------------------------------------------------- agent
+class DiffusionOnline(nn.Module):
+    """SDAC or DPMD agent (cfg.alg). Actions live in [-1, 1]^d; `act` maps them onto the env's box."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: OnlineConfig, device="cpu", action_low=None,
+                 action_high=None):
+        super().__init__()
+        if cfg.alg not in ("sdac", "dpmd"):
+            raise ConfigError(f"DiffusionOnline runs sdac or dpmd, not {cfg.alg!r}: use diffrl.algos.sac for sac")
+        cfg.check()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.H = max(1, cfg.plan_horizon)
+        self.seq_dim = act_dim * self.H  # the diffused vector: one action or an H-action plan
+        if cfg.mala_steps > 0:
+            self.actor = EnergyNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
+        else:
+            self.actor = NoiseNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
+        self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "mish")
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
+        self.register_buffer("q_mean", torch.zeros(()))  # dpmd running statistics of the tilt value
+        self.register_buffer("q_std", torch.ones(()))
+        self.register_buffer("q_stats_ready", torch.zeros(()))  # 0 until the first batch initialised m, s
+        low = torch.as_tensor(-np.ones(act_dim) if action_low is None else action_low, dtype=torch.float32)
+        high = torch.as_tensor(np.ones(act_dim) if action_high is None else action_high, dtype=torch.float32)
+        self.register_buffer("action_low", low.clone())
+        self.register_buffer("action_high", high.clone())
+        self.use_models = cfg.tilt == "model" or cfg.plan_horizon > 0
+        if self.use_models:
+            self.model = make_dynamics(cfg.model_type, obs_dim, act_dim, cfg.model_ensemble, cfg.model_hidden,
+                                       cfg.model_layers, cfg.model_T)
+            self.value = ValueNet(obs_dim, cfg.hidden, cfg.layers) if cfg.tilt == "model" else None
+        self.schedule = DiffusionSchedule.make(cfg.schedule, cfg.T, device)
+        self.to(device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        if self.use_models:
+            self.model_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
+            if self.value is not None:
+                self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.model_lr)
+        self.target_entropy = cfg.target_entropy_scale * act_dim
+        self._step = 0  # updates done (python int: no host sync); saved via get_extra_state
+        self.last_mala_accept: list[torch.Tensor] = []  # mean acceptance probability of each MALA step
+        self._guide_scale = 1.0  # set by denoise (per_sample_guidance)
+
+    # ----------------------------------------------------------------- state
+    def _apply(self, fn, *args, **kw):  # .to(device) also moves the schedule's plain tensors
+        out = super()._apply(fn, *args, **kw)
+        sch = getattr(self, "schedule", None)
+        if sch is not None and sch.betas.device != self.log_alpha.device:
+            self.schedule = DiffusionSchedule.make(self.cfg.schedule, self.cfg.T, self.log_alpha.device)
+        return out
+
+    def get_extra_state(self):
+        return {"step": self._step}
+
+    def set_extra_state(self, state):
+        self._step = int(state["step"])
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_alpha.device
+
+    def optimizers(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k.endswith("_opt") and isinstance(v, torch.optim.Optimizer)}
+
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def policy_lr(self, update: int) -> float:
+        c = self.cfg
+        if update <= c.lr_decay_begin:
+            return c.policy_lr
+        if update >= c.lr_decay_end:
+            return c.policy_lr_end
+        f = (update - c.lr_decay_begin) / (c.lr_decay_end - c.lr_decay_begin)
+        return c.policy_lr + f * (c.policy_lr_end - c.policy_lr)
+
+    # ----------------------------------------------------------------- tilt values
+    def q_agg(self, obs, act, critic=None) -> torch.Tensor:
+        q = (critic or self.critic)(obs, act)
+        agg = self.cfg.q_critic_agg
+        return q.min(0).values if agg == "min" else q.mean(0) if agg == "mean" else q.max(0).values
+
+    def tilt_value(self, obs, seq, generator=None) -> torch.Tensor:
+        """The value V(s, a) every tilt, weight and particle choice uses (see the module docstring)."""
+        cfg = self.cfg
+        if not self.use_models:
+            return self.q_agg(obs, seq)
+        if cfg.plan_horizon == 0:  # one-step model value
+            s2, r, p_term = self.model.predict(obs, seq, generator)
+            return cfg.reward_scale * r + cfg.gamma * (1 - p_term) * self.value(s2)
+        d, s, ret, disc = self.act_dim, obs, 0.0, 1.0
+        for k in range(self.H):
+            a = seq[:, k * d:(k + 1) * d]
+            if k == self.H - 1 and cfg.tilt == "q":
+                return ret + disc * self.q_agg(s, a)
+            s, r, p_term = self.model.predict(s, a, generator)
+            ret = ret + disc * cfg.reward_scale * r
+            disc = disc * cfg.gamma * (1 - p_term)
+        return ret + disc * self.value(s)
+
+    # ----------------------------------------------------------------- sampling
+    def _lambda_t(self, t: int) -> float:
+        cfg = self.cfg
+        return cfg.tfg_lambda * ((t + 1) / cfg.T if cfg.guidance_schedule == "linear" else 1.0)
+
+    def _guided_eps(self, net, x, tt, t: int, obs, lam: float, generator):
+        """eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)), through eps_theta."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            eps = net(x, tt, obs)
+            v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator)
+            g, = torch.autograd.grad(v.sum() * self._guide_scale, x)
+        return eps.detach() - lam * self.schedule.sqrt_1m_abar[t] * g
+
+    def _log_target(self, net, x, tt, t: int, obs, lam: float, generator):
+        """MALA target log pi_t(x) = -E/sqrt(1-abar_t) + lam V(s, x0_hat(x)); returns (logp, grad, eps)."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            e = net.energy(x, tt, obs)
+            logp = -e / self.schedule.sqrt_1m_abar[t]
+            eps = None
+            if lam > 0:
+                eps, = torch.autograd.grad(e.sum(), x, create_graph=True)
+                v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator)
+                logp = logp + lam * self._guide_scale * v
+            g, = torch.autograd.grad(logp.sum(), x)
+        if eps is None:  # grad log pi_t = -eps / sqrt(1-abar_t)
+            eps = -g * self.schedule.sqrt_1m_abar[t]
+        return logp.detach(), g.detach(), eps.detach()
+
+    def _mala_level(self, net, x, tt, t: int, obs, lam: float, generator):
+        cfg, sch = self.cfg, self.schedule
+        logp, g, eps = self._log_target(net, x, tt, t, obs, lam, generator)
+        log_step = torch.zeros((), device=x.device)  # reset per level
+        for _ in range(cfg.mala_steps):
+            h = (log_step.exp() * sch.betas[t]).clamp(1e-8, 0.5)
+            z = torch.randn(x.shape, device=x.device, generator=generator)
+            y = x + h * g + (2 * h).sqrt() * z
+            logp_y, g_y, eps_y = self._log_target(net, y, tt, t, obs, lam, generator)
+            fwd = -(y - x - h * g).pow(2).sum(-1) / (4 * h)
+            bwd = -(x - y - h * g_y).pow(2).sum(-1) / (4 * h)
+            acc = (logp_y - logp + bwd - fwd).clamp(max=0).exp().nan_to_num(0.0)
+            u = torch.rand(acc.shape, device=x.device, generator=generator)
+            keep = (u < acc).unsqueeze(-1)
+            x, g, eps = torch.where(keep, y, x), torch.where(keep, g_y, g), torch.where(keep, eps_y, eps)
+            logp = torch.where(keep.squeeze(-1), logp_y, logp)
+            a_mean = acc.mean()
+            self.last_mala_accept.append(a_mean)
+            log_step = log_step + cfg.mala_adapt * (a_mean - cfg.mala_target_accept)
+        return x, eps
+
+    def denoise(self, obs: torch.Tensor, generator=None, net=None, guided: bool = True,
+                n_states: int | None = None) -> torch.Tensor:
+        """One policy sample per row of obs, (N, seq_dim) in [-1, 1], with the configured tilt.
+        No gradients to the parameters (sampling only). `n_states`: distinct states among the rows
+        (rows / particles); per_sample_guidance=False scales the guidance by 1 / n_states, as the
+        published gradient of the mean over the state batch (particles were vmapped) did."""
+        cfg, sch = self.cfg, self.schedule
+        net = net or self.actor_ema
+        lam_on = guided and cfg.tfg_lambda > 0
+        self._guide_scale = 1.0 if cfg.per_sample_guidance else 1.0 / (n_states or obs.shape[0])
+        with torch.no_grad():
+            if not lam_on and cfg.mala_steps == 0:
+                return sch.sample(net, obs, self.seq_dim, generator, cfg.init_scale, clip=1.0)
+            self.last_mala_accept = []
+            N = obs.shape[0]
+            x = cfg.init_scale * torch.randn((N, self.seq_dim), device=obs.device, generator=generator)
+            for t in reversed(range(sch.T)):
+                tt = torch.full((N,), t, device=obs.device, dtype=torch.long)
+                lam = self._lambda_t(t) if lam_on else 0.0
+                if cfg.mala_steps > 0:
+                    x, eps = self._mala_level(net, x, tt, t, obs, lam, generator)
+                    x = sch.step(x, t, eps, generator)
+                    continue
+                for k in range(cfg.guidance_recurrence):
+                    x_prev = sch.step(x, t, self._guided_eps(net, x, tt, t, obs, lam, generator), generator)
+                    if k < cfg.guidance_recurrence - 1:  # re-noise to level t: q(x_t | x_{t-1})
+                        z = torch.randn(x.shape, device=x.device, generator=generator)
+                        x = sch.alphas[t].sqrt() * x_prev + sch.betas[t].sqrt() * z
+                x = x_prev
+            return x.clamp(-1, 1)
+
+    def select(self, obs: torch.Tensor, particles: int, generator=None, net=None):
+        """Best-of-particles: (B, seq_dim) chosen samples and their tilt values (B,). All B * particles
+        samples come from ONE sampler call on the repeated states."""
+        B = obs.shape[0]
+        o = obs.repeat_interleave(particles, 0) if particles > 1 else obs
+        x = self.denoise(o, generator, net, n_states=B)
+        with torch.no_grad():
+            v = self.tilt_value(o, x, generator)
+        if particles == 1:
+            return x, v
+        v = v.view(B, particles)
+        lam = self.cfg.particle_selection_lambda
+        best = select_particles(x.view(B, particles, -1), v, lam, generator)
+        vbest = v.max(1).values if math.isinf(lam) else None
+        return best, vbest
+
+    def sample_actions(self, obs: torch.Tensor, generator=None, deterministic: bool = True, net=None):
+        """Executed actions in [-1, 1]^d (the first action of a plan); noise 0.1 alpha unless deterministic."""
+        seq, _ = self.select(obs, self.cfg.num_particles, generator, net)
+        a = seq[:, :self.act_dim]
+        if not deterministic and self.cfg.noise_scale > 0:
+            a = a + self.cfg.noise_scale * self.alpha() * torch.randn(a.shape, device=a.device, generator=generator)
+        return a.clamp(-1, 1)
+
+    def act(self, obs: np.ndarray, generator=None, deterministic: bool = True) -> np.ndarray:
+        """EMA-policy actions for a batch of states, mapped onto the env's action box."""
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        a = self.sample_actions(o, generator, deterministic)
+        return (self.action_low + (a + 1) * 0.5 * (self.action_high - self.action_low)).cpu().numpy()
+
+    # ----------------------------------------------------------------- update
+    @torch.no_grad()
+    def dpmd_weights(self, v: torch.Tensor, alpha: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """w = exp(clip((V - m) / s, -c, c) / alpha) (fix_q_norm_bug) or the published exp(clip(V - m / s) / alpha),
+        m, s running mean/std of V (rate q_norm_rate), initialised from the first batch (no host sync)
+        and updated after use."""
+        cfg = self.cfg
+        ready = self.q_stats_ready.bool()
+        m = torch.where(ready, self.q_mean, v.mean())
+        s = torch.where(ready, self.q_std, v.std())
+        normed = (v - m) / s if cfg.fix_q_norm_bug else v - m / s
+        w = torch.exp(normed.clamp(-cfg.q_norm_clip, cfg.q_norm_clip) / alpha)
+        if update_stats:
+            self.q_mean.copy_(torch.lerp(m, v.mean(), cfg.q_norm_rate))
+            self.q_std.copy_(torch.lerp(s, v.std(), cfg.q_norm_rate))
+            self.q_stats_ready.fill_(1)
+        return w
+
+    def _policy_loss(self, nobs, a_next, v_next, generator) -> tuple[torch.Tensor, dict]:
+        cfg, sch = self.cfg, self.schedule
+        B = nobs.shape[0]
+        alpha = self.alpha()
+        t = torch.randint(0, sch.T, (B,), device=nobs.device, generator=generator)
+        if cfg.alg == "dpmd":
+            z = torch.randn(a_next.shape, device=nobs.device, generator=generator)
+            per = (self.actor(sch.q_sample(a_next, t, z), t, nobs) - z).pow(2).mean(-1)
+            m = {}
+            if cfg.dpmd_constant_weight:
+                return per.mean(), m
+            w = self.dpmd_weights(v_next, alpha)
+            m.update(weight_mean=w.mean(), weight_max=w.max())
+            return (w * per).mean(), m
+        # sdac: reverse-sampling score matching
+        C, D = cfg.sdac_candidates, a_next.shape[1]
+        e1 = torch.randn(a_next.shape, device=nobs.device, generator=generator)
+        a_t = sch.q_sample(a_next, t, e1)
+        e2 = torch.randn((B, C, D), device=nobs.device, generator=generator)
+        cand = ((a_t.unsqueeze(1) - sch.sqrt_1m_abar[t, None, None] * e2) / sch.sqrt_abar[t, None, None]).clamp(-1, 1)
+        with torch.no_grad():
+            v = self.tilt_value(nobs.repeat_interleave(C, 0), cand.reshape(B * C, D), generator).view(B, C)
+            w = torch.softmax(v * cfg.sdac_beta / alpha, 1)
+        eps = self.actor(a_t, t, nobs)
+        per = (w * (eps.unsqueeze(1) - e2).pow(2).mean(-1)).sum(1)
+        ent = -(w * w.clamp_min(1e-30).log()).sum(1).mean()
+        return per.mean(), {"weight_entropy": ent}
+
+    def update(self, b: dict, generator=None) -> dict:
+        """One critic step (and model step); every delay_update updates a policy step, EMA and
+        target update; every alpha_every updates a temperature step. Returns detached tensors."""
+        cfg = self.cfg
+        self._step += 1
+        k = self._step
+        obs, nobs = b["obs"], b["next_obs"]
+        alpha = self.alpha()
+        # a' at s': current policy, best of td_particles under the tilt, plus the exploration noise
+        with torch.no_grad():
+            a_seq, v_next = self.select(nobs, cfg.td_particles or cfg.num_particles, generator, self.actor)
+            if cfg.target_noise and cfg.noise_scale > 0:
+                a_seq = a_seq + cfg.noise_scale * alpha * torch.randn(a_seq.shape, device=a_seq.device,
+                                                                       generator=generator)
+            a1 = a_seq[:, :self.act_dim]
+            q_next = self.critic_target(nobs, a1).min(0).values
+            target = cfg.reward_scale * b["reward"] + cfg.gamma * (1 - b["terminal"]) * q_next
+        q = self.critic(obs, b["action"])
+        critic_loss = (q - target).pow(2).mean(-1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        if cfg.dpmd_double_q_update and cfg.alg == "dpmd":
+            self.critic_opt.step()  # published: the same critic gradients applied twice
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
+        if self.use_models:
+            loss, m = self.model.loss(b, generator)
+            if self.value is not None:
+                v_loss = (self.value(nobs) - q_next).pow(2).mean()
+                m["value_loss"] = v_loss.detach()
+                self.value_opt.zero_grad(set_to_none=True)
+                v_loss.backward()
+                self.value_opt.step()
+            self.model_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.model_opt.step()
+            metrics.update(m)
+        if k % cfg.delay_update == 0:
+            a_bc = a_seq.clamp(-1, 1)
+            v_bc = v_next if (v_next is not None and not cfg.target_noise) else None
+            if cfg.alg == "dpmd" and not cfg.dpmd_constant_weight and v_bc is None:
+                with torch.no_grad():  # the weight is the value of the BC target itself
+                    v_bc = self.tilt_value(nobs, a_bc, generator)
+            lr = self.policy_lr(k)
+            for g in self.actor_opt.param_groups:
+                g["lr"] = lr
+            self.critic.requires_grad_(False)
+            try:
+                loss, m = self._policy_loss(nobs, a_bc, v_bc, generator)
+            finally:
+                self.critic.requires_grad_(True)
+            self.actor_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.actor_opt.step()
+            soft_update(self.actor_ema, self.actor, cfg.ema_rate)
+            soft_update(self.critic_target, self.critic, cfg.tau)
+            metrics.update(policy_loss=loss.detach(), **m)
+        if cfg.tune_entropy and k % cfg.alpha_every == 0:
+            ent = 0.5 * self.act_dim * (math.log(2 * math.pi * math.e) + 2 * math.log(cfg.noise_scale or 1.0)
+                                        + 2 * self.log_alpha.detach())
+            alpha_loss = self.log_alpha * (ent - self.target_entropy)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+        return metrics
+
+    def load_pretrained(self, src) -> None:
+        """Initialise policy (and its EMA) and critic (and its target) from `src`: an object or dict
+        with `actor` and/or `critic` (modules or state dicts), e.g. a DiffusionQL agent."""
+        get = (lambda k: src.get(k)) if isinstance(src, dict) else (lambda k: getattr(src, k, None))
+        for name, targets in (("actor", (self.actor, self.actor_ema)), ("critic", (self.critic, self.critic_target))):
+            sd = get(name)
+            if sd is None:
+                continue
+            sd = sd.state_dict() if isinstance(sd, nn.Module) else sd
+            for m in targets:
+                m.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------- env state (resume)
+def _env_state(env) -> dict:
+    """Everything needed to continue an env bit-identically: the pickled wrapper stack (MuJoCo envs
+    re-create their simulator on unpickling) plus the simulator's full integration state and the
+    env's RNG state."""
+    u = env.unwrapped
+    state = {"pickle": pickle.dumps(env), "np_random": u.np_random.bit_generator.state}
+    if hasattr(u, "model") and hasattr(u, "data"):
+        import mujoco
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        arr = np.empty(mujoco.mj_stateSize(u.model, spec))
+        mujoco.mj_getState(u.model, u.data, arr, spec)
+        state["mujoco"] = arr
+    return state
+
+
+def _restore_env(state: dict):
+    env = pickle.loads(state["pickle"])
+    u = env.unwrapped
+    u.np_random.bit_generator.state = state["np_random"]
+    if "mujoco" in state:
+        import mujoco
+        mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(u.model, u.data)
+    return env
+
+
+# --------------------------------------------------------------------------- training loop
+EVAL_SEED = 100_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed + env_steps + i
+TRAIN_SEED = 10_000  # training env i starts from seed TRAIN_SEED + 100 * seed + i
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def _train_sac(env_name, cfg, steps, seed, device, eval_every, eval_episodes, log):
+    from diffrl.algos.sac import SACConfig, train_sac
+    scfg = SACConfig(hidden=cfg.hidden, lr=cfg.lr, batch_size=cfg.batch_size, discount=cfg.gamma, tau=cfg.tau,
+                     buffer_size=cfg.buffer_size)
+    t0 = time.perf_counter()
+    agent, info, _ = train_sac(env_name, scfg, steps, cfg.warmup, eval_every, seed, device, eval_episodes, log=log)
+    curve = [{"step": e["env_steps"], "return": e["return"], "score": e["score"]} for e in info["evaluations"]]
+    return agent, {"curve": curve, "env_steps": info["env_steps"], "grad_steps": max(0, info["env_steps"] - cfg.warmup),
+                   "wall_s": time.perf_counter() - t0, "train_episodes": []}
+
+
+def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, device="cpu",
+                 eval_every: int = 50_000, eval_episodes: int = 20, log=None, init_agent=None,
+                 resume_path: str | Path | None = None, checkpoint_every: int = 0):
+    """Train SDAC/DPMD online for `steps` env steps (cfg.alg = sac delegates to train_sac).
+
+    cfg.num_envs envs are stepped in a loop; the first cfg.warmup env steps use uniform-random
+    actions, then the EMA policy acts (best of particles, noise 0.1 alpha). Transitions store
+    terminal = termination only, so truncated episodes (time limits) are bootstrapped. Each
+    iteration of num_envs env steps is followed by one update once warm-up is over and the buffer
+    holds a batch. Every `eval_every` env steps (and at the end) the EMA policy is evaluated
+    deterministically (no noise, still best of particles) on `eval_episodes` separate episodes
+    (seeds EVAL_SEED + 1000 seed + env_steps + i), with its own sampling generator, so evaluation
+    never perturbs training.
+
+    `log` (a diffrl.runlog.RunLog or alike) gets log(grad_step, metrics) after every update (size
+    its total as the number of updates) and log_eval(env_steps, score, return). `init_agent`: a
+    DiffusionOnline (used as is) or an object/dict with `actor`/`critic` weights (see
+    DiffusionOnline.load_pretrained) for offline-to-online runs; keep or zero cfg.warmup as wanted.
+    With `resume_path`, a checkpoint (model, optimisers, replay buffer, env and RNG states, counters)
+    is written every `checkpoint_every` env steps, and a run finding one there continues from it
+    bit-identically on CPU.
+
+    Returns (agent, info): info = {curve: [{step: env_steps, return, score}] (evaluation episodes),
+    train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
+    env_steps, grad_steps, wall_s}.
+    """
+    if cfg.alg == "sac":
+        if resume_path is not None or init_agent is not None:
+            raise ConfigError("alg sac (train_sac) supports neither resume_path nor init_agent")
+        return _train_sac(env_name, cfg, steps, seed, device, eval_every, eval_episodes, log)
+    device = torch.device(device)
+    envs = [make_env(env_name) for _ in range(cfg.num_envs)]
+    space = envs[0].action_space
+    obs_dim, act_dim = envs[0].observation_space.shape[0], space.shape[0]
+    if isinstance(init_agent, DiffusionOnline):
+        agent = init_agent.to(device)
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left alone
+            torch.manual_seed(seed)
+            agent = DiffusionOnline(obs_dim, act_dim, cfg, device, space.low, space.high)
+        if init_agent is not None:
+            agent.load_pretrained(init_agent)
+    lo, hi = space.low.astype(np.float32), space.high.astype(np.float32)
+    buf = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer_size, steps + cfg.num_envs), device)
+    gen = torch.Generator(device=device).manual_seed(seed)  # policy sampling and update noise
+    buf_gen = torch.Generator().manual_seed(seed + 1)  # minibatch indices
+    rng = np.random.default_rng(seed)  # warm-up actions
+    obs = np.stack([e.reset(seed=TRAIN_SEED + 100 * seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
+    ep_ret = np.zeros(cfg.num_envs)
+    env_steps, grad_steps, wall_before = 0, 0, 0.0
+    curve, train_eps = [], []
+    if resume_path is not None and Path(resume_path).exists():
+        ck = load_checkpoint(resume_path, device)
+        agent.load_state_dict(ck["agent"])
+        for name, state in ck["optims"].items():
+            getattr(agent, name).load_state_dict(state)
+        buf.load_state_dict(ck["buffer"])
+        gen.set_state(ck["rng"]["gen"])
+        buf_gen.set_state(ck["rng"]["buf_gen"])
+        rng.bit_generator.state = ck["rng"]["numpy_gen"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        np.random.set_state(ck["rng"]["numpy"])
+        for e in envs:
+            e.close()
+        envs = [_restore_env(s) for s in ck["envs"]]
+        obs, ep_ret = ck["obs"], ck["ep_ret"]
+        env_steps, grad_steps, wall_before = ck["env_steps"], ck["grad_steps"], ck["wall_s"]
+        curve, train_eps = ck["curve"], ck["train_episodes"]
+        print(f"resumed from {resume_path} at env step {env_steps}", flush=True)
+    t0 = time.perf_counter()
+    agent.train()
+    while env_steps < steps:
+        before = env_steps
+        if env_steps < cfg.warmup:
+            a = rng.uniform(-1, 1, (cfg.num_envs, act_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                o = torch.as_tensor(obs, device=device)
+                a = agent.sample_actions(o, gen, deterministic=False).cpu().numpy()
+        a_env = lo + (a + 1) * 0.5 * (hi - lo)
+        next_obs, rew, term = np.empty_like(obs), np.zeros(cfg.num_envs, np.float32), np.zeros(cfg.num_envs, np.float32)
+        reset_obs = obs.copy()
+        for i, e in enumerate(envs):
+            o2, r, terminated, truncated, _ = e.step(a_env[i])
+            next_obs[i], rew[i], term[i] = o2, r, float(terminated)
+            ep_ret[i] += r
+            reset_obs[i] = o2
+            if terminated or truncated:
+                train_eps.append({"step": env_steps + i + 1, "return": float(ep_ret[i])})
+                ep_ret[i] = 0.0
+                reset_obs[i] = e.reset()[0]
+        buf.add(obs=obs, action=a, reward=rew, next_obs=next_obs, terminal=term)
+        obs = reset_obs
+        env_steps += cfg.num_envs
+        if env_steps >= cfg.warmup and buf.size >= cfg.batch_size:
+            metrics = agent.update(buf.sample(cfg.batch_size, generator=buf_gen), generator=gen)
+            grad_steps += 1
+            if log is not None:
+                log.log(grad_steps, metrics)
+        if _crossed(before, env_steps, eval_every) or env_steps >= steps:
+            ev_seed = EVAL_SEED + 1000 * seed + env_steps
+            ev_gen = torch.Generator(device=device).manual_seed(ev_seed)
+            agent.eval()
+            returns = evaluate(lambda x: agent.act(x, ev_gen, deterministic=True), env_name, eval_episodes, ev_seed)
+            agent.train()
+            ret, score = float(returns.mean()), float(normalized_score(env_name, returns).mean())
+            curve.append({"step": env_steps, "return": ret, "score": score})
+            if log is not None:
+                log.log_eval(env_steps, score, ret)
+        if resume_path is not None and _crossed(before, env_steps, checkpoint_every) and env_steps < steps:
+            save_checkpoint(resume_path, {
+                "agent": agent.state_dict(), "optims": {n: o.state_dict() for n, o in agent.optimizers().items()},
+                "buffer": buf.state_dict(), "envs": [_env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
+                "rng": {"gen": gen.get_state(), "buf_gen": buf_gen.get_state(), "numpy_gen": rng.bit_generator.state,
+                        "torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+                "env_steps": env_steps, "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,
+                "wall_s": wall_before + time.perf_counter() - t0})
+    for e in envs:
+        e.close()
+    return agent, {"curve": curve, "train_episodes": train_eps, "env_steps": env_steps, "grad_steps": grad_steps,
+                   "wall_s": wall_before + time.perf_counter() - t0}
