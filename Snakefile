@@ -9,7 +9,8 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 
 from diffrl import config as params_lib
-from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, PRETRAINED, ROWS
+from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, OFFLINE_ROWS, ONLINE, PRETRAINED, ROWS
+from diffrl.resources import job_resources
 from diffrl.pipeline import (bandit_file, bandit_plot_file, dataset_dir, declared_values, eval_file, log_file,
                              run_dir, stage_keys, summary_files, toy_file)
 
@@ -31,19 +32,13 @@ def overrides(stage, **wildcards):
     return "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES if o.split("=", 1)[0].split(".")[0] in keys)
 # Library code is an input of every stage that runs it: a code change reruns those stages.
 LIB = sorted(str(p) for p in Path(workflow.basedir, "diffrl").rglob("*.py"))
-LIB = [str(Path(p).relative_to(workflow.basedir)) for p in LIB]
+# (diffrl/resources.py only sizes cluster requests: changing it reruns nothing; .dvcignore says the same)
+LIB = [str(Path(p).relative_to(workflow.basedir)) for p in LIB if not p.endswith("diffrl/resources.py")]
 
 
 def declared(stage, **wildcards):
     return declared_values(stage, P, MERGED, **wildcards)
 
-
-def uses_gpu():
-    import torch
-    return int(P["device"] == "cuda" or (P["device"] == "auto" and torch.cuda.is_available()))
-
-
-GPU = uses_gpu()
 
 wildcard_constraints:
     env="|".join(params_lib.ENV_NAMES),
@@ -55,6 +50,7 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/online.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/bandit.smk"

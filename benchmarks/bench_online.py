@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ALL = "sac,sdac,dpmd,dpmd_tilt,dpmd_select,dpmd_fixnorm,dpmd_model,dpmd_plan"
+ALL = "sac,sdac,dpmd,dpmd_tilt,dpmd_select,dpmd_fixnorm,dpmd_model,dpmd_plan,dpmd_o2o"
 SMALL = dict(hidden=64, layers=2, T=5, num_particles=8, batch_size=128, model_hidden=64)
 
 

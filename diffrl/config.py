@@ -42,6 +42,13 @@ class Budget:
     eval_episodes: int = param(2, "episodes of the final evaluation (fresh seeds, separate from training)", low=1)
     toy_samples: int = param(2000, "samples in each 2-D toy bandit dataset", low=16)
     toy_steps: int = param(100, "gradient steps of each algorithm in the 2-D bandit study", low=1)
+    online_steps: int = param(305, "env steps of each online row (SAC, SDAC, DPMD variants)", low=1)
+    online_warmup: int = param(300, "cap on the random-action warm-up of online rows (their own warmup, e.g. "
+                               "DPMD's 30000, applies when smaller)", low=0)
+    online_eval_every: int = param(100_000, "env steps between evaluations during online training", low=1)
+    max_episode_steps: int = param(0, "cap on evaluation episode length (0 = the environment's own, 1000 for "
+                                   "MuJoCo); the smoke budget caps it so every online variant evaluates in "
+                                   "seconds, and the table says so", low=0)
 
 
 @dataclass
@@ -79,7 +86,9 @@ class Params:
     deterministic: bool = param(True, "request deterministic kernels (bit-identical CPU reruns)")
     seeds: list = param([0, 1, 2], "training seeds; every algorithm runs each one")
     envs: list = param(["halfcheetah"], "environments that `snakemake` (target all) and `dvc repro` build")
-    algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms)")
+    algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms and online variants)")
+    tfg_lambda: float = param(128.0, "training-free guidance strength of the guided online variants "
+                              "(dpmd_tilt, dpmd_model): `dvc exp run -S tfg_lambda=64` reruns exactly those", low=0)
     toy_sets: list = param(["8gaussians", "rings"], "2-D toy bandit datasets the toy stage builds")
     bandit_sets: list = param(["8gaussians", "rings"], "toy datasets of the bandit study (every algorithm on each)")
     dataset: DatasetConfig = param(DatasetConfig(), "offline data")
@@ -253,6 +262,14 @@ def validate(raw: dict) -> dict:
         if out[row].variant != variant:
             raise ConfigError(f"{row}.variant={out[row].variant!r}: the {row} row is Diffusion-QL's "
                               f"'{variant}' variant; set {row}.variant: {variant}")
+    from diffrl.algos import GUIDED, ONLINE_VARIANTS, VARIANTS
+    for row in ONLINE_VARIANTS:
+        alg = VARIANTS[row]["alg"]
+        if out[row].alg != alg:
+            raise ConfigError(f"{row}.alg={out[row].alg!r}: the {row} row is an {alg} variant; set {row}.alg: {alg}")
+        if row in GUIDED and "tfg_lambda" in (raw.get(row) or {}):
+            raise ConfigError(f"{row}.tfg_lambda: the guided variants ({', '.join(GUIDED)}) take their guidance "
+                              f"strength from the top-level key: set tfg_lambda: {raw[row]['tfg_lambda']} instead")
     if out["stats"].baseline not in out["algorithms"]:
         raise ConfigError(f"stats.baseline='{out['stats'].baseline}' is not in algorithms "
                           f"{out['algorithms']}: pick one of them")
@@ -272,6 +289,7 @@ class StageParams:
 
     def __init__(self, stage: str, validated: dict, declared):
         self._stage = stage
+        self.declared = tuple(declared)
         self._values = {}
         for key in declared:
             top, _, sub = key.partition(".")

@@ -36,8 +36,9 @@ def env_spec(name: str) -> EnvSpec:
     return ENVS[name]
 
 
-def make_env(name: str) -> gym.Env:
-    return gym.make(env_spec(name).gym_id)
+def make_env(name: str, max_episode_steps: int = 0) -> gym.Env:
+    """The gymnasium env; max_episode_steps > 0 replaces its time limit (smoke evaluations)."""
+    return gym.make(env_spec(name).gym_id, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
 
 
 def normalized_score(name: str, returns):
@@ -46,14 +47,16 @@ def normalized_score(name: str, returns):
     return 100.0 * (np.asarray(returns, dtype=np.float64) - s.ref_min) / (s.ref_max - s.ref_min)
 
 
-def evaluate(act, name: str, episodes: int, seed: int) -> np.ndarray:
+def evaluate(act, name: str, episodes: int, seed: int, max_steps: int = 0) -> np.ndarray:
     """Return the undiscounted return of `episodes` full episodes, run side by side.
 
     `act(obs[B, obs_dim]) -> actions[B, act_dim]` is called once per time step for all live
     episodes, so diffusion policies denoise the whole batch at once. Episode i is reset with
     seed `seed + i`, so an evaluation is reproducible and separate from training episodes.
+    max_steps > 0 cuts episodes at that many steps (the smoke budget's max_episode_steps: such
+    scores are not comparable with full-episode ones, and the summary says so).
     """
-    envs = [make_env(name) for _ in range(episodes)]
+    envs = [make_env(name, max_steps) for _ in range(episodes)]
     obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)])
     returns = np.zeros(episodes)
     alive = np.ones(episodes, dtype=bool)

@@ -12,13 +12,15 @@ BUDGET_KEYS = ["budget", "budgets"]
 RUN_KEYS = BUDGET_KEYS + ["device", "deterministic"]
 
 # stage -> params.yaml keys it reads (a section name means the whole section). A `{wildcard}`
-# stands for the section the job trains: critic_pretrain with critic=dtql_critic reads dtql_critic.
+# stands for the section the job trains: critic_pretrain with critic=dtql_critic reads dtql_critic;
+# `{guidance}` is the top-level tfg_lambda for the guided online variants and nothing for the others.
 STAGES: dict[str, list[str]] = {
     "dataset": RUN_KEYS + ["dataset", "sac"],
     "toy_dataset": BUDGET_KEYS,
     "critic_pretrain": RUN_KEYS + ["{critic}"],
     "behavior_pretrain": RUN_KEYS + ["{behavior}"],
     "offline_train": RUN_KEYS + ["{algo}"],
+    "online_train": RUN_KEYS + ["{algo}", "{guidance}"],
     "evaluate": RUN_KEYS,
     "summary": ["seeds", "algorithms", "stats"],
     "bandit_train": RUN_KEYS + ["seeds", "{algo_pretrained}", "{algo}"],
@@ -29,11 +31,13 @@ STAGES: dict[str, list[str]] = {
 
 def stage_keys(stage: str, **wildcards) -> list[str]:
     """The keys of one job; `{algo_pretrained}` is the critic and behaviour sections of DTQL/EDA."""
-    from diffrl.algos import PRETRAINED
+    from diffrl.algos import GUIDED, PRETRAINED
     keys = []
     for k in STAGES[stage]:
         if k == "{algo_pretrained}":
             keys += list(PRETRAINED.get(wildcards.get("algo"), ()))
+        elif k == "{guidance}":
+            keys += ["tfg_lambda"] if wildcards.get("algo") in GUIDED else []
         else:
             keys.append(k.format(**wildcards))
     return keys
@@ -72,7 +76,8 @@ def resume_file(section: str, env: str, seed) -> str:
     return f"runs/.resume/{env}/{section}/seed{seed}.pt"
 
 
-SUMMARY_OUTPUTS = ("summary.csv", "summary.md", "metrics.json", "curves.csv", "curves.png", "intervals.png")
+SUMMARY_OUTPUTS = ("summary.csv", "summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png",
+                   "intervals.png")
 
 
 def summary_files(env: str) -> list[str]:

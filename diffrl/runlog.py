@@ -28,6 +28,7 @@ class RunLog:
                         disable=None)
         self.live = None
         self._acc: dict[str, list] = {}
+        self._steps: dict[str, list] = {}  # the step of each accumulated value
         if run_dir is not None:
             from dvclive import Live
             self.live = Live(dir=str(Path(run_dir) / "dvclive"), save_dvc_exp=False, dvcyaml=None,
@@ -36,19 +37,35 @@ class RunLog:
     def log(self, step: int, metrics: dict) -> None:
         for k, v in metrics.items():
             self._acc.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else torch.tensor(v))
+            self._steps.setdefault(k, []).append(step)
         self.bar.update(1)
         if step % self.every == 0 or step == self.total:
             self.flush(step)
+
+    def check(self, step: int) -> None:
+        """Raise NumericalError if any value logged since the last flush is NaN or Inf.
+
+        The message names the quantity and the exact step at which it first went non-finite
+        (one host sync; the training loop calls it before writing a resume checkpoint)."""
+        for k, vs in self._acc.items():
+            values = torch.stack([x.float().reshape(()) if x.numel() == 1 else x.float().mean() for x in vs])
+            bad = ~torch.isfinite(values)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise NumericalError(f"non-finite {k} ({float(values[i])}) at step {self._steps[k][i]}: lower "
+                                     f"the learning rate or check the data; the last good checkpoint is kept")
 
     def flush(self, step: int) -> dict:
         out = {}
         for k, vs in self._acc.items():
             v = float(torch.stack([x.float() for x in vs]).mean())
             if not math.isfinite(v):
+                self.check(step)  # names the exact step
                 raise NumericalError(f"non-finite {k} ({v}) around step {step}: lower the learning rate or "
                                      f"check the data; the last good checkpoint is kept")
             out[k] = v
         self._acc.clear()
+        self._steps.clear()
         out["steps_per_s"] = step / max(time.perf_counter() - self.t0, 1e-9)
         if self.live is not None:
             self.live.step = step

@@ -82,26 +82,36 @@ def summarize(results: list[dict], algorithms: list[str], reps: int, confidence:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+CURVE_COLUMNS = ["algorithm", "seed", "step_unit", "step", "score", "return"]
+
+
 def curves_frame(results: list[dict]) -> pd.DataFrame:
-    rows = [{"algorithm": r["algorithm"], "seed": r["seed"], "step": c["step"], "score": c["score"],
-             "return": c["return"]} for r in results for c in r.get("curve", [])]
-    return pd.DataFrame(rows, columns=["algorithm", "seed", "step", "score", "return"])
+    """Evaluation points of every run; step_unit is `grad` (offline rows) or `env` (online rows)."""
+    rows = [{"algorithm": r["algorithm"], "seed": r["seed"], "step_unit": r.get("step_unit", "grad"),
+             "step": c["step"], "score": c["score"], "return": c["return"]}
+            for r in results for c in r.get("curve", [])]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
-def plot_curves(curves: pd.DataFrame, path, title: str) -> None:
+def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient steps") -> None:
+    """Mean normalised score over seeds against steps, one line per row, with a 95% band
+    (normal approximation, 1.96 SE) where there is more than one seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for algo, g in curves.groupby("algorithm", sort=False):
         stats = g.groupby("step")["score"].agg(["mean", "std", "count"]).reset_index()
-        se = (stats["std"] / np.sqrt(stats["count"])).fillna(0)
-        ax.plot(stats["step"], stats["mean"], label=algo)
-        ax.fill_between(stats["step"], stats["mean"] - se, stats["mean"] + se, alpha=0.2)
-    ax.set_xlabel("step (gradient steps offline, env steps online)")
-    ax.set_ylabel("normalised score (mean ± SE over seeds)")
+        half = (1.96 * stats["std"] / np.sqrt(stats["count"])).fillna(0)
+        ax.plot(stats["step"], stats["mean"], marker="." if len(stats) < 4 else None, label=algo)
+        ax.fill_between(stats["step"], stats["mean"] - half, stats["mean"] + half, alpha=0.2)
+    if curves.empty:
+        ax.text(0.5, 0.5, "no rows of this kind in `algorithms`", ha="center", transform=ax.transAxes)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("normalised score (mean, 95% CI over seeds)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    if not curves.empty:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

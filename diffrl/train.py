@@ -2,6 +2,9 @@
 periodically (the learning curve), checkpoint for resume, and write the final model."""
 from __future__ import annotations
 
+import os
+import random
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import numpy as np
 import torch
 
 from diffrl.data import ReplayBuffer
+from diffrl.fields import ConfigError
 from diffrl.envs import evaluate, normalized_score
 from diffrl.runlog import NumericalError, RunLog
 from diffrl.utils import load_checkpoint, save_checkpoint
@@ -33,14 +37,75 @@ def eval_score(agent, env_name: str, episodes: int, seed: int) -> tuple[float, f
     return float(returns.mean()), float(normalized_score(env_name, returns).mean())
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state()}
+def _rng_state(gen: torch.Generator, sample_gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if sample_gen is not gen:  # the device generator of a CUDA run
+        state["sample_gen"] = sample_gen.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def _set_rng_state(gen: torch.Generator, state: dict) -> None:
+def _set_rng_state(gen: torch.Generator, sample_gen: torch.Generator, state: dict) -> None:
     torch.set_rng_state(state["torch"])
     gen.set_state(state["gen"])
     np.random.set_state(state["numpy"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if sample_gen is not gen and "sample_gen" in state:
+        sample_gen.set_state(state["sample_gen"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_interval(every: int) -> tuple[int, float]:
+    """(steps, seconds) between resume checkpoints. DIFFRL_CHECKPOINT_EVERY (gradient steps)
+    overrides the caller's step interval; DIFFRL_CHECKPOINT_SECONDS (default 600) also writes one
+    whenever that much time has passed, so a preempted long run loses at most that much work.
+    Neither changes results: a resumed run ends bit-identical to an uninterrupted one on CPU."""
+    def env(name, cast, default):
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = cast(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a number: set a whole number of "
+                              f"{'steps' if cast is int else 'seconds'}, or unset it") from None
+        if value < 0:
+            raise ConfigError(f"{name}={text!r} is out of range: it must be >= 0 (0 turns it off)")
+        return value
+    return env("DIFFRL_CHECKPOINT_EVERY", int, every), env("DIFFRL_CHECKPOINT_SECONDS", float, 600.0)
+
+
+def _fingerprint(agent, buffer: ReplayBuffer, steps: int, batch_size: int, seed: int) -> str:
+    """What a resume checkpoint must match: a checkpoint left by a run with other settings (a
+    changed hyperparameter, budget or dataset) is never resumed from."""
+    shapes = [(k, tuple(v.shape)) for k, v in agent.state_dict().items() if torch.is_tensor(v)]
+    return repr((type(agent).__name__, repr(getattr(agent, "cfg", None)), steps, batch_size, seed,
+                 buffer.size, shapes))
+
+
+def _first_non_finite(agent) -> str | None:
+    for name, v in agent.state_dict().items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return name
+    return None
+
+
+def _load_resume(resume_path: Path, device, fingerprint: str):
+    """The resume checkpoint, or None (with the reason on stderr) when it cannot be used."""
+    try:
+        ck = load_checkpoint(resume_path, device)
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"warning: {e}; starting from step 0", file=sys.stderr, flush=True)
+        return None
+    if ck.get("fingerprint") != fingerprint:
+        print(f"warning: resume checkpoint {resume_path} was written with other settings (a changed "
+              f"hyperparameter, budget or dataset); starting from step 0", file=sys.stderr, flush=True)
+        return None
+    return ck
 
 
 def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, seed: int, run_dir: Path,
@@ -52,25 +117,31 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     on fresh seeds; with the final evaluation (the evaluate stage) these points form the learning
     curve, and its maximum is the best-during-training score (reported as such, never as the
     final score). With
-    `resume_path`, the loop checkpoints every `checkpoint_every` steps and, if a checkpoint is
-    there, resumes from it (model, optimisers, RNG states, step, curve).
+    `resume_path`, the loop checkpoints every `checkpoint_every` steps (see checkpoint_interval)
+    and, if a checkpoint of the same settings is there, resumes from it (model, optimisers, RNG
+    states, step, curve). A checkpoint is only written after the losses and weights since the
+    last one were checked finite, so a NaN or Inf never replaces the last good checkpoint; it
+    stops the run with NumericalError naming the quantity and the step.
     Returns {curve, grad_steps, wall_s}.
     """
     gen = torch.Generator().manual_seed(seed)
     device = next(agent.parameters()).device
     sample_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     start, curve, wall_before = 0, [], 0.0
+    every_steps, every_s = checkpoint_interval(checkpoint_every) if resume_path is not None else (0, 0.0)
+    fingerprint = _fingerprint(agent, buffer, steps, batch_size, seed) if resume_path is not None else ""
     if resume_path is not None and Path(resume_path).exists():
-        ck = load_checkpoint(resume_path, device)
-        agent.load_state_dict(ck["agent"])
-        for name, state in ck["optims"].items():
-            getattr(agent, name).load_state_dict(state)
-        _set_rng_state(gen, ck["rng"])
-        start, curve, wall_before = ck["step"], ck["curve"], ck["wall_s"]
-        print(f"resumed from {resume_path} at step {start}", flush=True)
+        ck = _load_resume(Path(resume_path), device, fingerprint)
+        if ck is not None:
+            agent.load_state_dict(ck["agent"])
+            for name, state in ck["optims"].items():
+                getattr(agent, name).load_state_dict(state)
+            _set_rng_state(gen, sample_gen, ck["rng"])
+            start, curve, wall_before = ck["step"], ck["curve"], ck["wall_s"]
+            print(f"resumed from {resume_path} at step {start}", flush=True)
     log = RunLog(run_dir, steps, desc, every=max(1, min(1000, steps // 20)))
     log.bar.update(start)
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
     agent.train()
     for step in range(start + 1, steps + 1):
         metrics = agent.update(buffer.sample(batch_size, generator=gen), generator=sample_gen)
@@ -79,12 +150,25 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
             ret, score = eval_score(agent, env_name, curve_episodes, CURVE_SEED + 1000 * seed + step)
             curve.append({"step": step, "return": ret, "score": score})
             log.log_eval(step, score, ret)
-        if resume_path is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+        due = (every_steps and step % every_steps == 0) or (every_s and time.perf_counter() - last_save >= every_s)
+        if resume_path is not None and due and step < steps:
+            log.check(step)  # every loss since the last flush, not only the logged means
+            bad = _first_non_finite(agent)
+            if bad is not None:
+                raise NumericalError(f"non-finite weights ({bad}) at step {step}: lower the learning rate or "
+                                     f"check the data; the last good checkpoint is kept ({resume_path})")
             optims = {n: o.state_dict() for n, o in vars(agent).items() if isinstance(o, torch.optim.Optimizer)}
-            save_checkpoint(resume_path, {"agent": agent.state_dict(), "optims": optims, "rng": _rng_state(gen),
-                                          "step": step, "curve": curve,
+            save_checkpoint(resume_path, {"agent": agent.state_dict(), "optims": optims,
+                                          "rng": _rng_state(gen, sample_gen), "step": step, "curve": curve,
+                                          "fingerprint": fingerprint,
                                           "wall_s": wall_before + time.perf_counter() - t0})
+            last_save = time.perf_counter()
     log.close()
+    bad = _first_non_finite(agent)
+    if bad is not None:  # never hand non-finite weights to the stage that saves the model
+        raise NumericalError(f"non-finite weights ({bad}) after step {steps}: lower the learning rate or "
+                             f"check the data" + (f"; the last good checkpoint is kept ({resume_path})"
+                                                  if resume_path is not None else ""))
     return {"curve": curve, "grad_steps": steps, "wall_s": wall_before + time.perf_counter() - t0}
 
 

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -21,9 +22,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (what a SLURM or cgroup allocation grants),
+    not every core of the node."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def set_threads(n: int | None = None) -> int:
-    """One intra-op thread per Snakemake/DVC job thread (DIFFRL_THREADS, default: all cores)."""
-    n = n or int(os.environ.get("DIFFRL_THREADS", "0")) or os.cpu_count() or 1
+    """One intra-op thread per Snakemake/DVC job thread (DIFFRL_THREADS, default: the allocated cores)."""
+    n = n or int(os.environ.get("DIFFRL_THREADS", "0")) or available_cores()
     torch.set_num_threads(n)
     return n
 
@@ -33,13 +43,40 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # On CUDA, deterministic kernels need the cuBLAS workspace setting before cuBLAS starts (the
+    # stages call this first) and cuDNN's autotuner off; ops without a deterministic kernel warn.
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
         torch.backends.cudnn.benchmark = False
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what killed writers of `path` left behind (`.NAME.tmpPID`, `.NAME.oldPID` of a pid
+    that is gone); a live writer's temporary is left alone."""
+    for prefix in (f".{path.name}.tmp", f".{path.name}.old"):
+        for p in path.parent.glob(prefix + "*"):
+            pid = p.name[len(prefix):]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -51,6 +88,7 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if tmp.is_dir():
         shutil.rmtree(tmp)
@@ -86,15 +124,20 @@ def read_json(path: str | Path):
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Write a checkpoint atomically and durably: a crash at any point leaves the previous file."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
+        # a model inside a run folder is built by the rule whose output is the folder
+        target = path.parent if re.fullmatch(r"seed\d+", path.parent.name) else path
         raise FileNotFoundError(f"checkpoint {path} is missing: run the stage that writes it "
-                                f"(snakemake {path})")
+                                f"(snakemake {target})")
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated or foreign file

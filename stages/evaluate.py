@@ -24,11 +24,14 @@ def main(p, args):
     train = read_json(Path(rdir) / "train.json")
     agent, _ = load_agent(rdir, pick_device(p["device"]))
     ep_seed = FINAL_SEED + 1000 * args.seed
-    returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed)
+    cap = p.budget.max_episode_steps
+    returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed, cap)
     scores = normalized_score(args.env, returns)
-    # the learning curve ends with this final evaluation
-    curve = train.get("curve", []) + [{"step": int(train.get("grad_steps", 0)), "return": float(returns.mean()),
-                                       "score": float(scores.mean())}]
+    # the learning curve ends with this final evaluation; its x axis is gradient steps for offline
+    # rows and environment steps for online ones
+    online = bool(train.get("online", False))
+    last = int(train.get("env_steps" if online else "grad_steps", 0))
+    curve = train.get("curve", []) + [{"step": last, "return": float(returns.mean()), "score": float(scores.mean())}]
     result = {
         "algorithm": args.algo, "env": args.env, "seed": args.seed,
         "final_score": float(scores.mean()), "final_return": float(returns.mean()),
@@ -37,7 +40,8 @@ def main(p, args):
         "curve": curve, "grad_steps": int(train.get("grad_steps", 0)), "env_steps": int(train.get("env_steps", 0)),
         # wall time of the row: its own training plus the pretraining runs it started from
         "wall_s": float(train.get("wall_s", 0.0)) + float(train.get("pretraining_wall_s", 0.0)),
-        "run_info": train.get("run_info", {}),
+        "run_info": train.get("run_info", {}), "online": online, "step_unit": "env" if online else "grad",
+        "max_episode_steps": int(cap),
     }
     write_json(eval_file(args.env, args.algo, args.seed), result)
     print(f"{args.algo} {args.env} seed {args.seed}: return {returns.mean():.1f}, score {np.mean(scores):.2f}")

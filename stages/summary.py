@@ -1,7 +1,8 @@
 """Stage `summary`: multi-seed statistics of every row for one environment.
 
 Writes results/{env}_summary.csv and .md, results/{env}_metrics.json (for `dvc exp show`),
-results/{env}_curves.csv (for `dvc plots`) and PNG learning curves and IQM intervals. Every
+results/{env}_curves.csv (for `dvc plots`), PNG learning curves (offline rows against gradient
+steps, online rows against environment steps) and IQM intervals. Every
 declared run must be there: a missing or failed seed stops the stage with its name."""
 import sys
 from pathlib import Path
@@ -28,11 +29,15 @@ def main(p, args):
     table = summarize(results, algos, st.bootstrap_reps, st.confidence)
     scores = {a: [r["final_score"] for r in results if r["algorithm"] == a] for a in algos}
     poi = probability_of_improvement(scores, st.baseline, st.bootstrap_reps, st.confidence)
-    meta = results[0].get("run_info", {})
+    offline = [r for r in results if not r.get("online")]
+    meta = (offline or results)[0].get("run_info", {})
     header = (f"# {args.env}: {len(seeds)} seeds {seeds}, budget `{meta.get('budget', '?')}`, data: "
-              f"{meta.get('dataset', '?')}")
+              f"{meta.get('dataset', '?') if offline else 'online rows only'}")
+    caps = {r.get("max_episode_steps", 0) for r in results} - {0}
+    if caps:
+        header += f"; evaluation episodes capped at {max(caps)} steps (smoke: not comparable with full episodes)"
     curves = curves_frame(results)
-    csv, md, metrics, curves_csv, curves_png, intervals_png = summary_files(args.env)
+    csv, md, metrics, curves_csv, curves_png, online_png, intervals_png = summary_files(args.env)
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with atomic_path(md) as tmp:
@@ -43,7 +48,10 @@ def main(p, args):
     with atomic_path(curves_csv) as tmp:
         curves.to_csv(tmp, index=False, float_format="%.4f")
     with atomic_path(curves_png) as tmp:
-        plot_curves(curves, tmp, header.lstrip("# "))
+        plot_curves(curves[curves.step_unit == "grad"], tmp, header.lstrip("# "), "gradient steps (offline rows)")
+    with atomic_path(online_png) as tmp:
+        plot_curves(curves[curves.step_unit == "env"], tmp, header.lstrip("# "),
+                    "environment steps (online rows; evaluation episodes, not training episodes)")
     with atomic_path(intervals_png) as tmp:
         plot_intervals(table, tmp, header.lstrip("# "))
     print(table.to_string(index=False))

@@ -36,9 +36,15 @@ def job_counts(text):
 # (every stage, caching, reruns, both front ends), the learning tests check the algorithms.
 TINY = {"sac_steps": 1200, "sac_warmup": 1000, "sac_eval_every": 1200, "dataset_episodes": 3, "critic_steps": 40,
         "behavior_steps": 40, "energy_behavior_steps": 2, "offline_steps": 30, "align_steps": 1, "eval_every": 1000,
-        "curve_episodes": 1, "eval_episodes": 1, "toy_samples": 500, "toy_steps": 20}
+        "curve_episodes": 1, "eval_episodes": 1, "toy_samples": 500, "toy_steps": 20,
+        "online_steps": 265, "online_warmup": 260, "online_eval_every": 100000, "max_episode_steps": 20}
+# the online variants with narrow nets and 2 particles (dpmd_o2o keeps Diffusion-QL's width: it loads it)
+ONLINE = ["sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model", "dpmd_plan"]
+SMALL = {"hidden": 32, "num_particles": 2}
 CONFIG = ["budget=smoke", "seeds=[0, 1]", "toy_sets=[8gaussians]", "bandit_sets=[8gaussians]",
-          "budgets={smoke: {%s}}" % ", ".join(f"{k}: {v}" for k, v in TINY.items())]
+          "budgets={smoke: {%s}}" % ", ".join(f"{k}: {v}" for k, v in TINY.items()),
+          *[f"{v}={{hidden: 32, num_particles: 2}}" for v in ONLINE], "dpmd_o2o={num_particles: 2}"]
+ROWS = ["bc", "iql", "dql", "qg", "edp", "eg_ood", "dtql", "eda", "sac", *ONLINE, "dpmd_o2o"]
 
 
 def test_smoke_graph_incremental_reruns_and_dvc(project):
@@ -46,12 +52,15 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     run(["snakemake", "--cores", "2", "--config", *CONFIG], project)
     table = pd.read_csv(project / "results/halfcheetah_summary.csv")
     assert list(table.columns) == COLUMNS
-    assert list(table["algorithm"]) == ["bc", "iql", "dql", "qg", "edp", "eg_ood", "dtql", "eda"]
+    assert list(table["algorithm"]) == ROWS
     assert (table["n_seeds"] == 2).all()
     assert table[["score_mean", "score_iqm", "return_mean", "wall_s"]].notna().all().all()
     assert (table["grad_steps"] > 0).all()
-    for name in ("summary.md", "metrics.json", "curves.csv", "curves.png", "intervals.png"):
+    online = table.set_index("algorithm").loc[["sac", *ONLINE, "dpmd_o2o"]]
+    assert (online["env_steps"] == 265).all() and (online["grad_steps"] > 0).all()
+    for name in ("summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png", "intervals.png"):
         assert (project / f"results/halfcheetah_{name}").stat().st_size > 0
+    assert "capped at 20 steps" in (project / "results/halfcheetah_summary.md").read_text()
     assert (project / "logs/critic_pretrain/halfcheetah/iql/seed0.log").read_text().strip()
 
     # 2. nothing to do after a full run; one changed hyperparameter reruns only its stages
@@ -64,8 +73,12 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
                       "bandit_summary": 1, "all": 1, "total": 9}, counts
     assert len(re.findall(r"wildcards: env=halfcheetah, critic=iql, seed=", out.stdout)) == 2
     assert len(re.findall(r"wildcards: env=halfcheetah, algo=iql, seed=", out.stdout)) == 2
+    # tfg_lambda reruns exactly the guided variants (dpmd_tilt, dpmd_model), their evaluations and the table
+    out = run(["snakemake", "-n", "--config", *CONFIG, "tfg_lambda=64"], project)
+    assert job_counts(out.stdout) == {"online_train": 4, "evaluate": 4, "summary": 1, "all": 1, "total": 10}, out.stdout
+    assert set(re.findall(r"wildcards: env=halfcheetah, algo=(\w+), seed=\d", out.stdout)) == {"dpmd_tilt", "dpmd_model"}
     bandit = pd.read_csv(project / "results/bandit_summary.csv")
-    assert set(bandit["algorithm"]) == set(table["algorithm"]) and len(bandit) == 1 * 8 * 2
+    assert set(bandit["algorithm"]) == set(ROWS[:8]) and len(bandit) == 1 * 8 * 2
     assert (project / "results/bandit_8gaussians.png").stat().st_size > 0
 
     # 3. bad input: one clear line, exit non-zero, nothing computed is lost
@@ -80,16 +93,23 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     params["seeds"] = [0, 1]
     params["toy_sets"] = params["bandit_sets"] = ["8gaussians"]
     params["budgets"]["smoke"].update(TINY)
+    for v in ONLINE:
+        params[v].update(SMALL)
+    params["dpmd_o2o"]["num_particles"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "commit", "-f", "-q"], project)
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke outputs"], project)
     status = run(["dvc", "status"], project)
     assert "up to date" in status.stdout, status.stdout
-    exp = run(["dvc", "exp", "run", "-S", "iql.expectile=0.8"], project)
+    exp = run(["dvc", "exp", "run", "-S", "iql.expectile=0.8", "-S", "tfg_lambda=64"], project)
     log = exp.stdout + exp.stderr
-    assert re.search(r"Running stage 'critic_pretrain@halfcheetah-iql-0'", log), log[-3000:]
-    assert not re.search(r"Running stage 'dataset@", log) and not re.search(r"Running stage 'behavior_pretrain@", log)
-    assert not re.search(r"Running stage 'critic_pretrain@halfcheetah-dtql_critic", log)
+    ran = set(re.findall(r"Running stage '([^']+)'", log))
+    # IQL's critic runs, their evaluations, IQL's bandit run; the guided online variants and theirs; the tables
+    expected = {f"critic_pretrain@halfcheetah-iql-{s}" for s in (0, 1)} | {"summary@halfcheetah"}
+    expected |= {f"evaluate@halfcheetah-{a}-{s}" for a in ("iql", "dpmd_tilt", "dpmd_model") for s in (0, 1)}
+    expected |= {f"online_train_{a}@halfcheetah-{s}" for a in ("dpmd_tilt", "dpmd_model") for s in (0, 1)}
+    expected |= {"bandit_train@8gaussians-iql", "bandit_plot@8gaussians", "bandit_summary"}
+    assert ran == expected, (sorted(ran ^ expected), log[-3000:])
     shown = run(["dvc", "exp", "show", "--json"], project)
     assert "halfcheetah_metrics.json" in shown.stdout and "score_mean" in shown.stdout

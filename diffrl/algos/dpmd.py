@@ -94,8 +94,8 @@ class OnlineConfig:
     # networks and diffusion
     hidden: int = param(256, "hidden width of the policy net and the twin critics", low=1)
     layers: int = param(3, "hidden layers of the policy net and the twin critics", low=1)
-    schedule: str = param("linear", "beta schedule: linear (0.8 linspace(1e-4, 0.999, T)) or cosine",
-                          choices=("linear", "cosine"))
+    schedule: str = param("linear", "beta schedule: linear (0.8 linspace(1e-4, 0.999, T)), cosine, or vp "
+                          "(Diffusion-QL's, for policies fine-tuned from it)", choices=("linear", "cosine", "vp"))
     T: int = param(20, "diffusion steps", low=1)
     init_scale: float = param(0.5, "x_T ~ init_scale N(0, I)", low=0, low_open=True)
     # environment loop
@@ -174,6 +174,10 @@ class OnlineConfig:
     model_lr: float = param(1e-3, "Adam lr of the world model and the state value V_psi", low=0, low_open=True)
     plan_horizon: int = param(0, "H > 0: denoise H actions jointly, tilt by the model return, execute the first",
                               low=0)
+    # offline-to-online
+    offline_init: str = param("", "offline row whose policy and critic the run starts from (its run of the same "
+                              "seed; the networks and diffusion schedule must match it): '' = none, or dql, qg, "
+                              "edp, eg_ood", choices=("", "dql", "qg", "edp", "eg_ood"))
 
     def check(self, prefix: str = "dpmd") -> None:
         if self.lr_decay_end < self.lr_decay_begin:
@@ -204,7 +208,15 @@ VARIANTS: dict[str, dict] = {
                    "tfg_lambda": 128.0},
     # ours (no published number): 3-action plans selected by their model return
     "dpmd_plan": {"alg": "dpmd", "num_particles": 32, "dpmd_constant_weight": True, "plan_horizon": 3},
+    # ours: DPMD fine-tuning of the Diffusion-QL policy and critic (offline_train dql of the same seed).
+    # Its networks and VP schedule are Diffusion-QL's (T=5, x_T ~ N(0, I)); rewards unscaled as the
+    # offline critic learned them; no random warm-up (the offline policy collects from the start).
+    "dpmd_o2o": {"alg": "dpmd", "num_particles": 32, "offline_init": "dql", "schedule": "vp", "T": 5,
+                 "init_scale": 1.0, "reward_scale": 1.0, "warmup": 0},
 }
+# variants whose sampling uses training-free guidance: the top-level params.yaml key tfg_lambda sets
+# their lambda, so changing it reruns exactly these
+GUIDED = tuple(name for name, v in VARIANTS.items() if v.get("tfg_lambda", 0) > 0)
 
 
 def variant_config(name: str, **overrides) -> OnlineConfig:
@@ -652,7 +664,8 @@ def _train_sac(env_name, cfg, steps, seed, device, eval_every, eval_episodes, lo
 
 def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, device="cpu",
                  eval_every: int = 50_000, eval_episodes: int = 20, log=None, init_agent=None,
-                 resume_path: str | Path | None = None, checkpoint_every: int = 0):
+                 resume_path: str | Path | None = None, checkpoint_every: int = 0, final_eval: bool = True,
+                 max_episode_steps: int = 0):
     """Train SDAC/DPMD online for `steps` env steps (cfg.alg = sac delegates to train_sac).
 
     cfg.num_envs envs are stepped in a loop; the first cfg.warmup env steps use uniform-random
@@ -670,7 +683,8 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     DiffusionOnline.load_pretrained) for offline-to-online runs; keep or zero cfg.warmup as wanted.
     With `resume_path`, a checkpoint (model, optimisers, replay buffer, env and RNG states, counters)
     is written every `checkpoint_every` env steps, and a run finding one there continues from it
-    bit-identically on CPU.
+    bit-identically on CPU. final_eval=False leaves the evaluation at the last step to the caller
+    (the pipeline's evaluate stage); max_episode_steps > 0 cuts evaluation episodes (smoke).
 
     Returns (agent, info): info = {curve: [{step: env_steps, return, score}] (evaluation episodes),
     train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
@@ -749,11 +763,13 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
             grad_steps += 1
             if log is not None:
                 log.log(grad_steps, metrics)
-        if _crossed(before, env_steps, eval_every) or env_steps >= steps:
+        last = env_steps >= steps
+        if (_crossed(before, env_steps, eval_every) and not (last and not final_eval)) or (last and final_eval):
             ev_seed = EVAL_SEED + 1000 * seed + env_steps
             ev_gen = torch.Generator(device=device).manual_seed(ev_seed)
             agent.eval()
-            returns = evaluate(lambda x: agent.act(x, ev_gen, deterministic=True), env_name, eval_episodes, ev_seed)
+            returns = evaluate(lambda x: agent.act(x, ev_gen, deterministic=True), env_name, eval_episodes, ev_seed,
+                               max_episode_steps)
             agent.train()
             ret, score = float(returns.mean()), float(normalized_score(env_name, returns).mean())
             curve.append({"step": env_steps, "return": ret, "score": score})

@@ -96,7 +96,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
     episodes, cur = [], {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
-    info = {"env_steps": 0, "score": None, "target_reached": False, "evaluations": []}
+    info = {"env_steps": 0, "grad_steps": 0, "score": None, "target_reached": False, "evaluations": []}
     for step in range(1, steps + 1):
         if step <= warmup:
             action = rng.uniform(-1, 1, act_dim).astype(np.float32)
@@ -116,6 +116,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
                 cur = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
         if step > warmup and buf.size >= cfg.batch_size:
             metrics = agent.update(buf.sample(cfg.batch_size, generator=None), generator=gen)
+            info["grad_steps"] += 1
             if log is not None:
                 log.log(step, metrics)
         elif log is not None:

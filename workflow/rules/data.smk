@@ -8,7 +8,7 @@ rule dataset:
         set=overrides("dataset"),
     log: log_file("dataset", "{env}")
     threads: 1
-    resources: gpu=GPU
+    resources: **job_resources("dataset", P)
     shell: "python stages/dataset.py --env {wildcards.env}{params.set}"
 
 
@@ -20,4 +20,5 @@ rule toy_dataset:
         set=overrides("toy_dataset"),
     log: log_file("toy_dataset", "{name}")
     threads: 1
+    resources: **job_resources("toy_dataset", P)
     shell: "python stages/toy_dataset.py --name {wildcards.name}{params.set}"

@@ -8,5 +8,5 @@ rule evaluate:
         set=overrides("evaluate"),
     log: log_file("evaluate", "{env}", "{algo}", "seed{seed}")
     threads: 1
-    resources: gpu=GPU
+    resources: **job_resources("evaluate", P)
     shell: "python stages/evaluate.py --env {wildcards.env} --algo {wildcards.algo} --seed {wildcards.seed}{params.set}"

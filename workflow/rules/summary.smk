@@ -10,4 +10,5 @@ rule summary:
         set=overrides("summary"),
     log: log_file("summary", "{env}")
     threads: 1
+    resources: **job_resources("summary", P)
     shell: "python stages/summary.py --env {wildcards.env}{params.set}"

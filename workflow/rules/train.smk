@@ -10,7 +10,7 @@ rule critic_pretrain:
         set=lambda wc: overrides("critic_pretrain", critic=wc.critic),
     log: log_file("critic_pretrain", "{env}", "{critic}", "seed{seed}")
     threads: 1
-    resources: gpu=GPU
+    resources: **job_resources("critic_pretrain", P)
     shell: "python stages/train.py critic_pretrain --critic {wildcards.critic} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
 
 
@@ -22,7 +22,7 @@ rule behavior_pretrain:
         set=lambda wc: overrides("behavior_pretrain", behavior=wc.behavior),
     log: log_file("behavior_pretrain", "{env}", "{behavior}", "seed{seed}")
     threads: 1
-    resources: gpu=GPU
+    resources: **job_resources("behavior_pretrain", P)
     shell: "python stages/train.py behavior_pretrain --behavior {wildcards.behavior} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
 
 
@@ -37,5 +37,5 @@ rule offline_train:
     log: log_file("offline_train", "{env}", "{algo}", "seed{seed}")
     wildcard_constraints: algo="|".join(OFFLINE)
     threads: 1
-    resources: gpu=GPU
+    resources: **job_resources("offline_train", P)
     shell: "python stages/train.py offline_train --algo {wildcards.algo} --env {wildcards.env} --seed {wildcards.seed}{params.set}"

@@ -1,0 +1,169 @@
+"""Cluster resources of every job (memory, wall time, CPUs, GPU), derived from the budget.
+
+The Snakefile's rules take their `resources:` from `job_resources(stage, P)`, so the wall time
+a scheduler is asked for grows with the selected budget (`smoke` jobs ask for minutes, `paper`
+jobs for hours) and GPU stages ask for a GPU when the run uses CUDA:
+
+    rule offline_train:
+        ...
+        resources: **job_resources("offline_train", P)
+
+Resource values that depend on the job (which algorithm, which retry) are functions of
+`(wildcards, attempt)`, which Snakemake evaluates per job; on a retry (`--retries N`, e.g.
+after a wall-time kill) the wall time grows with the attempt and the stage resumes from its
+checkpoint. Keys follow snakemake-executor-plugin-slurm: `runtime` (minutes, sbatch -t),
+`mem_mb` (sbatch --mem), `cpus_per_task` (sbatch --cpus-per-task) and `gpu` (sbatch --gpus;
+0 means none); `gpu` is also the resource `snakemake --resources gpu=1` limits on one machine.
+
+The step times are seconds per gradient step with the published network sizes: the CPU figures
+are measured on one core (benchmarks/bench_steps.py, README "Budgets"), the GPU figures are
+conservative estimates for small MLPs (kernel-launch bound). They only size requests: a job
+that needs longer is killed by the scheduler, retried with more time, and resumes from its last
+checkpoint (runs/.resume/).
+"""
+from __future__ import annotations
+
+import math
+
+# seconds per gradient step: (one CPU core, one GPU)
+STEP_S = {
+    "sac": (0.008, 0.004),            # one SAC update and one env step
+    "iql": (0.008, 0.003),
+    "dtql_critic": (0.008, 0.003),
+    "eda_critic": (0.006, 0.003),
+    "bc": (0.008, 0.003),
+    "dtql_behavior": (0.012, 0.004),
+    "eda_behavior": (1.0, 0.03),      # batch 2048, bottleneck energy net
+    "dql": (0.045, 0.012),
+    "qg": (0.045, 0.012),
+    "edp": (0.035, 0.010),
+    "eg_ood": (0.045, 0.012),
+    "dtql": (0.060, 0.012),
+    "eda": (6.0, 0.15),               # 16 behaviour samples per state, 15-step solver
+}
+# seconds per online update at full size (batch 256, T=20, the variant's particles), measured on one
+# CPU core (README "Online rows"); GPU figures are estimates. SAC: per env step (one update each).
+ONLINE_UPDATE_S = {"sac": (0.008, 0.004), "sdac": (1.1, 0.03), "dpmd": (0.9, 0.03), "dpmd_fixnorm": (0.9, 0.03),
+                   "dpmd_tilt": (25.0, 0.5), "dpmd_select": (3.6, 0.06), "dpmd_model": (7.9, 0.2),
+                   "dpmd_plan": (1.1, 0.03), "dpmd_o2o": (0.3, 0.02)}
+ONLINE_ACT_S = {"dpmd_tilt": (0.12, 0.03), "dpmd_model": (0.05, 0.01), "dpmd_select": (0.015, 0.004)}
+# seconds to choose one evaluation action (one state): (CPU, GPU)
+ACT_S = {"bc": (0.002, 0.002), "iql": (0.0005, 0.0005), "dql": (0.004, 0.003), "qg": (0.004, 0.003),
+         "edp": (0.004, 0.003), "eg_ood": (0.004, 0.003), "dtql": (0.003, 0.002), "eda": (0.02, 0.01)}
+EPISODE_STEPS = 1000          # MuJoCo locomotion episodes (HalfCheetah, and the longest of the others)
+STARTUP_S = 60                # interpreter, torch and MuJoCo imports, dataset loading
+SAFETY = 2.0                  # requested wall time / estimate
+MIN_RUNTIME_MIN = 10          # schedulers round tiny requests up; avoid queue-time-limit edge cases
+
+GPU_STAGES = ("dataset", "critic_pretrain", "behavior_pretrain", "offline_train", "online_train", "evaluate",
+              "bandit_train")
+STAGES = GPU_STAGES + ("toy_dataset", "summary", "bandit_plot", "bandit_summary")
+
+
+def _minutes(seconds: float, attempt: int = 1) -> int:
+    return max(MIN_RUNTIME_MIN, math.ceil(SAFETY * attempt * (STARTUP_S + seconds) / 60))
+
+
+def _mem_mb(megabytes: float, gpu: bool) -> int:
+    """Host memory: torch + MuJoCo (about 1.5 GB, 3 GB with a CUDA context) plus the data."""
+    base = 3000 if gpu else 2000
+    return int(500 * math.ceil((base + megabytes) / 500))
+
+
+def uses_gpu(params: dict) -> int:
+    """1 when the run trains on CUDA: device: cuda, or device: auto on a machine that has one.
+
+    On a cluster the submitting (login) node usually has no GPU: pass `--config device=cuda` there.
+    """
+    if params["device"] == "cuda":
+        return 1
+    if params["device"] == "auto":
+        import torch
+        return int(torch.cuda.is_available())
+    return 0
+
+
+def _step_s(section: str, gpu: int) -> float:
+    return STEP_S.get(section, STEP_S["dql"])[1 if gpu else 0]
+
+
+def _act_s(row: str, gpu: int) -> float:
+    return ACT_S.get(row, ACT_S["dql"])[1 if gpu else 0]
+
+
+def _train_seconds(section: str, budget, gpu: int, evaluates: bool) -> float:
+    from diffrl.offline import budget_steps
+    steps = budget_steps(section, budget)
+    seconds = steps * _step_s(section, gpu)
+    if evaluates:  # learning-curve evaluations along the way
+        evals = max(0, (steps - 1) // budget.eval_every)
+        seconds += evals * budget.curve_episodes * EPISODE_STEPS * _act_s(section, gpu)
+    return seconds
+
+
+def estimate_seconds(stage: str, params: dict, gpu: int | None = None, **wildcards) -> float:
+    """Estimated compute seconds of one job (without start-up), from the selected budget."""
+    from diffrl.algos import PRETRAINED, ROWS
+    if stage not in STAGES:
+        raise KeyError(f"no resource estimate for stage '{stage}': add it to diffrl.resources "
+                       f"(known: {', '.join(STAGES)})")
+    b = params["budgets"][params["budget"]]
+    gpu = uses_gpu(params) if gpu is None else gpu
+    if stage == "dataset":
+        return (b.sac_steps * _step_s("sac", gpu)
+                + (b.sac_steps // b.sac_eval_every) * 2 * EPISODE_STEPS * 0.001
+                + b.dataset_episodes * EPISODE_STEPS * 0.001)
+    if stage in ("critic_pretrain", "behavior_pretrain", "offline_train"):
+        section = wildcards.get("critic") or wildcards.get("behavior") or wildcards["algo"]
+        return _train_seconds(section, b, gpu, evaluates=section in ROWS)
+    if stage == "online_train":
+        row = wildcards.get("algo", "dpmd")
+        per_update = ONLINE_UPDATE_S.get(row, ONLINE_UPDATE_S["dpmd"])[1 if gpu else 0]
+        updates = b.online_steps if row == "sac" else max(0, b.online_steps - b.online_warmup) / 5
+        act = ONLINE_ACT_S.get(row, (0.006, 0.003))[1 if gpu else 0]
+        evals = max(0, (b.online_steps - 1) // b.online_eval_every)
+        episode = b.max_episode_steps or EPISODE_STEPS
+        return updates * per_update + (b.online_steps / 5 + evals * b.curve_episodes * episode) * act
+    if stage == "evaluate":
+        row = wildcards["algo"]
+        act = ONLINE_ACT_S[row][1 if gpu else 0] if row in ONLINE_ACT_S else _act_s(row, gpu)
+        return b.eval_episodes * (b.max_episode_steps or EPISODE_STEPS) * (act + 0.0002)
+    if stage == "bandit_train":
+        from diffrl.bandit import toy_steps
+        row = wildcards["algo"]
+        per_seed = sum(toy_steps(s, b) * _step_s(s, gpu) for s in (*PRETRAINED.get(row, ()), row))
+        return len(params["seeds"]) * per_seed
+    if stage == "toy_dataset":
+        return 5.0
+    return 30.0  # summary (bootstrap), plots
+
+
+def job_resources(stage: str, params: dict, gpu: int | None = None) -> dict:
+    """Snakemake `resources:` of a rule at the selected budget (see the module docstring).
+
+    `params` is the validated params.yaml (diffrl.config.validate); `gpu` overrides the GPU
+    decision (default: `uses_gpu(params)` for the stages that train or act).
+    """
+    if stage not in STAGES:
+        raise KeyError(f"no resource estimate for stage '{stage}': add it to diffrl.resources "
+                       f"(known: {', '.join(STAGES)})")
+    on_gpu = (uses_gpu(params) if gpu is None else int(gpu)) if stage in GPU_STAGES else 0
+
+    def runtime(wildcards, attempt=1):
+        return _minutes(estimate_seconds(stage, params, on_gpu, **dict(wildcards.items())), attempt)
+
+    b = params["budgets"][params["budget"]]
+    data_mb = 0.0
+    if stage in ("dataset", "critic_pretrain", "behavior_pretrain", "offline_train"):
+        # transitions (obs, next_obs, action, reward, terminal as float32; obs and action dims
+        # below 32) held twice while loading; the dataset stage's SAC buffer holds sac_steps more
+        transitions = b.dataset_episodes * EPISODE_STEPS + (b.sac_steps if stage == "dataset" else 0)
+        data_mb = 2 * transitions * (3 * 32 + 2) * 4 / 1e6
+    if stage == "bandit_train":
+        data_mb = b.toy_samples * 8 * 4 / 1e6
+    return {
+        "runtime": runtime,
+        "mem_mb": _mem_mb(data_mb, bool(on_gpu)),
+        "cpus_per_task": 2 if on_gpu else 1,  # a GPU job's MuJoCo evaluation gets its own core
+        "gpu": on_gpu,
+    }

@@ -1,0 +1,309 @@
+"""Reliability: a SIGKILLed stage resumes and ends bit-identical, crashed stages leave nothing
+that looks finished, reruns are deterministic, NaNs stop a run without replacing the last good
+checkpoint, and bad input fails in one line (naming the key or file and the fix) without
+deleting anything computed earlier."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from diffrl import config
+from diffrl.algos.bc import BCConfig, DiffusionBC
+from diffrl.config import ConfigError
+from diffrl.data import ReplayBuffer, toy_dataset, write_minari
+from diffrl.runlog import NumericalError
+from diffrl.train import train_offline
+from diffrl.utils import seed_everything
+
+from conftest import ROOT, copy_project
+
+ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
+
+
+def run(cmd, cwd, check=True, env=ENV1, timeout=600):
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def error_lines(out):
+    """The lines a user sees on stderr, without MuJoCo's and the progress bar's noise."""
+    return [l for l in out.stderr.splitlines() if l.strip() and "settotalmass" not in l and "%|" not in l]
+
+
+# --------------------------------------------------------------------------- preemption and resume
+# a random-quality dataset (no SAC) and a small IQL critic: 1000 steps take a few seconds
+CONFIG = ["budget=smoke", "seeds=[0]", "dataset={quality: random}",
+          "budgets={smoke: {dataset_episodes: 2, critic_steps: 1000}}", "iql={hidden: 64, policy_hidden: 64}"]
+TARGET = "runs/halfcheetah/iql/seed0"
+RESUME = "runs/.resume/halfcheetah/iql/seed0.pt"
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "model.pt", weights_only=False)["state"]
+
+
+def _final_metrics(run_dir):
+    return json.loads((run_dir / "dvclive" / "metrics.json").read_text())["train"]
+
+
+@pytest.mark.pipeline
+def test_sigkilled_stage_resumes_and_ends_bit_identical(project):
+    smk = ["snakemake", "--cores", "1", "--config", *CONFIG, "--"]
+    run([*smk, "data/halfcheetah/dataset"], project)
+    env = {**ENV1, "DIFFRL_CHECKPOINT_EVERY": "100"}
+
+    # 1. start the stage through snakemake; SIGKILL the stage process after its first checkpoint
+    sm = subprocess.Popen([*smk, TARGET], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    try:
+        deadline = time.time() + 120
+        while not (project / RESUME).exists():
+            assert sm.poll() is None, "snakemake ended before the first checkpoint:\n" + sm.stdout.read()[-3000:]
+            assert time.time() < deadline, "no resume checkpoint appeared"
+            time.sleep(0.02)
+        stage = [p for p in psutil.Process(sm.pid).children(recursive=True)
+                 if "stages/train.py" in " ".join(p.cmdline())]
+        assert len(stage) == 1, stage
+        stage[0].send_signal(signal.SIGKILL)
+        log = sm.communicate(timeout=120)[0]
+    finally:
+        if sm.poll() is None:
+            sm.kill()
+    assert sm.returncode != 0, "the stage finished before it was killed:\n" + log[-2000:]
+    killed_at = torch.load(project / RESUME, weights_only=False)["step"]
+    assert 100 <= killed_at < 1000 and killed_at % 100 == 0
+
+    # 2. nothing looks finished: no output folder, Snakemake schedules the job again
+    assert not (project / TARGET).exists()
+    dry = run(["snakemake", "-n", "--config", *CONFIG, "--", TARGET], project)
+    assert "critic_pretrain" in dry.stdout and "Nothing to be done" not in dry.stdout + dry.stderr
+
+    # 3. the rerun resumes from the checkpoint, finishes, and removes it
+    run([*smk, TARGET], project, env=env)
+    stage_log = (project / "logs/critic_pretrain/halfcheetah/iql/seed0.log").read_text()
+    assert f"resumed from {RESUME} at step {killed_at}" in stage_log
+    assert not (project / RESUME).exists()
+    assert not list((project / "runs/halfcheetah/iql").glob(".seed0.tmp*")), "a killed run's temporary was left"
+    resumed = project / "runs/resumed"
+    (project / TARGET).rename(resumed)
+
+    # 4. an uninterrupted run ends with the same weights and metrics, bit for bit
+    run([*smk, TARGET], project)
+    assert "resumed" not in (project / "logs/critic_pretrain/halfcheetah/iql/seed0.log").read_text()[len(stage_log):]
+    a, b = _weights(resumed), _weights(project / TARGET)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = _final_metrics(resumed), _final_metrics(project / TARGET)
+    ma.pop("steps_per_s"), mb.pop("steps_per_s")
+    assert ma == mb and ma
+    ta, tb = (json.loads((d / "train.json").read_text()) for d in (resumed, project / TARGET))
+    for t in (ta, tb):
+        for k in ("wall_s", "started", "pretraining_wall_s"):
+            t.pop(k, None)
+    assert ta == tb
+
+
+def test_stale_resume_checkpoint_of_other_settings_is_not_used(tmp_path, one_thread):
+    resume = tmp_path / "resume.pt"
+    buf = ReplayBuffer.from_arrays(toy_dataset("8gaussians", 200, 0))
+
+    def train(lr, steps):
+        torch.manual_seed(0)
+        agent = DiffusionBC(1, 2, BCConfig(hidden=16, layers=2, ema_start=0, lr=lr))
+        train_offline(agent, buf, steps=steps, batch_size=32, seed=0, run_dir=None, env_name=None, eval_every=10,
+                      curve_episodes=1, resume_path=resume, checkpoint_every=10)
+        return agent
+
+    class Stop(Exception):
+        pass
+
+    torch.manual_seed(0)
+    agent = DiffusionBC(1, 2, BCConfig(hidden=16, layers=2, ema_start=0, lr=1e-3))
+    update = agent.update
+
+    def dies_at_16(batch, generator=None):
+        if int(agent.step) == 15:
+            raise Stop()
+        return update(batch, generator)
+    agent.update = dies_at_16
+    with pytest.raises(Stop):
+        train_offline(agent, buf, steps=30, batch_size=32, seed=0, run_dir=None, env_name=None, eval_every=10,
+                      curve_episodes=1, resume_path=resume, checkpoint_every=10)
+    assert torch.load(resume, weights_only=False)["step"] == 10
+    # another learning rate: the checkpoint is ignored and the run equals a fresh one
+    other = train(3e-4, 30)
+    resume.unlink(missing_ok=True)
+    fresh = train(3e-4, 30)
+    assert all(torch.equal(x, y) for x, y in zip(other.state_dict().values(), fresh.state_dict().values()))
+
+
+# --------------------------------------------------------------------------- determinism
+def test_same_params_and_seed_give_bit_identical_results_in_two_copies(tmp_path):
+    cmd = [sys.executable, "stages/bandit.py", "bandit_train", "--name", "8gaussians", "--algo", "dql",
+           "--set", "budget=smoke", "--set", "seeds=[0]", "--set", "budgets.smoke.toy_steps=15",
+           "--set", "budgets.smoke.toy_samples=200"]
+    arrays = []
+    for name in ("a", "b"):
+        copy = copy_project(tmp_path / name)
+        run(cmd, copy)
+        z = np.load(copy / "runs/bandit/8gaussians/dql.npz")
+        arrays.append({k: z[k] for k in z.files})
+    assert arrays[0].keys() == arrays[1].keys() and "seed0" in arrays[0]
+    for k in arrays[0]:
+        assert np.array_equal(arrays[0][k], arrays[1][k]), k
+
+
+def test_deterministic_flag_requests_deterministic_kernels(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+
+# --------------------------------------------------------------------------- numerical faults
+@pytest.mark.parametrize("fault", ["loss", "weights"])
+def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_path, one_thread, fault):
+    torch.manual_seed(0)
+    agent = DiffusionBC(1, 2, BCConfig(hidden=16, layers=2, ema_start=0))
+    update = agent.update
+
+    def faulty(batch, generator=None):
+        metrics = update(batch, generator)
+        if int(agent.step) == 12:
+            if fault == "loss":
+                metrics = {**metrics, "bc_loss": torch.tensor(float("nan"))}
+            else:  # a NaN gradient step: the weights go non-finite, the reported loss does not
+                with torch.no_grad():
+                    next(agent.eps.parameters()).fill_(float("nan"))
+        return metrics
+    agent.update = faulty
+    buf = ReplayBuffer.from_arrays(toy_dataset("8gaussians", 200, 0))
+    resume = tmp_path / "resume.pt"
+    # the log is checked every 10 steps, checkpoints are written every 5: the step-15 checkpoint
+    # comes before the next log flush and must not be written
+    with pytest.raises(NumericalError) as err:
+        train_offline(agent, buf, steps=200, batch_size=32, seed=0, run_dir=None, env_name=None, eval_every=1000,
+                      curve_episodes=1, resume_path=resume, checkpoint_every=5)
+    msg = str(err.value)
+    if fault == "loss":
+        assert msg.startswith("non-finite bc_loss (nan) at step 12:"), msg
+    else:
+        assert "non-finite" in msg and "at step 1" in msg, msg  # weights (or the loss they give) by step 15
+    assert "last good checkpoint is kept" in msg
+    ck = torch.load(resume, weights_only=False)
+    assert ck["step"] == 10
+    assert all(torch.isfinite(v).all() for v in ck["agent"].values() if v.is_floating_point())
+
+
+# --------------------------------------------------------------------------- bad input
+def _episodes(obs_dim, act_dim, n=2, T=20):
+    rng = np.random.default_rng(0)
+    return [{"observations": rng.standard_normal((T + 1, obs_dim)), "actions": rng.uniform(-1, 1, (T, act_dim)),
+             "rewards": rng.standard_normal(T), "terminations": np.zeros(T, bool),
+             "truncations": np.r_[np.zeros(T - 1, bool), True]} for _ in range(n)]
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
+    train = [sys.executable, "stages/train.py"]
+    iql = [*train, "critic_pretrain", "--critic", "iql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"]
+    # a finished run from earlier: no failure below may touch it
+    done = project / "runs/halfcheetah/iql/seed0"
+    done.mkdir(parents=True)
+    (done / "model.pt").write_bytes(b"earlier result")
+    (done / "train.json").write_text("{}")
+    before = _snapshot(project / "runs")
+    ds = project / "data/halfcheetah/dataset"
+
+    def fails(cmd, *expected):
+        out = run(cmd, project, check=False)
+        lines = error_lines(out)
+        assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+        for text in expected:
+            assert text in lines[0], lines[0]
+        assert _snapshot(project / "runs") == before
+        return lines[0]
+
+    # dataset missing, then corrupted (truncated), then of another environment (dims)
+    fails(iql, "dataset data/halfcheetah/dataset is missing", "snakemake data/halfcheetah/dataset")
+    write_minari(ds, "local/halfcheetah/test-v0", _episodes(17, 6), "halfcheetah", "random", "test")
+    h5 = ds / "data" / "main_data.hdf5"
+    good = h5.read_bytes()
+    h5.write_bytes(good[:300])
+    fails(iql, "main_data.hdf5 is corrupted or truncated", "delete data/halfcheetah/dataset and rerun")
+    shutil.rmtree(ds)
+    write_minari(ds, "local/halfcheetah/test-v0", _episodes(11, 3), "halfcheetah", "random", "test")
+    fails(iql, "observation/action dims 11/3", "17/6", "another environment")
+    shutil.rmtree(ds)
+    write_minari(ds, "local/halfcheetah/test-v0", _episodes(17, 6), "halfcheetah", "random", "test")
+
+    # a missing checkpoint of the pretraining a row starts from
+    fails([*train, "offline_train", "--algo", "dtql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"],
+          "runs/halfcheetah/dtql_critic/seed0/model.pt is missing", "snakemake runs/halfcheetah/dtql_critic/seed0")
+
+    # params: unknown variant, misspelt key, out of range, non-numeric (before any work: no log written)
+    logs_before = _snapshot(project / "logs")
+    fails([*train, "offline_train", "--algo", "dql", "--env", "halfcheetah", "--seed", "0", "--set", "dql.variant=qll"],
+          "dql.variant='qll' is not one of")
+    fails([*iql, "--set", "iql.expectle=0.8"], "unknown key 'iql.expectle'", "did you mean 'iql.expectile'")
+    fails([*iql, "--set", "iql.temperature=-1"], "iql.temperature=-1.0 is out of range: it must be > 0")
+    fails([*iql, "--set", "tfg_lambda=abc"], "tfg_lambda='abc' is not a number")
+    assert _snapshot(project / "logs") == logs_before
+
+    # an unknown algorithm is refused by the command line itself
+    out = run([*train, "offline_train", "--algo", "dqll", "--env", "halfcheetah", "--seed", "0"], project, check=False)
+    assert out.returncode == 2 and "invalid choice: 'dqll'" in out.stderr.splitlines()[-1]
+    assert _snapshot(project / "runs") == before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["iql.temperature=-1"], "iql.temperature=-1.0 is out of range: it must be > 0"),
+    (["sac.init_temperature=0"], "sac.init_temperature=0.0 is out of range: it must be > 0"),
+    (["eda.alpha=-0.5"], "eda.alpha=-0.5 is out of range: it must be >= 0"),
+    (["iql.expectile=1"], "iql.expectile=1.0 is out of range: it must be < 1"),
+    (["dtql_critic.expectile=-0.1"], "dtql_critic.expectile=-0.1 is out of range"),
+    (["dpmd.num_particles=0"], "dpmd.num_particles=0 is out of range"),
+    (["tfg_lambda=abc"], "tfg_lambda='abc' is not a number"),
+    (["dql.variant=qll"], "dql.variant='qll' is not one of"),
+    (["algorithms=[bc, dqll]"], "did you mean 'dql'"),
+])
+def test_out_of_range_and_non_numeric_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        config.load(ROOT / "params.yaml", overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_summary_fails_when_a_declared_run_is_missing(project):
+    results = project / "results"
+    (results / "halfcheetah_summary.csv").write_text("earlier table\n")
+    for algo, seed in (("bc", 0), ("bc", 1), ("iql", 0)):
+        path = project / f"runs/halfcheetah/eval/{algo}/seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    out = run([sys.executable, "stages/summary.py", "--env", "halfcheetah", "--set", "seeds=[0, 1]",
+               "--set", "algorithms=[bc, iql]", "--set", "stats.baseline=bc"], project, check=False)
+    lines = error_lines(out)
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "1 declared run(s) have no evaluation" in lines[0] and "runs/halfcheetah/eval/iql/seed1.json" in lines[0]
+    assert (results / "halfcheetah_summary.csv").read_text() == "earlier table\n"

@@ -1,0 +1,17 @@
+# Online RL, cached per seed: the SAC baseline and the SDAC/DPMD variants, trained in the
+# environment. The guided variants also read the top-level tfg_lambda (so changing it reruns
+# exactly them); an offline-to-online row starts from the offline run named by its offline_init.
+
+rule online_train:
+    output: directory(run_dir("{env}", "{algo}", "{seed}"))
+    input:
+        LIB, "stages/online.py",
+        lambda wc: [run_dir(wc.env, P[wc.algo].offline_init, wc.seed)] if getattr(P[wc.algo], "offline_init", "") else [],
+    params:
+        declared=lambda wc: declared("online_train", algo=wc.algo),
+        set=lambda wc: overrides("online_train", algo=wc.algo),
+    log: log_file("online_train", "{env}", "{algo}", "seed{seed}")
+    wildcard_constraints: algo="|".join(ONLINE)
+    threads: 1
+    resources: **job_resources("online_train", P)
+    shell: "python stages/online.py --algo {wildcards.algo} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
