@@ -2,7 +2,6 @@
 one replay buffer that every algorithm samples from (offline data is loaded into it too)."""
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import socket

@@ -102,6 +102,8 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
                          checkpoint_every=max(1, eval_every), desc=f"{section} seed {seed}")
     pre_wall = sum(json.loads((Path(r) / "train.json").read_text()).get("wall_s", 0.0)
                    for r in (pretrained or {}).values())
+    if section in DQL_VARIANTS:  # what the evaluate stage needs for Diffusion-QL's offline model selection
+        info["selection"] = {"k": cfg.selection_k, "published": cfg.published_selection}
     info.update(section=section, env=env_name, seed=seed, env_steps=0, started=t0, pretraining_wall_s=pre_wall,
                 run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)})
     save_checkpoint(out_dir / MODEL_FILE, {"meta": meta, "parts": parts_meta, "obs_dim": obs_dim,

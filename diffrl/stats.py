@@ -11,7 +11,7 @@ import pandas as pd
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
 COLUMNS = ["algorithm", "n_seeds", "score_mean", "score_se", "score_std", "score_iqm", "iqm_ci_low",
-           "iqm_ci_high", "best_mean", "return_mean", "env_steps", "grad_steps", "wall_s"]
+           "iqm_ci_high", "best_mean", "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s"]
 
 
 def iqm(x: np.ndarray) -> float:
@@ -74,6 +74,9 @@ def summarize(results: list[dict], algorithms: list[str], reps: int, confidence:
             "score_std": s.std(ddof=1) if n > 1 else float("nan"),
             "score_iqm": intervals[a][0], "iqm_ci_low": intervals[a][1], "iqm_ci_high": intervals[a][2],
             "best_mean": float(np.mean([r["best_during_training_score"] for r in rs])),
+            # Diffusion-QL's offline model selection (by BC loss): NaN for rows without it
+            "selected_mean": (float(np.mean([r["offline_selected_score"] for r in rs]))
+                              if all("offline_selected_score" in r for r in rs) else float("nan")),
             "return_mean": float(np.mean([r["final_return"] for r in rs])),
             "env_steps": int(np.mean([r["env_steps"] for r in rs])),
             "grad_steps": int(np.mean([r["grad_steps"] for r in rs])),
@@ -141,7 +144,9 @@ def markdown(table: pd.DataFrame, poi: dict, baseline: str, header: str) -> str:
     lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for _, row in table.iterrows()]
     lines += ["", "score_* are final scores (D4RL-normalised, fresh evaluation episodes); best_mean is the "
-              "best-during-training score (selected on evaluation episodes, optimistic by construction).", "",
+              "best-during-training score (selected on evaluation episodes, optimistic by construction); "
+              "selected_mean is the score of the checkpoint chosen by offline model selection (Diffusion-QL "
+              "rows: lowest BC loss, no return looked at; nan for other rows).", "",
               f"Probability of improvement over `{baseline}` (95% CI):", "", "| algorithm | P(X > baseline) | CI |",
               "|---|---|---|"]
     lines += [f"| {k} | {v[0]:.2f} | [{v[1]:.2f}, {v[2]:.2f}] |" for k, v in poi.items()]

@@ -87,7 +87,8 @@ def _fingerprint(agent, buffer: ReplayBuffer, steps: int, batch_size: int, seed:
                  buffer.size, shapes))
 
 
-def _first_non_finite(agent) -> str | None:
+def first_non_finite(agent) -> str | None:
+    """Name of the first floating-point tensor of agent.state_dict() holding a NaN or Inf, else None."""
     for name, v in agent.state_dict().items():
         if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             return name
@@ -122,12 +123,17 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     states, step, curve). A checkpoint is only written after the losses and weights since the
     last one were checked finite, so a NaN or Inf never replaces the last good checkpoint; it
     stops the run with NumericalError naming the quantity and the step.
-    Returns {curve, grad_steps, wall_s}.
+    Curve points of agents that report a `bc_loss` also hold its mean since the previous point
+    (and the result its final value, `final_bc_loss`) for offline model selection.
+    Returns {curve, grad_steps, wall_s[, final_bc_loss]}.
     """
     gen = torch.Generator().manual_seed(seed)
     device = next(agent.parameters()).device
     sample_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     start, curve, wall_before = 0, [], 0.0
+    # mean BC loss since the last evaluation (Diffusion-QL's offline model selection); summed on the
+    # device, read once per evaluation
+    bc_sum, bc_n = torch.zeros((), device=device), 0
     every_steps, every_s = checkpoint_interval(checkpoint_every) if resume_path is not None else (0, 0.0)
     fingerprint = _fingerprint(agent, buffer, steps, batch_size, seed) if resume_path is not None else ""
     if resume_path is not None and Path(resume_path).exists():
@@ -138,6 +144,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
                 getattr(agent, name).load_state_dict(state)
             _set_rng_state(gen, sample_gen, ck["rng"])
             start, curve, wall_before = ck["step"], ck["curve"], ck["wall_s"]
+            bc_sum, bc_n = ck.get("bc_loss_acc", (bc_sum, 0))
             print(f"resumed from {resume_path} at step {start}", flush=True)
     log = RunLog(run_dir, steps, desc, every=max(1, min(1000, steps // 20)))
     log.bar.update(start)
@@ -146,30 +153,38 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     for step in range(start + 1, steps + 1):
         metrics = agent.update(buffer.sample(batch_size, generator=gen), generator=sample_gen)
         log.log(step, metrics)
+        if "bc_loss" in metrics:
+            bc_sum, bc_n = bc_sum + metrics["bc_loss"].detach(), bc_n + 1
         if env_name is not None and step % eval_every == 0 and step < steps:
             ret, score = eval_score(agent, env_name, curve_episodes, CURVE_SEED + 1000 * seed + step)
             curve.append({"step": step, "return": ret, "score": score})
+            if bc_n:
+                curve[-1]["bc_loss"] = float(bc_sum) / bc_n
+                bc_sum, bc_n = torch.zeros((), device=device), 0
             log.log_eval(step, score, ret)
         due = (every_steps and step % every_steps == 0) or (every_s and time.perf_counter() - last_save >= every_s)
         if resume_path is not None and due and step < steps:
             log.check(step)  # every loss since the last flush, not only the logged means
-            bad = _first_non_finite(agent)
+            bad = first_non_finite(agent)
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at step {step}: lower the learning rate or "
                                      f"check the data; the last good checkpoint is kept ({resume_path})")
             optims = {n: o.state_dict() for n, o in vars(agent).items() if isinstance(o, torch.optim.Optimizer)}
             save_checkpoint(resume_path, {"agent": agent.state_dict(), "optims": optims,
                                           "rng": _rng_state(gen, sample_gen), "step": step, "curve": curve,
-                                          "fingerprint": fingerprint,
+                                          "fingerprint": fingerprint, "bc_loss_acc": (bc_sum, bc_n),
                                           "wall_s": wall_before + time.perf_counter() - t0})
             last_save = time.perf_counter()
     log.close()
-    bad = _first_non_finite(agent)
+    bad = first_non_finite(agent)
     if bad is not None:  # never hand non-finite weights to the stage that saves the model
         raise NumericalError(f"non-finite weights ({bad}) after step {steps}: lower the learning rate or "
                              f"check the data" + (f"; the last good checkpoint is kept ({resume_path})"
                                                   if resume_path is not None else ""))
-    return {"curve": curve, "grad_steps": steps, "wall_s": wall_before + time.perf_counter() - t0}
+    out = {"curve": curve, "grad_steps": steps, "wall_s": wall_before + time.perf_counter() - t0}
+    if bc_n:  # the BC loss of the final checkpoint (evaluated by the evaluate stage)
+        out["final_bc_loss"] = float(bc_sum) / bc_n
+    return out
 
 
 def check_finite(name: str, value: torch.Tensor, step: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffrl import stage  # noqa: E402
-from diffrl.pipeline import bandit_file, bandit_plot_file, log_file, toy_file  # noqa: E402
+from diffrl.pipeline import bandit_file, bandit_plot_file, log_file  # noqa: E402
 
 N_SAMPLES = 500  # policy actions drawn per algorithm and seed
 

@@ -43,6 +43,14 @@ def main(p, args):
         "run_info": train.get("run_info", {}), "online": online, "step_unit": "env" if online else "grad",
         "max_episode_steps": int(cap),
     }
+    selection = train.get("selection")
+    if selection and "final_bc_loss" in train and all("bc_loss" in c for c in curve[:-1]):
+        # offline model selection (no evaluation return is looked at): the chosen checkpoint's score
+        # is the evaluation made at that checkpoint (curve_episodes episodes; the final one: eval_episodes)
+        from diffrl.algos.dql import select_checkpoint
+        curve[-1]["bc_loss"] = train["final_bc_loss"]
+        idx = select_checkpoint(curve, "offline", selection["k"], selection["published"])
+        result.update(offline_selected_score=float(curve[idx]["score"]), offline_selected_step=int(curve[idx]["step"]))
     write_json(eval_file(args.env, args.algo, args.seed), result)
     print(f"{args.algo} {args.env} seed {args.seed}: return {returns.mean():.1f}, score {np.mean(scores):.2f}")
 

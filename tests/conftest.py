@@ -10,6 +10,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "2")))
+# pipeline jobs launched by tests run one thread each (the machine may be shared)
+ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
+
+
+def run(cmd, cwd, check=True, env=ENV1, timeout=600):
+    """Run a command in `cwd`; with check, fail the test with the tail of its output."""
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
 
 
 def copy_project(dst: Path) -> Path:

@@ -4,7 +4,6 @@ executor plugin (against stand-in SLURM commands), and per-job resources from th
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -13,18 +12,11 @@ import pytest
 from diffrl import config
 from diffrl.resources import MIN_RUNTIME_MIN, job_resources
 
-from conftest import ROOT
+from conftest import ENV1, ROOT, run
 
 pytestmark = pytest.mark.pipeline
-ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 LOCALQ = ROOT / "workflow/profiles/cluster-generic"
 
-
-def run(cmd, cwd, env=ENV1, check=True, timeout=600):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
-    if check:
-        assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
 
 
 def test_generic_cluster_profile_submits_polls_and_finishes(project):

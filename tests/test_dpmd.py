@@ -13,6 +13,8 @@ from diffrl.algos.dpmd_models import make_dynamics
 from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
 from diffrl.envs import make_env
 
+from conftest import ROOT
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -210,7 +212,7 @@ def test_fix_q_norm_bug_flag_changes_the_weights():
 
 def test_variants_reproduce_the_reference_commands():
     assert set(VARIANTS) == {"sac", "sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model",
-                             "dpmd_plan"}
+                             "dpmd_plan", "dpmd_o2o"}
     d = variant_config("dpmd")
     assert d.num_particles == 32 and not d.fix_q_norm_bug and d.dpmd_double_q_update
     assert variant_config("dpmd_fixnorm").fix_q_norm_bug and OnlineConfig().fix_q_norm_bug
@@ -219,6 +221,18 @@ def test_variants_reproduce_the_reference_commands():
     s = variant_config("dpmd_select")
     assert s.num_particles == 128 and s.q_critic_agg == "mean" and s.particle_selection_lambda == 64
     assert math.isinf(OnlineConfig().particle_selection_lambda)
+
+
+def test_params_yaml_sections_are_the_named_variants():
+    """The pipeline's sections (with the top-level tfg_lambda of the guided ones) equal VARIANTS, so
+    the rows of the table are the reference commands."""
+    from diffrl import config
+    from diffrl.algos import GUIDED, ONLINE_VARIANTS
+    p = config.load(ROOT / "params.yaml")
+    assert set(GUIDED) == {"dpmd_tilt", "dpmd_model"} and p["tfg_lambda"] == 128
+    for name in ONLINE_VARIANTS:
+        section = replace(p[name], tfg_lambda=p["tfg_lambda"]) if name in GUIDED else p[name]
+        assert section == variant_config(name), name
 
 
 # --------------------------------------------------------------------------- resume
@@ -264,3 +278,26 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
 def _run_and_state(out):
     agent, info = out
     return {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}, info
+
+
+def test_a_nan_stops_the_online_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A NaN loss after the first checkpoint: the run stops with the quantity and step named, and
+    the checkpoint on disk stays the last good one (written before the NaN)."""
+    from diffrl.runlog import NumericalError, RunLog
+    real_update = DiffusionOnline.update
+
+    def update(self, b, generator=None):
+        metrics = real_update(self, b, generator)
+        if self.step >= 120:
+            metrics["critic_loss"] = metrics["critic_loss"] * float("nan")
+        return metrics
+    monkeypatch.setattr(DiffusionOnline, "update", update)
+    path = tmp_path / "resume.pt"
+    cfg = replace(OnlineConfig(), alg="dpmd", hidden=16, layers=1, T=3, batch_size=32, num_envs=2, warmup=40,
+                  num_particles=2, alpha_every=20)
+    with pytest.raises(NumericalError, match=r"non-finite critic_loss \(nan\) at step 120"):
+        train_online("pendulum", cfg, steps=500, seed=3, eval_every=10_000, eval_episodes=1,
+                     log=RunLog(None, 230, "nan test", every=1000), resume_path=path, checkpoint_every=150)
+    ck = torch.load(path, weights_only=False)
+    assert ck["env_steps"] == 150 and ck["grad_steps"] < 120
+    assert all(torch.isfinite(v).all() for v in ck["agent"].values() if torch.is_tensor(v) and v.is_floating_point())

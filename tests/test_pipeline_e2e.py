@@ -1,8 +1,6 @@
 """End to end on a fresh copy: the smoke graph builds the summary table, a changed
 hyperparameter reruns only what reads it (Snakemake and DVC), and bad input fails fast."""
-import json
 import re
-import subprocess
 
 import pandas as pd
 import pytest
@@ -10,14 +8,10 @@ import yaml
 
 from diffrl.stats import COLUMNS
 
+from conftest import run
+
 pytestmark = pytest.mark.pipeline
 
-
-def run(cmd, cwd, timeout=1800, check=True):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
 
 
 def job_counts(text):
@@ -56,7 +50,11 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert (table["n_seeds"] == 2).all()
     assert table[["score_mean", "score_iqm", "return_mean", "wall_s"]].notna().all().all()
     assert (table["grad_steps"] > 0).all()
-    online = table.set_index("algorithm").loc[["sac", *ONLINE, "dpmd_o2o"]]
+    rows = table.set_index("algorithm")
+    # Diffusion-QL rows also report the checkpoint of offline model selection (here the only one: the final)
+    assert (rows.loc[["dql", "qg", "edp", "eg_ood"], "selected_mean"] == rows.loc[["dql", "qg", "edp", "eg_ood"], "score_mean"]).all()
+    assert rows.loc[["bc", "iql", "dtql", "eda", "sac"], "selected_mean"].isna().all()
+    online = rows.loc[["sac", *ONLINE, "dpmd_o2o"]]
     assert (online["env_steps"] == 265).all() and (online["grad_steps"] > 0).all()
     for name in ("summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png", "intervals.png"):
         assert (project / f"results/halfcheetah_{name}").stat().st_size > 0

@@ -1,8 +1,6 @@
 """The Snakemake graph and dvc.yaml declare the same stages, commands, inputs, outputs and params."""
-import json
 import re
 import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 from diffrl.pipeline import STAGES, stage_keys

@@ -2,24 +2,20 @@
 --queue` with a grid override queues one experiment per value, `dvc queue start` runs them in
 workers, `dvc exp show` lists each with its params and outputs, cached by hash."""
 import json
-import os
 import shutil
-import subprocess
 import time
 
 import numpy as np
 import pytest
 
+from conftest import run
+
 pytestmark = pytest.mark.pipeline
-ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 OUT = "runs/bandit/8gaussians/bc.npz"
 
 
 def dvc(*args, cwd, check=True):
-    out = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, env=ENV1, timeout=600)
-    if check:
-        assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
+    return run(["dvc", *args], cwd, check=check)
 
 
 def test_dvc_queue_runs_a_learning_rate_sweep(project):

@@ -23,16 +23,9 @@ from diffrl.runlog import NumericalError
 from diffrl.train import train_offline
 from diffrl.utils import seed_everything
 
-from conftest import ROOT, copy_project
-
-ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
+from conftest import ENV1, ROOT, copy_project, run
 
 
-def run(cmd, cwd, check=True, env=ENV1, timeout=600):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
-    if check:
-        assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
 
 
 def error_lines(out):

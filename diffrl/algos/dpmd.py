@@ -79,6 +79,8 @@ from diffrl.diffusion import DiffusionSchedule
 from diffrl.envs import evaluate, make_env, normalized_score
 from diffrl.fields import ConfigError, param
 from diffrl.nets import Critic, NoiseNet, SinusoidalEmbedding, ValueNet, soft_update
+from diffrl.runlog import NumericalError
+from diffrl.train import first_non_finite
 from diffrl.utils import load_checkpoint, save_checkpoint
 
 INF = float("inf")
@@ -776,6 +778,13 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
             if log is not None:
                 log.log_eval(env_steps, score, ret)
         if resume_path is not None and _crossed(before, env_steps, checkpoint_every) and env_steps < steps:
+            # a NaN or Inf since the last checkpoint stops the run here: the last good checkpoint stays
+            if log is not None and hasattr(log, "check"):
+                log.check(grad_steps)
+            bad = first_non_finite(agent)
+            if bad is not None:
+                raise NumericalError(f"non-finite weights ({bad}) at env step {env_steps}: lower the learning "
+                                     f"rates; the last good checkpoint is kept ({resume_path})")
             save_checkpoint(resume_path, {
                 "agent": agent.state_dict(), "optims": {n: o.state_dict() for n, o in agent.optimizers().items()},
                 "buffer": buf.state_dict(), "envs": [_env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
@@ -785,5 +794,10 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
                 "wall_s": wall_before + time.perf_counter() - t0})
     for e in envs:
         e.close()
+    if log is not None and hasattr(log, "check"):
+        log.check(grad_steps)  # what was logged since the last flush
+    bad = first_non_finite(agent)
+    if bad is not None:  # never hand non-finite weights to the stage that saves the model
+        raise NumericalError(f"non-finite weights ({bad}) after env step {env_steps}: lower the learning rates")
     return agent, {"curve": curve, "train_episodes": train_eps, "env_steps": env_steps, "grad_steps": grad_steps,
                    "wall_s": wall_before + time.perf_counter() - t0}

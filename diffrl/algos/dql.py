@@ -61,6 +61,10 @@ class DQLConfig:
     lr_decay: bool = param(True, "cosine-decay both learning rates to 0 over lr_decay_steps")
     lr_decay_steps: int = param(0, "T_max of the cosine decay in gradient steps; 0 = the run's total "
                                 "steps, which the training stage passes as total_steps", low=0)
+    selection_k: int = param(1, "offline model selection: of the evaluated checkpoints, the latest among the "
+                             "selection_k with the smallest mean BC loss (reported next to the final score)", low=1)
+    published_selection: bool = param(False, "reproduce the released selection (argsort(bc_loss) compared "
+                                      "elementwise with top_k)")
     published_lr_decay: bool = param(False, "reproduce the released code: the cosine (T_max = total steps) is "
                                      "stepped only every published_lr_step_every gradient steps (~40 times "
                                      "over 2M steps), so the lr stays ~constant")

@@ -16,7 +16,6 @@ under no_grad, so its alignment loss cannot backpropagate); `released_no_grad_bu
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import numpy as np

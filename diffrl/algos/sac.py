@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffrl.data import ReplayBuffer
 from diffrl.envs import make_env, normalized_score, evaluate
