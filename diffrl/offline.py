@@ -79,6 +79,8 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
     (DTQL, EDA) starts from. Rows are evaluated along the way (learning curve); pretraining-only
     sections (DTQL's and EDA's critic and behaviour) are not.
     """
+    if hasattr(cfg, "for_env"):  # per-task values (DTQL's alpha)
+        cfg = cfg.for_env(env_name)
     data = load_offline(dataset_dir, env_name)
     obs_dim, act_dim = data.obs.shape[1], data.action.shape[1]
     extra = {}

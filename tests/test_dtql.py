@@ -273,3 +273,13 @@ def test_toy_dtql_concentrates_on_best_mode(toy):
     # on the data support: close to some dataset action
     d = np.linalg.norm(a[:, None, :] - data["action"][None], axis=-1).min(1)
     assert (d < 0.1).mean() > 0.9
+
+
+def test_alpha_is_per_task():
+    from diffrl.algos.dtql import DTQLConfig
+    from diffrl.config import ConfigError, build_section
+    cfg = DTQLConfig()
+    assert (cfg.for_env("halfcheetah").alpha, cfg.for_env("hopper").alpha, cfg.for_env("walker2d").alpha) == (1, 5, 5)
+    assert cfg.for_env("8gaussians").alpha == cfg.alpha
+    with pytest.raises(ConfigError, match="dtql.env_alpha.hopper"):
+        build_section("dtql", DTQLConfig, {"env_alpha": {"hopper": "abc"}})

@@ -69,3 +69,16 @@ def test_snakemake_params_are_the_declared_keys():
     rules = re.findall(r"rule (\w+):.*?declared=(?:lambda wc: )?declared\(\"(\w+)\"", text, flags=re.S)
     assert rules and all(a == b for a, b in rules), rules
     assert {a for a, _ in rules} == set(STAGES)
+
+
+def test_hopper_and_walker2d_go_through_the_same_graph():
+    """Every environment gets the same jobs (dataset, pretraining, all rows, evaluation, table)."""
+    counts = {}
+    for env in ("halfcheetah", "hopper", "walker2d"):
+        out = subprocess.run(["snakemake", "-n", "--forceall", "--nolock", f"results/{env}_summary.csv"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        stats = out.stdout.split("Job stats:")[1].split("\n\n")[0]
+        counts[env] = stats
+        assert f"data/{env}/dataset" in out.stdout and f"results/{env}_summary.csv" in out.stdout
+    assert counts["hopper"] == counts["walker2d"] == counts["halfcheetah"]

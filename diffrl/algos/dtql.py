@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -172,7 +172,9 @@ class EDMBehavior(nn.Module):
 class DTQLConfig:
     """DTQL one-step policy. Per-task trust-region weight alpha (reference): halfcheetah-medium 1,
     hopper-medium 5, walker2d-medium 5."""
-    alpha: float = param(1.0, "trust-region weight alpha (halfcheetah 1, hopper 5, walker2d 5)", low=0)
+    alpha: float = param(1.0, "trust-region weight alpha where env_alpha names no value (2-D toys)", low=0)
+    env_alpha: dict = param({"halfcheetah": 1.0, "hopper": 5.0, "walker2d": 5.0},
+                            "per-task alpha (reference medium settings); overrides alpha for these envs")
     gamma_nll: float = param(0.0, "weight of the NLL of the dataset action under the policy (0 for MuJoCo)",
                              low=0)
     lr: float = param(3e-4, "Adam learning rate of the one-step policy", low=0, low_open=True)
@@ -186,6 +188,16 @@ class DTQLConfig:
     update_critic: bool = param(True, "keep training the IQL critic (V and Q) during policy training")
     update_behavior: bool = param(True, "keep training the behaviour diffusion during policy training "
                                   "(the released DTQL does)")
+
+
+    def check(self, prefix: str = "dtql") -> None:
+        for env, value in self.env_alpha.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{prefix}.env_alpha.{env}={value!r} must be a number >= 0")
+
+    def for_env(self, env: str) -> "DTQLConfig":
+        """This config with the task's alpha (env_alpha[env] when listed)."""
+        return replace(self, alpha=float(self.env_alpha.get(env, self.alpha)))
 
 
 def tanh_gaussian_log_prob(actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor,
