@@ -1,6 +1,7 @@
 """Environments, D4RL-normalised scores and the one evaluator every algorithm uses."""
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 
@@ -72,3 +73,30 @@ def evaluate(act, name: str, episodes: int, seed: int, max_steps: int = 0) -> np
     for e in envs:
         e.close()
     return returns
+
+
+# resume: the state of a live environment, so a killed run continues bit-identically
+def env_state(env) -> dict:
+    """Everything needed to continue an env bit-identically: the pickled wrapper stack (MuJoCo envs
+    re-create their simulator on unpickling) plus the simulator's full integration state and the
+    env's RNG state."""
+    u = env.unwrapped
+    state = {"pickle": pickle.dumps(env), "np_random": u.np_random.bit_generator.state}
+    if hasattr(u, "model") and hasattr(u, "data"):
+        import mujoco
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        arr = np.empty(mujoco.mj_stateSize(u.model, spec))
+        mujoco.mj_getState(u.model, u.data, arr, spec)
+        state["mujoco"] = arr
+    return state
+
+
+def restore_env(state: dict):
+    env = pickle.loads(state["pickle"])
+    u = env.unwrapped
+    u.np_random.bit_generator.state = state["np_random"]
+    if "mujoco" in state:
+        import mujoco
+        mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(u.model, u.data)
+    return env

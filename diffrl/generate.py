@@ -35,13 +35,14 @@ def rollout(act, env_name: str, episodes: int, seed: int) -> list[dict]:
 
 def generate_dataset(env_name: str, quality: str, out_dir: Path, *, sac_cfg: SACConfig, sac_steps: int,
                      sac_warmup: int, sac_eval_every: int, episodes: int, medium_target: float, seed: int,
-                     device="cpu", log=None) -> dict:
+                     device="cpu", log=None, resume_path=None) -> dict:
     """Build `out_dir` as a Minari dataset of `quality` and return what was achieved.
 
     random: uniform random actions. medium: SAC trained until its evaluation score reaches
     `medium_target` (or the budget ends), then rolled out stochastically as D4RL did.
     expert: SAC trained for the whole budget. medium-replay: the training episodes of the
-    medium run (its replay buffer).
+    medium run (its replay buffer). With resume_path, the SAC run checkpoints at every quality
+    check and continues from a checkpoint it finds there.
     """
     info = {"quality": quality, "env": env_name, "seed": seed}
     if quality == "random":
@@ -55,7 +56,8 @@ def generate_dataset(env_name: str, quality: str, out_dir: Path, *, sac_cfg: SAC
         stop = medium_target if quality in ("medium", "medium-replay") else None
         agent, train_info, train_eps = train_sac(
             env_name, sac_cfg, sac_steps, sac_warmup, sac_eval_every, seed, device, eval_episodes=2,
-            stop_score=stop, record_episodes=quality == "medium-replay", log=log)
+            stop_score=stop, record_episodes=quality == "medium-replay", log=log, resume_path=resume_path,
+            checkpoint_every=sac_eval_every)
         info.update(sac_env_steps=train_info["env_steps"], agent_score=train_info["score"],
                     target_reached=train_info["target_reached"] if stop is not None else None,
                     sac_evaluations=train_info["evaluations"])

@@ -63,7 +63,8 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
     if row == "sac":
         log = RunLog(out_dir, max(1, steps), f"{row} seed {seed}")
         agent, info, _ = train_sac(env_name, cfg, steps, budget.online_warmup, budget.online_eval_every, seed,
-                                   device, eval_episodes=budget.curve_episodes, log=log)
+                                   device, eval_episodes=budget.curve_episodes, log=log, resume_path=resume_path,
+                                   checkpoint_every=budget.online_eval_every)
         log.close()
         # train_sac also evaluates at its last step; the evaluate stage owns the final evaluation
         curve = [{"step": e["env_steps"], "return": e["return"], "score": e["score"]}

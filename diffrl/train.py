@@ -95,8 +95,11 @@ def first_non_finite(agent) -> str | None:
     return None
 
 
-def _load_resume(resume_path: Path, device, fingerprint: str):
-    """The resume checkpoint, or None (with the reason on stderr) when it cannot be used."""
+def load_resume(resume_path: Path, device, fingerprint: str):
+    """The resume checkpoint at resume_path, or None when there is none or it cannot be used (the
+    reason on stderr): unreadable, or written with other settings than `fingerprint` says."""
+    if not Path(resume_path).exists():
+        return None
     try:
         ck = load_checkpoint(resume_path, device)
     except (RuntimeError, FileNotFoundError) as e:
@@ -137,7 +140,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     every_steps, every_s = checkpoint_interval(checkpoint_every) if resume_path is not None else (0, 0.0)
     fingerprint = _fingerprint(agent, buffer, steps, batch_size, seed) if resume_path is not None else ""
     if resume_path is not None and Path(resume_path).exists():
-        ck = _load_resume(Path(resume_path), device, fingerprint)
+        ck = load_resume(Path(resume_path), device, fingerprint)
         if ck is not None:
             agent.load_state_dict(ck["agent"])
             for name, state in ck["optims"].items():

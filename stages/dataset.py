@@ -5,7 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffrl import stage  # noqa: E402
-from diffrl.pipeline import dataset_dir, log_file  # noqa: E402
+from diffrl.pipeline import dataset_dir, log_file, resume_file  # noqa: E402
 
 
 def main(p, args):
@@ -18,6 +18,7 @@ def main(p, args):
     device = pick_device(p["device"])
     seed_everything(ds.seed, p["deterministic"])
     out = Path(dataset_dir(args.env))
+    resume = Path(resume_file("dataset_sac", args.env, ds.seed))
     with atomic_path(out) as tmp:
         if ds.source == "minari":
             dataset_id = ds.minari_ids.get(args.env)
@@ -30,7 +31,7 @@ def main(p, args):
             info = generate_dataset(args.env, ds.quality, tmp, sac_cfg=p["sac"], sac_steps=b.sac_steps,
                                     sac_warmup=b.sac_warmup, sac_eval_every=b.sac_eval_every,
                                     episodes=b.dataset_episodes, medium_target=ds.medium_target_score,
-                                    seed=ds.seed, device=device, log=log)
+                                    seed=ds.seed, device=device, log=log, resume_path=resume)
             info["wall_s"] = log.close()
             info["source"] = "generate"
             if info.get("target_reached") is False:
@@ -38,6 +39,7 @@ def main(p, args):
                       f"{ds.medium_target_score} within {b.sac_steps} steps; the dataset is labelled with "
                       f"the score it has", file=sys.stderr)
         write_json(tmp / "info.json", info)
+    resume.unlink(missing_ok=True)
     print(f"wrote {out}: {info}")
 
 

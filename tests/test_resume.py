@@ -39,3 +39,41 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert info["grad_steps"] == 40
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+class DieAtEnvStep:
+    """A RunLog stand-in that kills the run at one env step (after that step's update)."""
+
+    def __init__(self, step):
+        self.step = step
+        self.bar = type("Bar", (), {"update": lambda *a: None})()
+
+    def log(self, step, metrics):
+        if step == self.step:
+            raise Killed()
+
+    def log_eval(self, *a):
+        pass
+
+
+def _sac(resume=None, die_at=None):
+    from diffrl.algos.sac import SACConfig, train_sac
+    torch.manual_seed(0)
+    cfg = SACConfig(hidden=32, batch_size=64)
+    return train_sac("pendulum", cfg, steps=700, warmup=200, eval_every=350, seed=1, eval_episodes=1,
+                     record_episodes=True, log=DieAtEnvStep(die_at) if die_at else None, resume_path=resume,
+                     checkpoint_every=250)
+
+
+def test_sac_resumes_bit_identically(tmp_path, one_thread):
+    """The SAC baseline and dataset agent: killed at env step 620, resumed from its step-500
+    checkpoint (buffer, env, RNG states), it ends where an uninterrupted run ends."""
+    full, info, eps = _sac()
+    path = tmp_path / "sac.pt"
+    with pytest.raises(Killed):
+        _sac(path, die_at=620)
+    assert torch.load(path, weights_only=False)["step"] == 500
+    resumed, info2, eps2 = _sac(path)
+    assert info2 == info and len(eps2) == len(eps) == 3
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

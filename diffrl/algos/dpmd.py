@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -76,12 +75,12 @@ import torch.nn as nn
 from diffrl.algos.dpmd_models import make_dynamics
 from diffrl.data import ReplayBuffer
 from diffrl.diffusion import DiffusionSchedule
-from diffrl.envs import evaluate, make_env, normalized_score
+from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
 from diffrl.fields import ConfigError, param
 from diffrl.nets import Critic, NoiseNet, SinusoidalEmbedding, ValueNet, soft_update
 from diffrl.runlog import NumericalError
-from diffrl.train import first_non_finite
-from diffrl.utils import load_checkpoint, save_checkpoint
+from diffrl.train import first_non_finite, load_resume
+from diffrl.utils import save_checkpoint
 
 INF = float("inf")
 
@@ -617,33 +616,6 @@ class DiffusionOnline(nn.Module):
                 m.load_state_dict(sd)
 
 
-# --------------------------------------------------------------------------- env state (resume)
-def _env_state(env) -> dict:
-    """Everything needed to continue an env bit-identically: the pickled wrapper stack (MuJoCo envs
-    re-create their simulator on unpickling) plus the simulator's full integration state and the
-    env's RNG state."""
-    u = env.unwrapped
-    state = {"pickle": pickle.dumps(env), "np_random": u.np_random.bit_generator.state}
-    if hasattr(u, "model") and hasattr(u, "data"):
-        import mujoco
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        arr = np.empty(mujoco.mj_stateSize(u.model, spec))
-        mujoco.mj_getState(u.model, u.data, arr, spec)
-        state["mujoco"] = arr
-    return state
-
-
-def _restore_env(state: dict):
-    env = pickle.loads(state["pickle"])
-    u = env.unwrapped
-    u.np_random.bit_generator.state = state["np_random"]
-    if "mujoco" in state:
-        import mujoco
-        mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
-        mujoco.mj_forward(u.model, u.data)
-    return env
-
-
 # --------------------------------------------------------------------------- training loop
 EVAL_SEED = 100_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed + env_steps + i
 TRAIN_SEED = 10_000  # training env i starts from seed TRAIN_SEED + 100 * seed + i
@@ -717,8 +689,10 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     ep_ret = np.zeros(cfg.num_envs)
     env_steps, grad_steps, wall_before = 0, 0, 0.0
     curve, train_eps = [], []
-    if resume_path is not None and Path(resume_path).exists():
-        ck = load_checkpoint(resume_path, device)
+    # a checkpoint left by a run with other settings is never resumed from
+    fingerprint = repr((env_name, cfg, steps, seed, eval_every, eval_episodes, init_agent is None))
+    ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
+    if ck is not None:
         agent.load_state_dict(ck["agent"])
         for name, state in ck["optims"].items():
             getattr(agent, name).load_state_dict(state)
@@ -730,7 +704,7 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
         np.random.set_state(ck["rng"]["numpy"])
         for e in envs:
             e.close()
-        envs = [_restore_env(s) for s in ck["envs"]]
+        envs = [restore_env(s) for s in ck["envs"]]
         obs, ep_ret = ck["obs"], ck["ep_ret"]
         env_steps, grad_steps, wall_before = ck["env_steps"], ck["grad_steps"], ck["wall_s"]
         curve, train_eps = ck["curve"], ck["train_episodes"]
@@ -787,10 +761,11 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
                                      f"rates; the last good checkpoint is kept ({resume_path})")
             save_checkpoint(resume_path, {
                 "agent": agent.state_dict(), "optims": {n: o.state_dict() for n, o in agent.optimizers().items()},
-                "buffer": buf.state_dict(), "envs": [_env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
+                "buffer": buf.state_dict(), "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
                 "rng": {"gen": gen.get_state(), "buf_gen": buf_gen.get_state(), "numpy_gen": rng.bit_generator.state,
                         "torch": torch.get_rng_state(), "numpy": np.random.get_state()},
                 "env_steps": env_steps, "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,
+                "fingerprint": fingerprint,
                 "wall_s": wall_before + time.perf_counter() - t0})
     for e in envs:
         e.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffrl.data import ReplayBuffer
-from diffrl.envs import make_env, normalized_score, evaluate
+from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
 from diffrl.fields import param
 from diffrl.nets import Critic, TanhGaussianActor, soft_update
 
@@ -80,12 +81,21 @@ class SAC(torch.nn.Module):
 
 def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every: int, seed: int,
               device="cpu", eval_episodes: int = 1, stop_score: float | None = None,
-              record_episodes: bool = False, log=None):
+              record_episodes: bool = False, log=None, resume_path: str | Path | None = None,
+              checkpoint_every: int = 0):
     """Train SAC online; stop early once the evaluation score reaches `stop_score`.
 
-    Returns (agent, info, episodes): info has env_steps, the last evaluation score and whether
-    the stop score was reached; episodes are the training episodes (for medium-replay data).
+    Returns (agent, info, episodes): info has env_steps, grad_steps, the evaluations, the last
+    evaluation score and whether the stop score was reached; episodes are the training episodes
+    (for medium-replay data). With `resume_path`, a checkpoint (agent, optimisers, replay buffer,
+    env and RNG states, step) is written every `checkpoint_every` env steps, and a run that finds
+    one there continues from it bit-identically on CPU.
     """
+    from diffrl.runlog import NumericalError
+    from diffrl.train import first_non_finite
+    from diffrl.train import load_resume
+    from diffrl.utils import save_checkpoint
+
     env = make_env(env_name)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     agent = SAC(obs_dim, act_dim, cfg, device)
@@ -94,9 +104,31 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     rng = np.random.default_rng(seed)
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
-    episodes, cur = [], {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    new_episode = lambda o: {"observations": [o], "actions": [], "rewards": [], "terminations": [],  # noqa: E731
+                             "truncations": []}
+    episodes, cur = [], new_episode(obs)
     info = {"env_steps": 0, "grad_steps": 0, "score": None, "target_reached": False, "evaluations": []}
-    for step in range(1, steps + 1):
+    start = 1
+    # a checkpoint left by a run with other settings is never resumed from
+    fingerprint = repr((env_name, cfg, steps, warmup, eval_every, seed, stop_score, record_episodes))
+    ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
+    if ck is not None:
+        agent.load_state_dict(ck["agent"])
+        for name, state in ck["optims"].items():
+            getattr(agent, name).load_state_dict(state)
+        buf.load_state_dict(ck["buffer"])
+        env.close()
+        env = restore_env(ck["env"])
+        obs, info, episodes, cur = ck["obs"], ck["info"], ck["episodes"], ck["episode"]
+        gen.set_state(ck["rng"]["gen"])
+        rng.bit_generator.state = ck["rng"]["numpy_gen"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        np.random.set_state(ck["rng"]["numpy"])
+        start = ck["step"] + 1
+        if log is not None:
+            log.bar.update(ck["step"])
+        print(f"resumed from {resume_path} at env step {ck['step']}", flush=True)
+    for step in range(start, steps + 1):
         if step <= warmup:
             action = rng.uniform(-1, 1, act_dim).astype(np.float32)
         else:
@@ -112,7 +144,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
             obs, _ = env.reset()
             if record_episodes:
                 episodes.append({k: np.asarray(v) for k, v in cur.items()})
-                cur = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+                cur = new_episode(obs)
         if step > warmup and buf.size >= cfg.batch_size:
             metrics = agent.update(buf.sample(cfg.batch_size, generator=None), generator=gen)
             info["grad_steps"] += 1
@@ -130,5 +162,19 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
             if stop_score is not None and info["score"] >= stop_score:
                 info["target_reached"] = True
                 break
+        if resume_path is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            if log is not None and hasattr(log, "check"):
+                log.check(step)  # a NaN since the last checkpoint stops here: the last good one stays
+            bad = first_non_finite(agent)
+            if bad is not None:
+                raise NumericalError(f"non-finite weights ({bad}) at env step {step}: lower sac.lr; the last "
+                                     f"good checkpoint is kept ({resume_path})")
+            save_checkpoint(resume_path, {
+                "agent": agent.state_dict(), "optims": {n: getattr(agent, n).state_dict()
+                                                        for n in ("actor_opt", "critic_opt", "alpha_opt")},
+                "buffer": buf.state_dict(), "env": env_state(env), "obs": obs, "info": info,
+                "episodes": episodes, "episode": cur, "step": step, "fingerprint": fingerprint,
+                "rng": {"gen": gen.get_state(), "numpy_gen": rng.bit_generator.state,
+                        "torch": torch.get_rng_state(), "numpy": np.random.get_state()}})
     env.close()
     return agent, info, episodes
