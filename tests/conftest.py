@@ -24,8 +24,13 @@ def run(cmd, cwd, check=True, env=ENV1, timeout=600):
 
 def copy_project(dst: Path) -> Path:
     """A fresh git checkout-like copy of the project (tracked and untracked source, no outputs)."""
-    ignore = shutil.ignore_patterns(".git", "data", "runs", "logs", ".snakemake", "__pycache__", "*.egg-info",
-                                    ".pytest_cache", "results", "MUJOCO_LOG.TXT")
+    anywhere = shutil.ignore_patterns(".git", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache",
+                                      "MUJOCO_LOG.TXT")
+    outputs = {"data", "runs", "logs", "results"}  # pipeline outputs at the top (tests/data is a fixture)
+
+    def ignore(folder, names):
+        top = outputs.intersection(names) if Path(folder) == ROOT else set()
+        return set(anywhere(folder, names)) | top
     shutil.copytree(ROOT, dst, ignore=ignore)
     (dst / "results").mkdir(exist_ok=True)
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
