@@ -2,6 +2,7 @@
 probability of improvement against a baseline, learning curves and interval plots."""
 from __future__ import annotations
 
+import textwrap
 import warnings
 
 import numpy as np
@@ -112,7 +113,7 @@ def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient 
         ax.text(0.5, 0.5, "no rows of this kind in `algorithms`", ha="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("normalised score (mean, 95% CI over seeds)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
     if not curves.empty:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -130,7 +131,7 @@ def plot_intervals(table: pd.DataFrame, path, title: str) -> None:
                                             table["iqm_ci_high"] - table["score_iqm"]], fmt="o", capsize=4)
     ax.set_yticks(y, table["algorithm"])
     ax.set_xlabel("IQM normalised score (95% stratified-bootstrap CI)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
