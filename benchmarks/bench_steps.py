@@ -27,7 +27,7 @@ def build(name, device):
         return DiffusionBC(OBS, ACT, BCConfig(), device)
     if name.startswith("dql_"):
         from diffrl.algos.dql import DiffusionQL, DQLConfig
-        return DiffusionQL(OBS, ACT, DQLConfig(variant=name[4:]), device)
+        return DiffusionQL(OBS, ACT, DQLConfig(variant=name[4:]), device, total_steps=1_000_000)
     if name == "dtql":
         from diffrl.algos.dtql import DTQL, DTQLBehaviorConfig, DTQLConfig
         return DTQL.from_configs(OBS, ACT, DTQLConfig(), DTQLBehaviorConfig(), IQLConfig(layer_norm=True), device)

@@ -40,8 +40,15 @@ class _Tee:
         pass
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments get one line naming the fix (argparse's default also prints the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see `python {self.prog} --help`)\n")
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = _OneLineParser(description=description, prog=f"stages/{Path(sys.argv[0]).name}")
     p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a params.yaml value, as `dvc exp run -S` does (repeatable)")

@@ -266,7 +266,8 @@ def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
 
     # an unknown algorithm is refused by the command line itself
     out = run([*train, "offline_train", "--algo", "dqll", "--env", "halfcheetah", "--seed", "0"], project, check=False)
-    assert out.returncode == 2 and "invalid choice: 'dqll'" in out.stderr.splitlines()[-1]
+    assert out.returncode == 2 and error_lines(out) == [l for l in error_lines(out) if "invalid choice: 'dqll'" in l] \
+        and len(error_lines(out)) == 1, out.stderr
     assert _snapshot(project / "runs") == before
 
 
