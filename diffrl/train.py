@@ -59,6 +59,25 @@ def _set_rng_state(gen: torch.Generator, sample_gen: torch.Generator, state: dic
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_state(agent, buffer: ReplayBuffer | None = None) -> dict:
+    """What a resume checkpoint holds of a learner: its weights, every optimiser it owns (the
+    attributes that are torch optimisers) and, for online runs, the replay buffer."""
+    optims = {n: o.state_dict() for n, o in vars(agent).items() if isinstance(o, torch.optim.Optimizer)}
+    out = {"agent": agent.state_dict(), "optims": optims}
+    if buffer is not None:
+        out["buffer"] = buffer.state_dict()
+    return out
+
+
+def restore_training_state(agent, ck: dict, buffer: ReplayBuffer | None = None) -> None:
+    """The inverse of training_state."""
+    agent.load_state_dict(ck["agent"])
+    for name, state in ck["optims"].items():
+        getattr(agent, name).load_state_dict(state)
+    if buffer is not None:
+        buffer.load_state_dict(ck["buffer"])
+
+
 def checkpoint_interval(every: int) -> tuple[int, float]:
     """(steps, seconds) between resume checkpoints. DIFFRL_CHECKPOINT_EVERY (gradient steps)
     overrides the caller's step interval; DIFFRL_CHECKPOINT_SECONDS (default 600) also writes one
@@ -142,9 +161,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     if resume_path is not None and Path(resume_path).exists():
         ck = load_resume(Path(resume_path), device, fingerprint)
         if ck is not None:
-            agent.load_state_dict(ck["agent"])
-            for name, state in ck["optims"].items():
-                getattr(agent, name).load_state_dict(state)
+            restore_training_state(agent, ck)
             _set_rng_state(gen, sample_gen, ck["rng"])
             start, curve, wall_before = ck["step"], ck["curve"], ck["wall_s"]
             bc_sum, bc_n = ck.get("bc_loss_acc", (bc_sum, 0))
@@ -172,8 +189,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at step {step}: lower the learning rate or "
                                      f"check the data; the last good checkpoint is kept ({resume_path})")
-            optims = {n: o.state_dict() for n, o in vars(agent).items() if isinstance(o, torch.optim.Optimizer)}
-            save_checkpoint(resume_path, {"agent": agent.state_dict(), "optims": optims,
+            save_checkpoint(resume_path, {**training_state(agent),
                                           "rng": _rng_state(gen, sample_gen), "step": step, "curve": curve,
                                           "fingerprint": fingerprint, "bc_loss_acc": (bc_sum, bc_n),
                                           "wall_s": wall_before + time.perf_counter() - t0})

@@ -79,7 +79,7 @@ from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore
 from diffrl.fields import ConfigError, param
 from diffrl.nets import Critic, NoiseNet, SinusoidalEmbedding, ValueNet, soft_update
 from diffrl.runlog import NumericalError
-from diffrl.train import first_non_finite, load_resume
+from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
 from diffrl.utils import save_checkpoint
 
 INF = float("inf")
@@ -339,9 +339,6 @@ class DiffusionOnline(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.log_alpha.device
-
-    def optimizers(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k.endswith("_opt") and isinstance(v, torch.optim.Optimizer)}
 
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
@@ -693,10 +690,7 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     fingerprint = repr((env_name, cfg, steps, seed, eval_every, eval_episodes, init_agent is None))
     ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
     if ck is not None:
-        agent.load_state_dict(ck["agent"])
-        for name, state in ck["optims"].items():
-            getattr(agent, name).load_state_dict(state)
-        buf.load_state_dict(ck["buffer"])
+        restore_training_state(agent, ck, buf)
         gen.set_state(ck["rng"]["gen"])
         buf_gen.set_state(ck["rng"]["buf_gen"])
         rng.bit_generator.state = ck["rng"]["numpy_gen"]
@@ -760,8 +754,7 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
                 raise NumericalError(f"non-finite weights ({bad}) at env step {env_steps}: lower the learning "
                                      f"rates; the last good checkpoint is kept ({resume_path})")
             save_checkpoint(resume_path, {
-                "agent": agent.state_dict(), "optims": {n: o.state_dict() for n, o in agent.optimizers().items()},
-                "buffer": buf.state_dict(), "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
+                **training_state(agent, buf), "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
                 "rng": {"gen": gen.get_state(), "buf_gen": buf_gen.get_state(), "numpy_gen": rng.bit_generator.state,
                         "torch": torch.get_rng_state(), "numpy": np.random.get_state()},
                 "env_steps": env_steps, "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,

@@ -92,8 +92,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     one there continues from it bit-identically on CPU.
     """
     from diffrl.runlog import NumericalError
-    from diffrl.train import first_non_finite
-    from diffrl.train import load_resume
+    from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
     from diffrl.utils import save_checkpoint
 
     env = make_env(env_name)
@@ -113,10 +112,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     fingerprint = repr((env_name, cfg, steps, warmup, eval_every, seed, stop_score, record_episodes))
     ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
     if ck is not None:
-        agent.load_state_dict(ck["agent"])
-        for name, state in ck["optims"].items():
-            getattr(agent, name).load_state_dict(state)
-        buf.load_state_dict(ck["buffer"])
+        restore_training_state(agent, ck, buf)
         env.close()
         env = restore_env(ck["env"])
         obs, info, episodes, cur = ck["obs"], ck["info"], ck["episodes"], ck["episode"]
@@ -170,9 +166,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
                 raise NumericalError(f"non-finite weights ({bad}) at env step {step}: lower sac.lr; the last "
                                      f"good checkpoint is kept ({resume_path})")
             save_checkpoint(resume_path, {
-                "agent": agent.state_dict(), "optims": {n: getattr(agent, n).state_dict()
-                                                        for n in ("actor_opt", "critic_opt", "alpha_opt")},
-                "buffer": buf.state_dict(), "env": env_state(env), "obs": obs, "info": info,
+                **training_state(agent, buf), "env": env_state(env), "obs": obs, "info": info,
                 "episodes": episodes, "episode": cur, "step": step, "fingerprint": fingerprint,
                 "rng": {"gen": gen.get_state(), "numpy_gen": rng.bit_generator.state,
                         "torch": torch.get_rng_state(), "numpy": np.random.get_state()}})
