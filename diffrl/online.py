@@ -16,7 +16,7 @@ from pathlib import Path
 from diffrl.algos import GUIDED
 from diffrl.fields import ConfigError
 from diffrl.runlog import RunLog
-from diffrl.utils import save_checkpoint, write_json
+from diffrl.utils import read_json, save_checkpoint, write_json
 
 MODEL_FILE = "model.pt"
 
@@ -30,18 +30,15 @@ def effective_config(row: str, cfg, tfg_lambda: float, budget):
                                warmup=min(cfg.warmup, budget.online_warmup))
 
 
-def check_offline_init(row: str, cfg, offline_run: Path) -> dict:
-    """The offline run an o2o row starts from must have the same networks and diffusion schedule;
-    say which key to change before any env step is taken."""
-    from diffrl.utils import load_checkpoint
-    ck = load_checkpoint(Path(offline_run) / MODEL_FILE)
+def check_offline_init(row: str, cfg, ck: dict, offline_run) -> None:
+    """The offline run (its loaded model.pt `ck`) an o2o row starts from must have the same networks
+    and diffusion schedule; say which key to change before any env step is taken."""
     off = ck["meta"]["config"]
     wanted = {"hidden": off["hidden"], "layers": off["layers"], "T": off["T"], "schedule": "vp"}
     for key, value in wanted.items():
         if getattr(cfg, key) != value:
             raise ConfigError(f"{row}.{key}={getattr(cfg, key)!r} does not match the {cfg.offline_init} run it "
                               f"starts from ({offline_run}): set {row}.{key}: {value}")
-    return ck
 
 
 def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, budget, budget_name: str,
@@ -78,10 +75,9 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
             if offline_run is None:
                 raise ConfigError(f"{row}.offline_init={cfg.offline_init!r} needs its offline run: "
                                   f"run it through snakemake or dvc, which pass it")
-            check_offline_init(row, cfg, Path(offline_run))
-            init, _ = load_agent(offline_run, device)
-            import json
-            pre_wall = json.loads((Path(offline_run) / "train.json").read_text()).get("wall_s", 0.0)
+            init, ck = load_agent(offline_run, device)
+            check_offline_init(row, cfg, ck, offline_run)
+            pre_wall = read_json(Path(offline_run) / "train.json").get("wall_s", 0.0)
             run_info["dataset"] = f"online, starting from {offline_run}"
         updates = max(1, (steps - max(cfg.warmup, cfg.batch_size)) // cfg.num_envs + 1)
         log = RunLog(out_dir, updates, f"{row} seed {seed}")

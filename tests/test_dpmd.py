@@ -301,3 +301,14 @@ def test_a_nan_stops_the_online_run_and_keeps_the_last_good_checkpoint(tmp_path,
     ck = torch.load(path, weights_only=False)
     assert ck["env_steps"] == 150 and ck["grad_steps"] < 120
     assert all(torch.isfinite(v).all() for v in ck["agent"].values() if torch.is_tensor(v) and v.is_floating_point())
+
+
+def test_o2o_checks_the_offline_run_it_starts_from():
+    from diffrl.fields import ConfigError
+    from diffrl.online import check_offline_init
+    cfg = variant_config("dpmd_o2o")
+    ck = {"meta": {"config": {"hidden": 256, "layers": 3, "T": 5}}}
+    check_offline_init("dpmd_o2o", cfg, ck, "runs/x/dql/seed0")  # Diffusion-QL's shapes: fine
+    ck["meta"]["config"]["T"] = 20
+    with pytest.raises(ConfigError, match=r"dpmd_o2o.T=5 does not match .* set dpmd_o2o.T: 20"):
+        check_offline_init("dpmd_o2o", cfg, ck, "runs/x/dql/seed0")
