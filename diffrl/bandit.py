@@ -15,10 +15,11 @@ from diffrl.train import train_offline
 ON_SUPPORT = 0.1  # a policy action within this distance of some data action is "on support"
 
 
-def _build(section: str, cfg, device, steps: int, parts=None):
+def _build(section: str, cfg, device, steps: int, budget, parts=None):
     cls = AGENTS[section]
     if section in PRETRAINED:
-        return cls(1, 2, cfg, parts["behavior"], parts["critic"], device)
+        extra = {"support_states": budget.align_support_states} if section == "eda" else {}
+        return cls(1, 2, cfg, parts["behavior"], parts["critic"], device, **extra)
     extra = {"reward_scale": 1.0} if section in CRITICS else ({"total_steps": steps} if section in DQL_VARIANTS else {})
     return cls(1, 2, cfg, device, **extra)
 
@@ -42,7 +43,7 @@ def run_bandit(name: str, row: str, seed: int, configs: dict, budget, n_samples:
         if section in PRETRAINED:
             critic, behavior = PRETRAINED[section]
             parts = {"critic": trained[critic], "behavior": trained[behavior]}
-        agent = _build(section, configs[section], device, steps, parts)
+        agent = _build(section, configs[section], device, steps, budget, parts)
         train_offline(agent, buf, steps=steps, batch_size=configs[section].batch_size, seed=seed, run_dir=None,
                       env_name=None, eval_every=steps, curve_episodes=1, desc=f"{name} {section} seed {seed}")
         trained[section] = agent

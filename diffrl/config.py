@@ -36,7 +36,10 @@ class Budget:
     energy_behavior_steps: int = param(20, "gradient steps of EDA's bottleneck energy behaviour (batch 2048, "
                                        "about 1 s a step on a CPU core)", low=1)
     offline_steps: int = param(200, "gradient steps of offline training (Diffusion-QL variants, DTQL)", low=1)
-    align_steps: int = param(3, "gradient steps of EDA alignment (16 behaviour samples per state)", low=1)
+    align_steps: int = param(3, "gradient steps of EDA alignment", low=1)
+    align_support_states: int = param(0, "dataset states whose 16 behaviour samples EDA draws before alignment "
+                                      "(0 = every state, as released; the 15-step sampler dominates EDA's "
+                                      "cost on a CPU)", low=0)
     eval_every: int = param(150, "gradient steps between evaluations during training", low=1)
     curve_episodes: int = param(1, "episodes per evaluation during training (learning curve)", low=1)
     eval_episodes: int = param(2, "episodes of the final evaluation (fresh seeds, separate from training)", low=1)

@@ -42,7 +42,7 @@ def build_agent(meta: dict, obs_dim: int, act_dim: int, device, parts: dict | No
     cfg = SECTIONS[section](**meta["config"])
     cls = AGENTS[section]
     if section in PRETRAINED:
-        return cls(obs_dim, act_dim, cfg, parts["behavior"], parts["critic"], device)
+        return cls(obs_dim, act_dim, cfg, parts["behavior"], parts["critic"], device, **meta["extra"])
     return cls(obs_dim, act_dim, cfg, device, **meta["extra"])
 
 
@@ -72,11 +72,11 @@ def describe_dataset(dataset_dir: str) -> str:
 
 def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Path, seed: int, steps: int,
               eval_every: int, curve_episodes: int, device, resume_path: Path | None, budget: str,
-              pretrained: dict | None = None) -> dict:
+              pretrained: dict | None = None, support_states: int = 0) -> dict:
     """Train the agent of `section` on the dataset with the shared loop and save the run.
 
     `pretrained` maps "critic"/"behavior" to run folders whose checkpoints a composite row
-    (DTQL, EDA) starts from. Rows are evaluated along the way (learning curve); pretraining-only
+    (DTQL, EDA) starts from; `support_states` is EDA's (the budget's align_support_states). Rows are evaluated along the way (learning curve); pretraining-only
     sections (DTQL's and EDA's critic and behaviour) are not.
     """
     if hasattr(cfg, "for_env"):  # per-task values (DTQL's alpha)
@@ -88,6 +88,8 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
         extra["reward_scale"] = data.locomotion_reward_scale() if cfg.reward_scaling == "locomotion" else 1.0
     if section in DQL_VARIANTS:
         extra["total_steps"] = steps
+    if section == "eda":
+        extra["support_states"] = support_states
     parts, parts_meta = None, {}
     if section in PRETRAINED:
         parts = {}

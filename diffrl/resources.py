@@ -39,8 +39,10 @@ STEP_S = {
     "edp": (0.035, 0.010),
     "eg_ood": (0.045, 0.012),
     "dtql": (0.060, 0.012),
-    "eda": (6.0, 0.15),               # 16 behaviour samples per state, 15-step solver
+    "eda": (0.6, 0.02),               # 256 states x 16 support actions through two energy nets
 }
+# EDA draws 16 behaviour samples (15-step solver) per support state before alignment: seconds per state
+SUPPORT_S = (0.017, 0.0005)
 # seconds per online update at full size (batch 256, T=20, the variant's particles), measured on one
 # CPU core (README "Online rows"); GPU figures are estimates. SAC: per env step (one update each).
 ONLINE_UPDATE_S = {"sac": (0.008, 0.004), "sdac": (1.1, 0.03), "dpmd": (0.9, 0.03), "dpmd_fixnorm": (0.9, 0.03),
@@ -95,6 +97,8 @@ def _train_seconds(section: str, budget, gpu: int, evaluates: bool) -> float:
     from diffrl.offline import budget_steps
     steps = budget_steps(section, budget)
     seconds = steps * _step_s(section, gpu)
+    if section == "eda":  # the support set, drawn once before alignment
+        seconds += (budget.align_support_states or budget.dataset_episodes * EPISODE_STEPS) * SUPPORT_S[gpu]
     if evaluates:  # learning-curve evaluations along the way
         evals = max(0, (steps - 1) // budget.eval_every)
         seconds += evals * budget.curve_episodes * EPISODE_STEPS * _act_s(section, gpu)
@@ -132,6 +136,8 @@ def estimate_seconds(stage: str, params: dict, gpu: int | None = None, **wildcar
         from diffrl.bandit import toy_steps
         row = wildcards["algo"]
         per_seed = sum(toy_steps(s, b) * _step_s(s, gpu) for s in (*PRETRAINED.get(row, ()), row))
+        if row == "eda":
+            per_seed += min(b.align_support_states or b.toy_samples, b.toy_samples) * SUPPORT_S[gpu]
         return len(params["seeds"]) * per_seed
     if stage == "toy_dataset":
         return 5.0

@@ -147,7 +147,9 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     stops the run with NumericalError naming the quantity and the step.
     Curve points of agents that report a `bc_loss` also hold its mean since the previous point
     (and the result its final value, `final_bc_loss`) for offline model selection.
-    Returns {curve, grad_steps, wall_s[, final_bc_loss]}.
+    Agents with a `prepare(buffer, generator)` method derive what they need from the data first
+    (EDA: its behaviour samples per state); its time is `prepare_s`, included in `wall_s`.
+    Returns {curve, grad_steps, wall_s, prepare_s[, final_bc_loss]}.
     """
     gen = torch.Generator().manual_seed(seed)
     device = next(agent.parameters()).device
@@ -166,6 +168,12 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
             start, curve, wall_before = ck["step"], ck["curve"], ck["wall_s"]
             bc_sum, bc_n = ck.get("bc_loss_acc", (bc_sum, 0))
             print(f"resumed from {resume_path} at step {start}", flush=True)
+    prepare_s = 0.0
+    if hasattr(agent, "prepare"):  # what an agent derives from the data once (EDA's support actions);
+        t_prep = time.perf_counter()  # its own generator, so a resumed run derives the same
+        agent.prepare(buffer, torch.Generator(device=device).manual_seed(seed))
+        prepare_s = time.perf_counter() - t_prep
+        print(f"{desc}: prepared in {prepare_s:.1f} s", flush=True)
     log = RunLog(run_dir, steps, desc, every=max(1, min(1000, steps // 20)))
     log.bar.update(start)
     t0 = last_save = time.perf_counter()
@@ -200,7 +208,8 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
         raise NumericalError(f"non-finite weights ({bad}) after step {steps}: lower the learning rate or "
                              f"check the data" + (f"; the last good checkpoint is kept ({resume_path})"
                                                   if resume_path is not None else ""))
-    out = {"curve": curve, "grad_steps": steps, "wall_s": wall_before + time.perf_counter() - t0}
+    out = {"curve": curve, "grad_steps": steps, "wall_s": wall_before + time.perf_counter() - t0 + prepare_s,
+           "prepare_s": prepare_s}
     if bc_n:  # the BC loss of the final checkpoint (evaluated by the evaluate stage)
         out["final_bc_loss"] = float(bc_sum) / bc_n
     return out

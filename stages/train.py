@@ -33,7 +33,7 @@ def main(p, args):
         info = train_run(section, cfg, env_name=args.env, dataset_dir=dataset_dir(args.env), out_dir=tmp,
                          seed=args.seed, steps=budget_steps(section, b), eval_every=b.eval_every,
                          curve_episodes=b.curve_episodes, device=pick_device(p["device"]), resume_path=resume,
-                         budget=p["budget"], pretrained=pretrained)
+                         budget=p["budget"], pretrained=pretrained, support_states=b.align_support_states)
     resume.unlink(missing_ok=True)
     print(f"{args.stage} {section} {args.env} seed {args.seed}: {info['grad_steps']} steps in {info['wall_s']:.0f}s")
 

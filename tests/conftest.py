@@ -9,7 +9,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "2")))
+# `pytest -n 2` (the README's command) runs two workers side by side: one torch thread each, since
+# two-thread torch on a core another process is busy with slows down many-fold
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "1" if WORKERS > 1 else "2")))
 # pipeline jobs launched by tests run one thread each (the machine may be shared)
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 

@@ -148,6 +148,14 @@ def trained_pair(seed=0):
     return beh, critic
 
 
+def states_buffer(obs: torch.Tensor) -> ReplayBuffer:
+    """A buffer holding the states `obs` (what EDAAlign.prepare reads)."""
+    n = len(obs)
+    return ReplayBuffer.from_arrays({"obs": obs.numpy(), "action": np.zeros((n, ACT), np.float32),
+                                     "reward": np.zeros(n, np.float32), "next_obs": obs.numpy(),
+                                     "terminal": np.zeros(n, np.float32)})
+
+
 def test_alignment_starts_exactly_from_behavior_checkpoint(tmp_path):
     beh, critic = trained_pair()
     save_checkpoint(tmp_path / "behavior.pt", {"model": beh.state_dict()})
@@ -166,7 +174,9 @@ def test_alignment_starts_exactly_from_behavior_checkpoint(tmp_path):
     torch.testing.assert_close(agent.sample(obs, torch.Generator().manual_seed(0)),
                                beh.sample(obs, torch.Generator().manual_seed(0)))
     # at pi == mu every logit is 0, so the loss is exactly log M whatever the labels
-    loss, _ = agent.loss(obs, torch.Generator().manual_seed(1))
+    agent.prepare(states_buffer(obs), torch.Generator().manual_seed(1))
+    loss, _ = agent.loss(agent.support_obs, agent.support_actions, agent.support_labels,
+                         torch.Generator().manual_seed(1))
     assert loss.item() == pytest.approx(math.log(4), abs=1e-6)
 
 
@@ -178,8 +188,9 @@ def test_alignment_backpropagates_and_decreases_loss():
     q0 = {k: v.clone() for k, v in agent.critic.state_dict().items()}
     pi0 = [p.detach().clone() for p in agent.pi.parameters()]
     obs = torch.randn(16, OBS, generator=torch.Generator().manual_seed(0))
+    agent.prepare(states_buffer(obs), torch.Generator().manual_seed(3))
     losses = []
-    for _ in range(25):  # same samples, t and noise every step: a fixed objective
+    for _ in range(25):  # same states, samples, t and noise every step: a fixed objective
         m = agent.update({"obs": obs}, torch.Generator().manual_seed(7))
         finite_scalars(m)
         losses.append(float(m["align_loss"]))
@@ -192,8 +203,36 @@ def test_alignment_backpropagates_and_decreases_loss():
     beh, critic = trained_pair()
     bug = EDAAlign(OBS, ACT, EDAConfig(num_samples=8, alpha=100.0, lr=1e-3, released_no_grad_bug=True), beh, critic)
     pi0 = {k: v.clone() for k, v in bug.pi.state_dict().items()}
+    bug.prepare(states_buffer(obs), torch.Generator().manual_seed(3))
     finite_scalars(bug.update({"obs": obs}, torch.Generator().manual_seed(7)))
     state_equal(bug.pi.state_dict(), pi0)
+
+
+def test_support_set_is_drawn_once_from_the_frozen_behaviour():
+    """The support set: M behaviour samples per state (a random subset of support_states states),
+    labels softmax(alpha Q); alignment minibatches are drawn from it, never sampled in the loop."""
+    beh, critic = trained_pair()
+    obs = torch.randn(40, OBS, generator=torch.Generator().manual_seed(0))
+    agent = EDAAlign(OBS, ACT, EDAConfig(num_samples=4, alpha=2.0), beh, critic, support_states=10)
+    with pytest.raises(RuntimeError, match="prepare"):
+        agent.update({"obs": obs[:8]}, torch.Generator().manual_seed(0))
+    agent.prepare(states_buffer(obs), torch.Generator().manual_seed(5), chunk_states=3)
+    S, A, P = agent.support_obs, agent.support_actions, agent.support_labels
+    assert S.shape == (10, OBS) and A.shape == (10, 4, ACT) and P.shape == (10, 4)
+    rows = [int((obs == s).all(1).nonzero()) for s in S]  # a subset of distinct dataset states
+    assert len(set(rows)) == 10
+    q = critic.q_target.q_min(S.repeat_interleave(4, 0), A.view(40, ACT)).view(10, 4)
+    torch.testing.assert_close(P, torch.softmax(2.0 * q, -1))
+    assert A.abs().max() <= 1
+    # the same generator seed draws the same support set (a resumed run derives the same one)
+    again = EDAAlign(OBS, ACT, EDAConfig(num_samples=4, alpha=2.0), beh, critic, support_states=10)
+    again.prepare(states_buffer(obs), torch.Generator().manual_seed(5), chunk_states=3)
+    torch.testing.assert_close(again.support_actions, A)
+    # support_states 0 (as released): every state
+    full = EDAAlign(OBS, ACT, EDAConfig(num_samples=4), beh, critic)
+    full.prepare(states_buffer(obs), torch.Generator().manual_seed(5))
+    assert torch.equal(full.support_obs, obs)
+    finite_scalars(full.update({"obs": obs[:8]}, torch.Generator().manual_seed(0)))
 
 
 def test_alignment_dropout_off_and_act():
@@ -285,6 +324,7 @@ def test_toy_alignment_concentrates_on_best_mode(toy):
     torch.manual_seed(0)
     agent = EDAAlign(1, 2, EDAConfig(lr=3e-4, batch_size=32), beh, critic)  # reference alpha 3, beta 0.1, M 16
     g = torch.Generator().manual_seed(0)
+    agent.prepare(buf, g)
     for _ in range(150):
         m = agent.update(buf.sample(32, g), g)
     finite_scalars(m)

@@ -40,13 +40,17 @@ DATA = Path(__file__).resolve().parent / "data" / "halfcheetah_medium_small"
 ENV = "halfcheetah"
 SEED = 0
 EPISODES = 5
-# budget-only overrides of the params.yaml sections (see the module docstring)
+# budget-only overrides of the params.yaml sections (see the module docstring), except EDA's beta
 CONFIGS = {
     "bc": {"hidden": 128, "lr": 1e-3, "ema_every": 1, "ema_start": 500},
     "dql": {"variant": "ql", "hidden": 64, "lr": 1e-3, "ema_every": 1, "ema_start": 500},
+    "eda_critic": {"hidden": 128, "lr": 1e-3},
+    "eda_behavior": {"hidden": 128, "blocks": 2, "expansion": 2, "batch_size": 256, "lr": 1e-3},
+    "eda": {"beta": 1.0, "batch_size": 64},
 }
-STEPS = {"bc": 4000, "dql": 16000}
-MARGIN = 1.5  # normalised-score points; measured gaps 3.8 / 5.0 / 3.3 (seeds 0 / 1 / 2)
+STEPS = {"bc": 4000, "dql": 16000, "eda_critic": 10000, "eda_behavior": 10000, "eda": 2000}
+SUPPORT_STATES = 2000  # EDA: states whose 16 behaviour samples are drawn before alignment
+MARGIN = 1.5  # normalised-score points; see the module docstring for the measured gaps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,20 +68,39 @@ def test_fixture_is_the_documented_generated_dataset():
     assert score == pytest.approx(info["score_mean"], abs=1e-6)
 
 
-def _train_and_score(section: str, run_dir: Path) -> float:
+def _train(section: str, root: Path, pretrained: dict | None = None) -> Path:
     seed_everything(SEED, True)
     cfg = SECTIONS[section](**CONFIGS[section])
-    train_run(section, cfg, env_name=ENV, dataset_dir=str(DATA), out_dir=run_dir, seed=SEED,
+    train_run(section, cfg, env_name=ENV, dataset_dir=str(DATA), out_dir=root / section, seed=SEED,
               steps=STEPS[section], eval_every=STEPS[section], curve_episodes=1, device="cpu",
-              resume_path=None, budget="test")
+              resume_path=None, budget="test", pretrained=pretrained, support_states=SUPPORT_STATES)
+    return root / section
+
+
+def _score(run_dir: Path) -> float:
     agent, _ = load_agent(run_dir, "cpu")
     ep_seed = FINAL_SEED + 1000 * SEED
     returns = evaluate(policy_fn(agent, ep_seed), ENV, EPISODES, ep_seed)
     return float(np.mean(normalized_score(ENV, returns)))
 
 
-def test_diffusion_ql_beats_diffusion_bc_on_generated_halfcheetah_medium(tmp_path):
-    bc = _train_and_score("bc", tmp_path / "bc")
-    dql = _train_and_score("dql", tmp_path / "dql")
-    print(f"normalised scores, seed {SEED}: bc {bc:.2f}, dql {dql:.2f} (margin {MARGIN})")
-    assert dql > bc + MARGIN, {"bc": bc, "dql": dql, "margin": MARGIN}
+@pytest.fixture(scope="module")
+def bc_score(tmp_path_factory):
+    return _score(_train("bc", tmp_path_factory.mktemp("bc")))
+
+
+def test_diffusion_ql_beats_diffusion_bc_on_generated_halfcheetah_medium(bc_score, tmp_path):
+    dql = _score(_train("dql", tmp_path))
+    print(f"normalised scores, seed {SEED}: bc {bc_score:.2f}, dql {dql:.2f} (margin {MARGIN})")
+    assert dql > bc_score + MARGIN, {"bc": bc_score, "dql": dql, "margin": MARGIN}
+
+
+def test_eda_beats_diffusion_bc_and_its_own_behaviour_model(bc_score, tmp_path):
+    """The three EDA stages chained as in the pipeline (each loads the previous one's model.pt)."""
+    critic, behavior = _train("eda_critic", tmp_path), _train("eda_behavior", tmp_path)
+    eda = _score(_train("eda", tmp_path, pretrained={"critic": critic, "behavior": behavior}))
+    mu = _score(behavior)
+    print(f"normalised scores, seed {SEED}: bc {bc_score:.2f}, eda behaviour {mu:.2f}, eda {eda:.2f} "
+          f"(margin {MARGIN})")
+    assert eda > bc_score + MARGIN, {"bc": bc_score, "eda": eda, "margin": MARGIN}
+    assert eda > mu + MARGIN, {"eda behaviour": mu, "eda": eda, "margin": MARGIN}

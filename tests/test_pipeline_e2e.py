@@ -29,8 +29,9 @@ def job_counts(text):
 # The smoke graph with fewer steps and two seeds: this test checks the mechanics of the graph
 # (every stage, caching, reruns, both front ends), the learning tests check the algorithms.
 TINY = {"sac_steps": 1200, "sac_warmup": 1000, "sac_eval_every": 1200, "dataset_episodes": 3, "critic_steps": 40,
-        "behavior_steps": 40, "energy_behavior_steps": 2, "offline_steps": 30, "align_steps": 1, "eval_every": 1000,
-        "curve_episodes": 1, "eval_episodes": 1, "toy_samples": 500, "toy_steps": 20,
+        "behavior_steps": 40, "energy_behavior_steps": 2, "offline_steps": 30, "align_steps": 1,
+        "align_support_states": 32, "eval_every": 1000, "curve_episodes": 1, "eval_episodes": 1, "toy_samples": 500,
+        "toy_steps": 20,
         "online_steps": 265, "online_warmup": 260, "online_eval_every": 100000, "max_episode_steps": 20}
 # the online variants with narrow nets and 2 particles (dpmd_o2o keeps Diffusion-QL's width: it loads it)
 ONLINE = ["sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model", "dpmd_plan"]

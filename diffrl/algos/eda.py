@@ -8,6 +8,12 @@ a copy pi of the behaviour model mu by classification over M behaviour samples p
 
 whose optimum is pi proportional to mu exp((alpha / beta) Q).
 Stages: IQL critic (diffrl.algos.iql) -> `BottleneckBehavior` -> `EDAAlign`.
+
+As in the released code, the M behaviour samples of every dataset state (the "support actions")
+are drawn once, before the first alignment step (`EDAAlign.prepare`), and alignment minibatches
+are states with their support actions; the costly 15-step sampler then never runs inside the
+training loop. On small compute budgets the support set covers a random subset of the states
+(`support_states`, the budget's `align_support_states`; 0 = every state, as released).
 Math and reference hyperparameters: /work/shared/specs/algorithms.md, section "EDA".
 
 Unlike the released code, the policy energy is computed with gradients (the release evaluates it
@@ -273,10 +279,14 @@ class EDAAlign(nn.Module):
     name = "eda"
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior: BottleneckBehavior, critic: IQL,
-                 device="cpu"):
+                 device="cpu", support_states: int = 0):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.behavior, self.critic = behavior, critic
+        self.support_states = int(support_states)
+        # support set (prepare): states (S, obs), their behaviour samples (S, M, act) and labels (S, M);
+        # derived from the frozen mu and critic, so not part of the checkpoint
+        self.support_obs = self.support_actions = self.support_labels = None
         self.pi = copy.deepcopy(behavior.net)
         self.behavior.requires_grad_(False)
         self.critic.requires_grad_(False)
@@ -307,13 +317,32 @@ class EDAAlign(nn.Module):
     def policy_energy(self, a_t, t, obs):
         return self.pi(a_t, t, obs)
 
-    def loss(self, obs: torch.Tensor, generator=None) -> tuple[torch.Tensor, dict]:
-        cfg, beh, M = self.cfg, self.behavior, self.cfg.num_samples
-        B = obs.shape[0]
+    @torch.no_grad()
+    def prepare(self, buffer, generator=None, chunk_states: int = 256) -> None:
+        """Draw the support set: for each of `support_states` dataset states (0 = all), M samples
+        of the frozen behaviour model (its DPM-Solver) and their labels softmax(alpha Q)."""
+        M, n = self.cfg.num_samples, buffer.size
+        obs = buffer.data["obs"][:n]
+        if 0 < self.support_states < n:
+            idx = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu")
+            obs = obs[idx[: self.support_states].to(obs.device)]
+        actions, labels = [], []
+        for o in obs.split(chunk_states):
+            rep = o.repeat_interleave(M, 0)
+            a = self.behavior.sample(rep, generator)
+            labels.append(torch.softmax(self.cfg.alpha * self.q_value(rep, a).view(len(o), M), -1))
+            actions.append(a.view(len(o), M, -1))
+        self.support_obs, self.support_actions, self.support_labels = obs, torch.cat(actions), torch.cat(labels)
+
+    def loss(self, obs: torch.Tensor, actions: torch.Tensor, labels: torch.Tensor,
+             generator=None) -> tuple[torch.Tensor, dict]:
+        """Alignment loss of B states `obs` with their M behaviour samples `actions` (B, M, d) and
+        labels p (B, M)."""
+        cfg, beh = self.cfg, self.behavior
+        B, M = actions.shape[:2]
         rep = obs.repeat_interleave(M, 0)
+        a = actions.reshape(B * M, -1)
         with torch.no_grad():
-            a = beh.sample(rep, generator)  # (B*M, d) from the frozen mu
-            p = torch.softmax(cfg.alpha * self.q_value(rep, a).view(B, M), -1)
             t = (beh.cfg.t_min + (1 - beh.cfg.t_min) * torch.rand(B, device=obs.device, generator=generator))
             t = t.repeat_interleave(M, 0)  # one shared t per state
             al, sg = beh.sde.alpha_sigma(t)
@@ -325,13 +354,20 @@ class EDAAlign(nn.Module):
         else:
             f_pi = self.policy_energy(a_t, t, rep)
         logits = cfg.beta * (f_pi - f_mu).view(B, M)
-        loss = -(p * torch.log_softmax(logits, -1)).sum(-1).mean()
+        loss = -(labels * torch.log_softmax(logits, -1)).sum(-1).mean()
         with torch.no_grad():
-            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+            entropy = -(labels * labels.clamp_min(1e-12).log()).sum(-1).mean()
         return loss, {"label_entropy": entropy, "logit_std": logits.detach().std(-1).mean()}
 
     def update(self, b: dict, generator=None) -> dict:
-        loss, info = self.loss(b["obs"], generator)
+        """One alignment step on `b["obs"].shape[0]` states drawn from the support set (the
+        shared loop's minibatch only sets the batch size: states come with their support actions)."""
+        if self.support_obs is None:
+            raise RuntimeError("EDA alignment needs its support set: call prepare(buffer) before the first update")
+        rows = torch.randint(0, len(self.support_obs), (b["obs"].shape[0],), generator=generator,
+                             device=self.support_obs.device)
+        loss, info = self.loss(self.support_obs[rows], self.support_actions[rows], self.support_labels[rows],
+                               generator)
         if loss.requires_grad:
             self.pi_opt.zero_grad(set_to_none=True)
             loss.backward()
