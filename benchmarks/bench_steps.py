@@ -1,5 +1,7 @@
 """Milliseconds per gradient step (batch 256, HalfCheetah shapes: obs 17, act 6) and peak memory
-of every offline algorithm, on CPU with 1 and 2 threads and on CUDA when present.
+of every offline algorithm, on CPU with 1 and 2 threads and on CUDA when present. `eda_support`
+is EDA's one-off cost before alignment: milliseconds per dataset state to draw its 16 behaviour
+samples (15-step DPM-Solver) and their labels.
 
     python benchmarks/bench_steps.py                 # all algorithms, table to stdout
     python benchmarks/bench_steps.py --algos dql_ql  # a subset
@@ -37,7 +39,7 @@ def build(name, device):
     if name == "eda_behavior":
         from diffrl.algos.eda import BottleneckBehavior, EDABehaviorConfig
         return BottleneckBehavior(OBS, ACT, EDABehaviorConfig(), device)
-    if name == "eda_align":
+    if name in ("eda_align", "eda_support"):
         from diffrl.algos.eda import EDAAlign, EDABehaviorConfig, EDAConfig
         return EDAAlign.from_configs(OBS, ACT, EDAConfig(), EDABehaviorConfig(), IQLConfig(), device)
     raise SystemExit(f"unknown algorithm {name}")
@@ -52,17 +54,27 @@ def one(name, device, threads, steps):
     data = {"obs": torch.randn(batch_size, OBS, device=device), "action": torch.rand(batch_size, ACT, device=device) * 2 - 1,
             "reward": torch.randn(batch_size, device=device), "next_obs": torch.randn(batch_size, OBS, device=device),
             "terminal": torch.zeros(batch_size, device=device)}
+    step = lambda: agent.update(data, g)  # noqa: E731
+    if name in ("eda_align", "eda_support"):  # alignment draws states from the support set
+        from diffrl.data import ReplayBuffer
+        states = ReplayBuffer(OBS, ACT, batch_size, device)
+        states.add(**{k: v.cpu() for k, v in data.items()})
+        agent.prepare(states, g)
+        if name == "eda_support":
+            step = lambda: agent.prepare(states, g)  # noqa: E731
     for _ in range(3):  # warm-up
-        agent.update(data, g)
+        step()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        agent.update(data, g)
+        step()
     sync()
     ms = (time.perf_counter() - t0) / steps * 1000
+    if name == "eda_support":  # per state
+        ms, batch_size = ms / batch_size, agent.cfg.num_samples
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"algo": name, "device": device, "threads": threads, "batch": batch_size, "ms_per_step": ms, "peak_mb": peak}
@@ -70,7 +82,7 @@ def one(name, device, threads, steps):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algos", default="sac,iql,bc,dql_ql,dql_qg,dql_edp,dql_eg_ood,dtql_behavior,dtql,eda_behavior,eda_align")
+    p.add_argument("--algos", default="sac,iql,bc,dql_ql,dql_qg,dql_edp,dql_eg_ood,dtql_behavior,dtql,eda_behavior,eda_align,eda_support")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--one", nargs=3, metavar=("ALGO", "DEVICE", "THREADS"), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -83,7 +95,7 @@ def main():
         runs += [(n, "cuda", 1) for n in a.algos.split(",")]
     print(f"{'algorithm':<14} {'device':<6} {'threads':>7} {'batch':>6} {'ms/step':>9} {'peak MB':>8}")
     for n, dev, t in runs:
-        steps = 2 if n.startswith("eda_align") and dev == "cpu" else a.steps
+        steps = 3 if n.startswith("eda_") and dev == "cpu" else a.steps
         out = subprocess.run([sys.executable, __file__, "--one", n, dev, str(t), "--steps", str(steps)],
                              capture_output=True, text=True)
         if out.returncode:

@@ -17,7 +17,7 @@ torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "1" if WORKERS >
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 
 
-def run(cmd, cwd, check=True, env=ENV1, timeout=600):
+def run(cmd, cwd, check=True, env=ENV1, timeout=1200):
     """Run a command in `cwd`; with check, fail the test with the tail of its output."""
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     if check:
