@@ -76,8 +76,9 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
     """Train the agent of `section` on the dataset with the shared loop and save the run.
 
     `pretrained` maps "critic"/"behavior" to run folders whose checkpoints a composite row
-    (DTQL, EDA) starts from; `support_states` is EDA's (the budget's align_support_states). Rows are evaluated along the way (learning curve); pretraining-only
-    sections (DTQL's and EDA's critic and behaviour) are not.
+    (DTQL, EDA) starts from; `support_states` is EDA's (the budget's align_support_states). Rows
+    are evaluated along the way (learning curve); pretraining-only sections (DTQL's and EDA's
+    critic and behaviour) are not.
     """
     if hasattr(cfg, "for_env"):  # per-task values (DTQL's alpha)
         cfg = cfg.for_env(env_name)
