@@ -5,6 +5,8 @@ What it measures: the mean reward of each policy's actions against the best and 
 in the data, and how much of the policy stays on the data's support."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -17,6 +19,10 @@ ON_SUPPORT = 0.1  # a policy action within this distance of some data action is 
 
 def _build(section: str, cfg, device, steps: int, budget, parts=None):
     cls = AGENTS[section]
+    if getattr(cfg, "orthogonal_init", False):
+        # DTQL's released init has zero biases: on the toys' constant zero state every ReLU unit of
+        # its one-step policy would start dead, so the toys keep PyTorch's default init
+        cfg = dataclasses.replace(cfg, orthogonal_init=False)
     if section in PRETRAINED:
         extra = {"support_states": budget.align_support_states} if section == "eda" else {}
         return cls(1, 2, cfg, parts["behavior"], parts["critic"], device, **extra)

@@ -31,12 +31,15 @@ class Budget:
     sac_warmup: int = param(1000, "uniform-random env steps before SAC starts learning", low=0)
     sac_eval_every: int = param(1000, "SAC env steps between checks of the dataset quality target", low=1)
     dataset_episodes: int = param(10, "episodes rolled out into a generated dataset", low=1)
-    critic_steps: int = param(300, "gradient steps of critic pretraining (IQL)", low=1)
-    behavior_steps: int = param(300, "gradient steps of behaviour pretraining (diffusion BC, DTQL's EDM model)", low=1)
+    critic_steps: int = param(300, "gradient steps of critic pretraining (DTQL's and EDA's IQL critics; the iql "
+                              "row is an offline row and takes offline_steps)", low=1)
+    behavior_steps: int = param(300, "gradient steps of DTQL's EDM behaviour pretraining (the bc row is an offline "
+                                "row and takes offline_steps)", low=1)
     energy_behavior_steps: int = param(20, "gradient steps of EDA's bottleneck energy behaviour (batch 2048, "
                                        "about 1 s a step on a CPU core)", low=1)
-    offline_steps: int = param(200, "gradient steps of offline training (Diffusion-QL variants, DTQL)", low=1)
-    align_steps: int = param(3, "gradient steps of EDA alignment", low=1)
+    offline_steps: int = param(200, "gradient steps of the final policy of every offline row (bc, iql, the "
+                               "Diffusion-QL variants, DTQL; EDA: align_steps)", low=1)
+    align_steps: int = param(3, "gradient steps of EDA alignment (EDA's final policy)", low=1)
     align_support_states: int = param(0, "dataset states whose 16 behaviour samples EDA draws before alignment "
                                       "(0 = every state, as released; the 15-step sampler dominates EDA's "
                                       "cost on a CPU)", low=0)
@@ -49,6 +52,9 @@ class Budget:
     online_warmup: int = param(300, "cap on the random-action warm-up of online rows (their own warmup, e.g. "
                                "DPMD's 30000, applies when smaller)", low=0)
     online_eval_every: int = param(100_000, "env steps between evaluations during online training", low=1)
+    below_regime: list = param([], "offline rows whose measured learning curves show they are still below their "
+                               "learning regime at this preset's steps (docs/budgets.md); the summary marks "
+                               "them instead of printing a bare number")
     max_episode_steps: int = param(0, "cap on evaluation episode length (0 = the environment's own, 1000 for "
                                    "MuJoCo); the smoke budget caps it so every online variant evaluates in "
                                    "seconds, and the table says so", low=0)
@@ -253,7 +259,12 @@ def validate(raw: dict) -> dict:
             raise ConfigError(f"seeds: {seed!r} is not a non-negative integer")
     if len(set(out["seeds"])) != len(out["seeds"]) or not out["seeds"]:
         raise ConfigError("seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]")
-    from diffrl.algos import ROWS
+    from diffrl.algos import OFFLINE_ROWS, ROWS
+    for name, budget in out["budgets"].items():
+        for row in budget.below_regime:
+            if row not in OFFLINE_ROWS:
+                raise ConfigError(f"budgets.{name}.below_regime: '{row}' is not an offline row"
+                                  f"{_suggest(str(row), OFFLINE_ROWS)}")
     for algo in out["algorithms"]:
         if algo not in ROWS:
             raise ConfigError(f"algorithms: unknown algorithm '{algo}'{_suggest(algo, ROWS)}")

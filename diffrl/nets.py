@@ -34,7 +34,7 @@ class Mish(nn.Module):
         return F.mish(x) if x.is_cuda else _FastMishFn.apply(x)
 
 
-ACTIVATIONS = {"mish": Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+ACTIVATIONS = {"mish": Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}  # gelu: exact
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 3, act: str = "mish",
@@ -175,6 +175,16 @@ class GaussianActor(nn.Module):
 
     def forward(self, obs):
         return torch.tanh(self.mean(obs))
+
+
+def orthogonal_init_(module: nn.Module) -> nn.Module:
+    """Orthogonal weights (gain 1) and zero biases in every nn.Linear of `module`: the init of
+    DTQL's one-step policy (agents/model.py, weight_init). Returns `module`."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.orthogonal_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:

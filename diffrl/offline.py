@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from diffrl.algos import AGENTS, BEHAVIORS, CRITICS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS
+from diffrl.algos import AGENTS, BEHAVIORS, CRITICS, DQL_VARIANTS, OFFLINE_ROWS, PRETRAINED, ROWS, SECTIONS
 from diffrl.data import ReplayBuffer, load_offline
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint, write_json
@@ -20,16 +20,22 @@ MODEL_FILE = "model.pt"
 
 
 def budget_steps(section: str, budget) -> int:
-    """Gradient steps of a section's run at the selected budget."""
+    """Gradient steps of a section's run at the selected budget. The final policy of every offline
+    row (bc, iql, the Diffusion-QL variants, DTQL) gets `offline_steps`, so a table compares equals;
+    EDA's alignment has its own `align_steps` (it costs about 10x a Diffusion-QL step on a CPU,
+    and its published count is 200k against 2M). Pretraining-only runs take `critic_steps`,
+    `behavior_steps` and EDA's `energy_behavior_steps`."""
+    if section == "eda":
+        return budget.align_steps
+    if section in OFFLINE_ROWS:
+        return budget.offline_steps
     if section in CRITICS:
         return budget.critic_steps
     if section == "eda_behavior":
         return budget.energy_behavior_steps
     if section in BEHAVIORS:
         return budget.behavior_steps
-    if section == "eda":
-        return budget.align_steps
-    return budget.offline_steps
+    raise KeyError(f"budget_steps: {section!r} is not an offline section")
 
 
 def _meta(section: str, cfg, extra: dict) -> dict:

@@ -3,9 +3,10 @@ an online row (its params section, the top-level tfg_lambda of the guided varian
 warm-up cap), train it in the environment, and save a run folder that `diffrl.offline.load_agent`
 loads like any other (model.pt + train.json).
 
-Rows: `sac` (the Gaussian baseline, the `sac` section: the same agent that collects generated
-datasets) and the SDAC/DPMD variants of diffrl.algos.dpmd.VARIANTS (one OnlineConfig section each).
-An offline-to-online row (offline_init set) starts from the policy and critic of an offline run.
+Rows: the variants of diffrl.algos.dpmd.VARIANTS, one OnlineConfig section each: `sac` (the fork's
+Gaussian SAC baseline; its section is `sac_online`, since `sac` is the dataset stage's agent) and
+the SDAC/DPMD variants. An offline-to-online row (offline_init set) starts from the policy and
+critic of an offline run.
 """
 from __future__ import annotations
 
@@ -23,9 +24,7 @@ MODEL_FILE = "model.pt"
 
 def effective_config(row: str, cfg, tfg_lambda: float, budget):
     """The config a row trains with: the guided variants take the top-level tfg_lambda; every
-    DPMD/SDAC row's warm-up is capped by the budget (the published 30000 needs the paper budget)."""
-    if row == "sac":
-        return cfg
+    row's warm-up is capped by the budget (the published 30000 needs the paper budget)."""
     return dataclasses.replace(cfg, tfg_lambda=tfg_lambda if row in GUIDED else cfg.tfg_lambda,
                                warmup=min(cfg.warmup, budget.online_warmup))
 
@@ -44,8 +43,7 @@ def check_offline_init(row: str, cfg, ck: dict, offline_run) -> None:
 def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, budget, budget_name: str,
                      device, resume_path: Path | None, offline_run: str | None = None) -> dict:
     """Train one online row for budget.online_steps env steps and save the run to out_dir."""
-    from diffrl.algos.dpmd import train_online
-    from diffrl.algos.sac import train_sac
+    from diffrl.algos.dpmd import sac_config, train_online
     from diffrl.envs import make_env
     from diffrl.offline import load_agent
 
@@ -57,37 +55,27 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
     run_info = {"budget": budget_name, "dataset": "online (environment interaction, no dataset)"}
     pre_wall = 0.0
     t0 = time.time()
-    if row == "sac":
-        log = RunLog(out_dir, max(1, steps), f"{row} seed {seed}")
-        agent, info, _ = train_sac(env_name, cfg, steps, budget.online_warmup, budget.online_eval_every, seed,
-                                   device, eval_episodes=budget.curve_episodes, log=log, resume_path=resume_path,
-                                   checkpoint_every=budget.online_eval_every)
-        log.close()
-        # train_sac also evaluates at its last step; the evaluate stage owns the final evaluation
-        curve = [{"step": e["env_steps"], "return": e["return"], "score": e["score"]}
-                 for e in info["evaluations"] if e["env_steps"] < steps]
-        info = {"curve": curve, "env_steps": info["env_steps"], "train_episodes": [],
-                "grad_steps": info["grad_steps"]}
-        extra = {}
+    init = None
+    if cfg.offline_init:
+        if offline_run is None:
+            raise ConfigError(f"{row}.offline_init={cfg.offline_init!r} needs its offline run: "
+                              f"run it through snakemake or dvc, which pass it")
+        init, ck = load_agent(offline_run, device)
+        check_offline_init(row, cfg, ck, offline_run)
+        pre_wall = read_json(Path(offline_run) / "train.json").get("wall_s", 0.0)
+        run_info["dataset"] = f"online, starting from {offline_run}"
+    updates = max(1, (steps - max(cfg.warmup, cfg.batch_size)) // cfg.num_envs + 1)
+    log = RunLog(out_dir, updates, f"{row} seed {seed}")
+    agent, info = train_online(env_name, cfg, steps, seed, device, eval_every=budget.online_eval_every,
+                               eval_episodes=budget.curve_episodes, log=log, init_agent=init,
+                               resume_path=resume_path, checkpoint_every=budget.online_eval_every,
+                               final_eval=False, max_episode_steps=budget.max_episode_steps)
+    log.close()
+    if cfg.alg == "sac":  # saved as the SAC agent it is (diffrl.offline.load_agent rebuilds it)
+        meta = {"section": "sac", "config": dataclasses.asdict(sac_config(cfg)), "extra": {}}
     else:
-        init = None
-        if cfg.offline_init:
-            if offline_run is None:
-                raise ConfigError(f"{row}.offline_init={cfg.offline_init!r} needs its offline run: "
-                                  f"run it through snakemake or dvc, which pass it")
-            init, ck = load_agent(offline_run, device)
-            check_offline_init(row, cfg, ck, offline_run)
-            pre_wall = read_json(Path(offline_run) / "train.json").get("wall_s", 0.0)
-            run_info["dataset"] = f"online, starting from {offline_run}"
-        updates = max(1, (steps - max(cfg.warmup, cfg.batch_size)) // cfg.num_envs + 1)
-        log = RunLog(out_dir, updates, f"{row} seed {seed}")
-        agent, info = train_online(env_name, cfg, steps, seed, device, eval_every=budget.online_eval_every,
-                                   eval_episodes=budget.curve_episodes, log=log, init_agent=init,
-                                   resume_path=resume_path, checkpoint_every=budget.online_eval_every,
-                                   final_eval=False, max_episode_steps=budget.max_episode_steps)
-        log.close()
-        extra = {"action_low": low, "action_high": high}
-    meta = {"section": row, "config": dataclasses.asdict(cfg), "extra": extra}
+        meta = {"section": row, "config": dataclasses.asdict(cfg),
+                "extra": {"action_low": low, "action_high": high}}
     save_checkpoint(Path(out_dir) / MODEL_FILE, {"meta": meta, "parts": {}, "obs_dim": obs_dim, "act_dim": act_dim,
                                                  "state": agent.state_dict()})
     out = {"section": row, "env": env_name, "seed": seed, "online": True, "started": t0,

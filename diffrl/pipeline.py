@@ -13,6 +13,7 @@ RUN_KEYS = BUDGET_KEYS + ["device", "deterministic"]
 
 # stage -> params.yaml keys it reads (a section name means the whole section). A `{wildcard}`
 # stands for the section the job trains: critic_pretrain with critic=dtql_critic reads dtql_critic;
+# `{algo}` is the row's section (diffrl.algos.section_of: the online `sac` row reads sac_online);
 # `{guidance}` is the top-level tfg_lambda for the guided online variants and nothing for the others.
 STAGES: dict[str, list[str]] = {
     "dataset": RUN_KEYS + ["dataset", "sac"],
@@ -22,7 +23,7 @@ STAGES: dict[str, list[str]] = {
     "offline_train": RUN_KEYS + ["{algo}"],
     "online_train": RUN_KEYS + ["{algo}", "{guidance}"],
     "evaluate": RUN_KEYS,
-    "summary": ["seeds", "algorithms", "stats"],
+    "summary": ["seeds", "algorithms", "stats", "budget", "budgets"],  # budgets: below_regime marks
     "bandit_train": RUN_KEYS + ["seeds", "{algo_pretrained}", "{algo}"],
     "bandit_plot": ["seeds"],
     "bandit_summary": ["seeds", "bandit_sets"],
@@ -31,13 +32,15 @@ STAGES: dict[str, list[str]] = {
 
 def stage_keys(stage: str, **wildcards) -> list[str]:
     """The keys of one job; `{algo_pretrained}` is the critic and behaviour sections of DTQL/EDA."""
-    from diffrl.algos import GUIDED, PRETRAINED
+    from diffrl.algos import GUIDED, PRETRAINED, section_of
     keys = []
     for k in STAGES[stage]:
         if k == "{algo_pretrained}":
             keys += list(PRETRAINED.get(wildcards.get("algo"), ()))
         elif k == "{guidance}":
             keys += ["tfg_lambda"] if wildcards.get("algo") in GUIDED else []
+        elif k == "{algo}" and stage == "online_train":
+            keys.append(section_of(wildcards["algo"]))
         else:
             keys.append(k.format(**wildcards))
     return keys

@@ -12,7 +12,8 @@ import pandas as pd
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
 COLUMNS = ["algorithm", "n_seeds", "score_mean", "score_se", "score_std", "score_iqm", "iqm_ci_low",
-           "iqm_ci_high", "best_mean", "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s"]
+           "iqm_ci_high", "best_mean", "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s", "note"]
+BELOW_REGIME = "below its learning regime at this budget (docs/budgets.md)"
 
 
 def iqm(x: np.ndarray) -> float:
@@ -60,8 +61,10 @@ def probability_of_improvement(scores: dict[str, np.ndarray], baseline: str, rep
     return out
 
 
-def summarize(results: list[dict], algorithms: list[str], reps: int, confidence: float) -> pd.DataFrame:
-    """One row per algorithm from the evaluation records of its seeds."""
+def summarize(results: list[dict], algorithms: list[str], reps: int, confidence: float,
+              below_regime=()) -> pd.DataFrame:
+    """One row per algorithm from the evaluation records of its seeds; rows in `below_regime` carry
+    the BELOW_REGIME note (their score says what the budget allowed, not what the algorithm does)."""
     by = {a: [r for r in results if r["algorithm"] == a] for a in algorithms}
     scores = {a: np.array([r["final_score"] for r in rs]) for a, rs in by.items()}
     intervals = iqm_interval(scores, reps, confidence)
@@ -82,6 +85,7 @@ def summarize(results: list[dict], algorithms: list[str], reps: int, confidence:
             "env_steps": int(np.mean([r["env_steps"] for r in rs])),
             "grad_steps": int(np.mean([r["grad_steps"] for r in rs])),
             "wall_s": float(np.mean([r["wall_s"] for r in rs])),
+            "note": BELOW_REGIME if a in below_regime else "",
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 

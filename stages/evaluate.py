@@ -2,7 +2,11 @@
 
 Writes runs/{env}/eval/{algo}/seed{seed}.json: the final score (fresh evaluation episodes,
 separate seeds from training), raw returns, and the best-during-training score taken from the
-run's learning curve (labelled as such: it is selected on evaluation episodes)."""
+run's learning curve (labelled as such: it is selected on evaluation episodes; the reference's
+results tool reports each seed's best checkpoint, so online rows are compared on both).
+Online rows act through their agent's `act`: for SDAC/DPMD the reference protocol (EMA policy
+without tilt, argmax of min(Q1, Q2) over num_particles, no noise; eval_tilt: true evaluates
+under the tilt), for the SAC row tanh of the Gaussian mean."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
-"""Stage `online_train`: train one online row (SAC, or a named SDAC/DPMD variant) in the
-environment for one seed and write runs/{env}/{algo}/seed{seed}/.
+"""Stage `online_train`: train one online row (the fork's SAC, or a named SDAC/DPMD variant) in
+the environment for one seed and write runs/{env}/{algo}/seed{seed}/. Each row reads its section
+(the `sac` row: sac_online, since `sac` is the dataset agent's).
 
     python stages/online.py --algo dpmd_tilt --env halfcheetah --seed 0
 The guided variants read the top-level tfg_lambda; an offline-to-online row (offline_init set,
@@ -15,12 +16,13 @@ from diffrl.pipeline import log_file, resume_file, run_dir  # noqa: E402
 
 
 def main(p, args):
+    from diffrl.algos import section_of
     from diffrl.online import effective_config, train_online_run
     from diffrl.utils import atomic_path, pick_device, seed_everything
 
     b = p.budget
     tfg = p["tfg_lambda"] if "tfg_lambda" in p.declared else 0.0
-    cfg = effective_config(args.algo, p[args.algo], tfg, b)
+    cfg = effective_config(args.algo, p[section_of(args.algo)], tfg, b)
     offline = getattr(cfg, "offline_init", "")
     offline_run = run_dir(args.env, offline, args.seed) if offline else None
     if offline_run is not None and not Path(offline_run).exists():

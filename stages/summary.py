@@ -26,7 +26,7 @@ def main(p, args):
                                 f"rerun `snakemake results/{args.env}_summary.csv` (a failed seed is never "
                                 f"summarised as if it had finished)")
     results = [json.loads(Path(eval_file(args.env, a, s)).read_text()) for a in algos for s in seeds]
-    table = summarize(results, algos, st.bootstrap_reps, st.confidence)
+    table = summarize(results, algos, st.bootstrap_reps, st.confidence, p.budget.below_regime)
     scores = {a: [r["final_score"] for r in results if r["algorithm"] == a] for a in algos}
     poi = probability_of_improvement(scores, st.baseline, st.bootstrap_reps, st.confidence)
     offline = [r for r in results if not r.get("online")]

@@ -28,6 +28,7 @@ def test_repository_params_are_valid():
     (["seeds=[0, 0]"], "distinct"),
     (["budgets.smoke.critic_steps=0"], "out of range"),
     (["algorithms=[bc, iqll]"], "did you mean 'iql'"),
+    (["budgets.quick.below_regime=[dqll]"], "budgets.quick.below_regime: 'dqll' is not an offline row"),
     (["stats.baseline=qg", "algorithms=[bc, iql]"], "not in algorithms"),
     (["qg.variant=ql"], "set qg.variant: qg"),
 ])
@@ -63,3 +64,13 @@ def test_stage_entry_point_fails_fast_with_one_line(tmp_path):
     assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip() and "settotalmass" not in l]
     assert lines == ["error: iql.expectile=1.5 is out of range: it must be < 1"], out.stderr
+
+
+def test_every_offline_row_trains_its_final_policy_for_offline_steps():
+    """A table compares equals: the final stage of bc, iql, the Diffusion-QL variants and DTQL reads
+    offline_steps; EDA's alignment align_steps; pretraining-only runs their own keys."""
+    from diffrl.algos import OFFLINE_ROWS
+    from diffrl.offline import budget_steps
+    b = config.Budget(offline_steps=7, critic_steps=11, behavior_steps=13, energy_behavior_steps=17, align_steps=19)
+    assert {r: budget_steps(r, b) for r in OFFLINE_ROWS} == {**{r: 7 for r in OFFLINE_ROWS}, "eda": 19}
+    assert [budget_steps(s, b) for s in ("dtql_critic", "eda_critic", "dtql_behavior", "eda_behavior")] == [11, 11, 13, 17]

@@ -9,7 +9,7 @@ from diffrl.data import DatasetError, ReplayBuffer, load_offline, toy_dataset, T
 from diffrl.diffusion import DiffusionSchedule, vp_betas
 from diffrl.envs import normalized_score
 from diffrl.nets import Critic
-from diffrl.stats import iqm, summarize
+from diffrl.stats import BELOW_REGIME, iqm, summarize
 
 
 def test_vp_schedule_matches_formula():
@@ -119,6 +119,10 @@ def test_summary_statistics_by_hand():
     assert t.score_iqm == pytest.approx(2.5) == iqm(v)  # middle half: 2 and 3
     assert t.iqm_ci_low <= t.score_iqm <= t.iqm_ci_high
     assert t.best_mean == pytest.approx(4.0) and t.return_mean == pytest.approx(30.0)
+    assert t.note == ""
+    marked = summarize(rows + [{**rows[0], "algorithm": "b"}], ["a", "b"], reps=20, confidence=0.95,
+                       below_regime=["b"])
+    assert list(marked.note) == ["", BELOW_REGIME]
 
 
 def test_fast_mish_matches_torch_mish():

@@ -195,9 +195,14 @@ def test_fix_q_norm_bug_flag_changes_the_weights():
     agent = DiffusionOnline(3, 1, replace(OnlineConfig(), hidden=16, layers=1, T=2))
     alpha = torch.tensor(2.0)
     v = torch.tensor([-30.0, -22.0, -20.0, -18.0, -5.0])
-    # first batch: m, s initialised from it
+    # the reference starts the running statistics at m = 0, s = 1
+    w = agent.dpmd_weights(v, alpha, update_stats=False)
+    assert torch.allclose(w, torch.exp(v.clamp(-3, 3) / 2))
+    # option: m, s initialised from the first batch
+    agent.cfg = replace(agent.cfg, q_norm_init_from_batch=True)
     w = agent.dpmd_weights(v, alpha)
     assert torch.allclose(w, torch.exp(((v - v.mean()) / v.std()).clamp(-3, 3) / 2))
+    agent.cfg = replace(agent.cfg, q_norm_init_from_batch=False)
     agent.q_mean.fill_(-20.0)
     agent.q_std.fill_(4.0)
     fixed = agent.dpmd_weights(v, alpha, update_stats=False)
@@ -218,6 +223,10 @@ def test_variants_reproduce_the_reference_commands():
     assert variant_config("dpmd_fixnorm").fix_q_norm_bug and OnlineConfig().fix_q_norm_bug
     t = variant_config("dpmd_tilt")
     assert t.dpmd_constant_weight and t.tfg_lambda == 128 and t.mala_steps == 2
+    # its reference guidance is MALA's (per sample, target -E + lambda Q, chains from N(0, I))
+    assert not t.mala_sigma_energy and t.mala_init_scale == 1.0 and t.mala_adaptation == "per_chain"
+    sac = variant_config("sac")
+    assert sac.alg == "sac" and sac.init_alpha == math.e and sac.alpha_lr == 3e-4 and sac.num_envs == 5
     s = variant_config("dpmd_select")
     assert s.num_particles == 128 and s.q_critic_agg == "mean" and s.particle_selection_lambda == 64
     assert math.isinf(OnlineConfig().particle_selection_lambda)
@@ -233,6 +242,11 @@ def test_params_yaml_sections_are_the_named_variants():
     for name in ONLINE_VARIANTS:
         section = replace(p[name], tfg_lambda=p["tfg_lambda"]) if name in GUIDED else p[name]
         assert section == variant_config(name), name
+    # the `sac` row reads sac_online (section `sac` is the dataset agent, left at SACConfig's defaults)
+    from diffrl.algos import section_of
+    from diffrl.algos.sac import SACConfig
+    assert section_of("sac") == "sac_online" and p["sac_online"] == variant_config("sac")
+    assert p["sac"] == SACConfig()
 
 
 # --------------------------------------------------------------------------- resume
@@ -312,3 +326,224 @@ def test_o2o_checks_the_offline_run_it_starts_from():
     ck["meta"]["config"]["T"] = 20
     with pytest.raises(ConfigError, match=r"dpmd_o2o.T=5 does not match .* set dpmd_o2o.T: 20"):
         check_offline_init("dpmd_o2o", cfg, ck, "runs/x/dql/seed0")
+
+
+# --------------------------------------------------------------------------- reference fidelity (fidelity.md O1-O14)
+class QuadraticEnergy(torch.nn.Module):
+    """E(x) = 0.5 ||x||^2 for every level and state: grad E = x, known in closed form."""
+
+    def energy(self, a_t, t, obs):
+        return 0.5 * a_t.pow(2).sum(-1)
+
+    def forward(self, a_t, t, obs):
+        return a_t
+
+
+def _mala_agent(**over):
+    cfg = replace(OnlineConfig(), alg="dpmd", hidden=16, layers=1, T=4, mala_steps=1, num_particles=1,
+                  tfg_lambda=3.0, **over)
+    agent = DiffusionOnline(2, 2, cfg)
+    agent.actor = agent.actor_ema = QuadraticEnergy()
+    w = torch.tensor([0.3, -0.2])
+    agent.tilt_value = lambda obs, a, generator=None, agg=None: a @ w  # V(s, a) = w . a
+    return agent, w
+
+
+@pytest.mark.parametrize("n", [1, 64])
+def test_mala_target_is_minus_energy_plus_lambda_q_per_sample(n):
+    """O1, O2: log target -E + lambda V(x0_hat(x)), each sample with its own gradient whatever the
+    number of states (per_sample_guidance=False only scales the plain guidance path)."""
+    agent, w = _mala_agent(per_sample_guidance=False)
+    g = torch.Generator().manual_seed(0)
+    agent.denoise(torch.zeros(n, 2), g)  # sets the per-call state of the sampler
+    sch, t, lam = agent.schedule, 2, 3.0
+    x = 0.1 * torch.randn(n, 2, generator=g)
+    tt = torch.full((n,), t)
+    logp, grad, eps = agent._log_target(agent.actor, x, tt, t, torch.zeros(n, 2), lam, None, None)
+    c = (1 - sch.sqrt_1m_abar[t]) / sch.sqrt_abar[t]  # x0_hat = c x when eps = x
+    assert torch.allclose(eps, x)
+    assert torch.allclose(logp, -0.5 * x.pow(2).sum(-1) + lam * c * (x @ w), atol=1e-6)
+    assert torch.allclose(grad, -x + lam * c * w, atol=1e-6)
+    # option: the energy term divided by sqrt(1 - abar_t)
+    agent.cfg = replace(agent.cfg, mala_sigma_energy=True)
+    logp2, _, _ = agent._log_target(agent.actor, x, tt, t, torch.zeros(n, 2), lam, None, None)
+    assert torch.allclose(logp2, -0.5 * x.pow(2).sum(-1) / sch.sqrt_1m_abar[t] + lam * c * (x @ w), atol=1e-6)
+
+
+def test_mala_chain_starts_from_unit_gaussian_and_adapts_on_realised_acceptance(monkeypatch):
+    """O3: x_T ~ N(0, I) for MALA chains; O11: the step size of each particle chain moves with the
+    fraction of its proposals accepted (a multiple of 1 / states)."""
+    agent, _ = _mala_agent()
+    starts = []
+    real = agent._mala_level
+
+    def spy(net, x, tt, t, *args):
+        if t == agent.cfg.T - 1:
+            starts.append(x.clone())
+        return real(net, x, tt, t, *args)
+    monkeypatch.setattr(agent, "_mala_level", spy)
+    B, P = 1000, 4
+    agent.denoise(torch.zeros(B * P, 2), torch.Generator().manual_seed(0), n_states=B)
+    assert 0.95 < float(starts[0].std()) < 1.05
+    fractions = torch.stack(agent.last_mala_accept) * B * P
+    assert torch.allclose(fractions, fractions.round(), atol=1e-3)  # realised accepts, not probabilities
+
+
+def test_evaluation_is_the_untilted_argmax_of_min_q():
+    """O4: EMA policy without tilt, argmax of min(Q1, Q2) over num_particles, no noise; eval_tilt
+    evaluates with the acting routine (tilt, q_critic_agg, soft selection) instead."""
+    cfg = replace(OnlineConfig(), hidden=16, layers=1, T=3, num_particles=6, tfg_lambda=50.0, q_critic_agg="max",
+                  particle_selection_lambda=0.5, init_alpha=10.0)
+    agent = DiffusionOnline(3, 2, cfg)
+    with torch.no_grad():
+        for p in agent.actor.parameters():  # the online policy differs from the EMA one
+            p.add_(0.5)
+    obs = torch.randn(4, 3)
+    a = agent.sample_actions(obs, torch.Generator().manual_seed(5), deterministic=True)
+    o = obs.repeat_interleave(6, 0)
+    x = agent.denoise(o, torch.Generator().manual_seed(5), agent.actor_ema, guided=False, n_states=4)
+    with torch.no_grad():
+        q = agent.critic(o, x).min(0).values.view(4, 6)
+    assert torch.equal(a, x.view(4, 6, 2)[torch.arange(4), q.argmax(1)])
+    # the evaluate stage and the training-time evaluation both go through act
+    mapped = agent.act(obs.numpy(), torch.Generator().manual_seed(5))
+    assert np.allclose(mapped, a.numpy(), atol=1e-6)
+    agent.cfg = replace(cfg, eval_tilt=True)
+    tilted = agent.sample_actions(obs, torch.Generator().manual_seed(5), deterministic=True)
+    chosen, _ = agent.select(obs, 6, torch.Generator().manual_seed(5))
+    assert torch.equal(tilted, chosen)
+
+
+def test_policy_lr_decays_over_policy_optimiser_steps():
+    """O5: 3e-4 -> 3e-5 between policy steps 25k and 75k = updates 50k-150k with delay_update 2."""
+    agent = DiffusionOnline(3, 1, replace(OnlineConfig(), hidden=8, layers=1, T=2))
+    assert agent.policy_lr(50_000) == 3e-4  # policy step 24999
+    assert math.isclose(agent.policy_lr(100_002), 1.65e-4)  # policy step 50000: half way
+    assert agent.policy_lr(150_002) == 3e-5
+    agent.cfg = replace(agent.cfg, lr_decay_unit="updates")
+    assert agent.policy_lr(100_002) == 3e-5 and math.isclose(agent.policy_lr(50_000), 1.65e-4)
+
+
+def _tiny_batch(B=8, obs_dim=3, act_dim=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(B, obs_dim, generator=g), "action": torch.rand(B, act_dim, generator=g) * 2 - 1,
+            "reward": torch.randn(B, generator=g), "next_obs": torch.randn(B, obs_dim, generator=g),
+            "terminal": torch.zeros(B)}
+
+
+def test_running_q_statistics_start_at_zero_one_and_move_every_update():
+    """O6: m = 0, s = 1 at the start, moved at rate 1e-3 on every update (not only policy steps)."""
+    agent = DiffusionOnline(3, 1, replace(OnlineConfig(), hidden=16, layers=1, T=2, num_particles=2))
+    assert float(agent.q_mean) == 0.0 and float(agent.q_std) == 1.0
+    agent.update(_tiny_batch(), torch.Generator().manual_seed(0))  # update 1: no policy step
+    assert agent.step == 1 and float(agent.q_mean) != 0.0 and float(agent.q_std) != 1.0
+    m1 = float(agent.q_mean)
+    agent.update(_tiny_batch(seed=1), torch.Generator().manual_seed(1))
+    assert float(agent.q_mean) != m1
+
+
+def test_update_selects_its_target_action_with_min_q(monkeypatch):
+    """O7: the update's a' is tilted and selected with min Q whatever q_critic_agg says."""
+    agent = DiffusionOnline(3, 1, replace(OnlineConfig(), hidden=16, layers=1, T=2, num_particles=3,
+                                          q_critic_agg="max"))
+    obs = torch.randn(5, 3)
+    chosen, v = agent.select(obs, 3, torch.Generator().manual_seed(2), agg="min")
+    x = agent.denoise(obs.repeat_interleave(3, 0), torch.Generator().manual_seed(2), n_states=5)
+    with torch.no_grad():
+        q = agent.critic(obs.repeat_interleave(3, 0), x).min(0).values.view(5, 3)
+    assert torch.equal(chosen, x.view(5, 3, 1)[torch.arange(5), q.argmax(1)])
+    seen = []
+    real = agent.select
+    monkeypatch.setattr(agent, "select", lambda *a, **k: seen.append(k.get("agg")) or real(*a, **k))
+    agent.update(_tiny_batch(), torch.Generator().manual_seed(0))
+    assert seen == ["min"]
+    agent.cfg = replace(agent.cfg, td_select_agg="q_critic_agg")
+    agent.update(_tiny_batch(), torch.Generator().manual_seed(0))
+    assert seen[-1] is None  # the acting aggregation (q_critic_agg)
+
+
+def test_linear_guidance_schedule_is_strongest_at_the_clean_end():
+    """O8: lambda at t = 0 (and 1) down to lambda / (T-1) at the noisiest level; linear_noisy is ours."""
+    agent = DiffusionOnline(3, 1, replace(OnlineConfig(), hidden=8, layers=1, T=5, tfg_lambda=8.0,
+                                          guidance_schedule="linear"))
+    assert [agent._lambda_t(t) for t in range(5)] == [8.0, 8.0, 6.0, 4.0, 2.0]
+    agent.cfg = replace(agent.cfg, guidance_schedule="linear_noisy")
+    assert [agent._lambda_t(t) for t in range(5)] == [1.6, 3.2, 4.8, 6.4, 8.0]
+
+
+def test_sdac_loss_is_on_a_fresh_sample_at_s(monkeypatch):
+    """O9: the reference SDAC regresses at the batch's s (a fresh acting sample), not at s'."""
+    agent = DiffusionOnline(3, 1, replace(OnlineConfig(), alg="sdac", hidden=16, layers=1, T=2, num_particles=2,
+                                          sdac_candidates=4, delay_update=1))
+    seen = []
+    real = agent._policy_loss
+    monkeypatch.setattr(agent, "_policy_loss", lambda states, *a: seen.append(states) or real(states, *a))
+    b = _tiny_batch()
+    m = agent.update(b, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0], b["obs"]) and torch.isfinite(m["policy_loss"])
+    agent.cfg = replace(agent.cfg, sdac_loss_states="next")
+    agent.update(b, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[1], b["next_obs"])
+
+
+def test_noisy_actions_stay_unclipped():
+    """O10: the exploration-noised action is stored and cloned unclipped (clip_noisy_actions clips)."""
+    agent = DiffusionOnline(3, 1, replace(OnlineConfig(), hidden=8, layers=1, T=2, num_particles=2, init_alpha=50.0))
+    obs = torch.randn(64, 3)
+    a = agent.sample_actions(obs, torch.Generator().manual_seed(0), deterministic=False)
+    assert float(a.abs().max()) > 1.5
+    agent.cfg = replace(agent.cfg, clip_noisy_actions=True)
+    assert float(agent.sample_actions(obs, torch.Generator().manual_seed(0), deterministic=False).abs().max()) <= 1
+
+
+# --------------------------------------------------------------------------- the fork's SAC (O14)
+def test_fork_sac_log_prob_and_log_std_clip():
+    """The fork's SAC: Gaussian log-prob of the pre-tanh sample (no tanh correction), log std
+    clipped to [-20, 0.5], GELU; the dataset agent's defaults keep the tanh-corrected density."""
+    from diffrl.algos.dpmd import sac_config
+    from diffrl.algos.sac import SAC, SACConfig
+    from diffrl.nets import TanhGaussianActor
+    fork = sac_config(variant_config("sac", hidden=16))
+    assert (fork.activation, fork.layers, fork.reward_scale, fork.alpha_lr) == ("gelu", 3, 0.2, 3e-4)
+    assert fork.init_temperature == math.e and not fork.tanh_correction
+    assert (fork.log_std_min, fork.log_std_max) == (-20.0, 0.5)
+    torch.manual_seed(0)
+    agent = SAC(3, 2, fork)
+    assert isinstance(agent.actor.net[1], torch.nn.GELU) and math.isclose(float(agent.log_alpha.detach()), 1.0)
+    with torch.no_grad():
+        agent.actor.net[-1].bias[2:] = 5.0  # log std head far above the clip
+    obs = torch.randn(16, 3)
+    with torch.no_grad():
+        a, logp = agent.actor(obs, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mu, log_std = agent.actor.net(obs).chunk(2, -1)
+    assert float(log_std.min()) > 0.5  # so the clip is what bounds it
+    z = mu + math.exp(0.5) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))
+    expect = torch.distributions.Normal(mu, math.exp(0.5)).log_prob(z).sum(-1)
+    assert torch.allclose(a, torch.tanh(z)) and torch.allclose(logp, expect, atol=1e-5)
+    # the dataset agent (SACConfig defaults) is the tanh-corrected actor it always was
+    torch.manual_seed(1)
+    data_agent = SAC(3, 2, SACConfig(hidden=16))
+    ref = TanhGaussianActor(3, 2, 16, 2, "relu")
+    ref.load_state_dict(data_agent.actor.state_dict())
+    a1, l1 = data_agent.actor(obs, generator=torch.Generator().manual_seed(3))
+    a2, l2 = ref(obs, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a1, a2) and torch.equal(l1, l2)
+
+
+def test_fork_sac_row_trains_in_the_vector_env_loop(tmp_path):
+    """The `sac` row runs in train_online: 5 envs, one update per 5 env steps, rewards scaled by
+    0.2; its run saves and reloads as a SAC agent."""
+    from diffrl.algos.dpmd import sac_config
+    from diffrl.algos.sac import SAC
+    from diffrl.offline import build_agent
+    cfg = variant_config("sac", hidden=16, layers=1, warmup=100, batch_size=32)
+    agent, info = train_online("pendulum", cfg, steps=300, seed=0, eval_every=300, eval_episodes=1,
+                               max_episode_steps=20)
+    assert isinstance(agent, SAC) and info["env_steps"] == 300 and info["grad_steps"] == 41
+    assert len(info["curve"]) == 1 and math.isfinite(info["curve"][0]["return"])
+    import dataclasses
+    meta = {"section": "sac", "config": dataclasses.asdict(sac_config(cfg)), "extra": {}}
+    loaded = build_agent(meta, 3, 1, "cpu")
+    loaded.load_state_dict(agent.state_dict())
+    assert loaded.act(np.zeros((2, 3), np.float32)).shape == (2, 1)

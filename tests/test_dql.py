@@ -88,10 +88,11 @@ def test_published_lr_decay_stays_constant():
     g = torch.Generator().manual_seed(0)
     lrs = [float(agent.update(cheetah_batch(B=8), generator=g)["lr"]) for _ in range(60)]
     assert lrs == [pytest.approx(1e-3)] * 60
-    # the released 2M-step run: stepped every 50k updates -> 40 steps of a T_max = 2M cosine
+    # the released 2M-step run: stepped every 50k updates, T_max = 2000 epochs -> 39 steps before the last
     big = DiffusionQL(OBS, ACT, DQLConfig(hidden=8, published_lr_decay=True), total_steps=2_000_000)
     big._step = 2_000_000 - 1
-    assert big.current_lr() > 0.9999 * 3e-4
+    assert big.current_lr() == pytest.approx(0.5 * 3e-4 * (1 + math.cos(math.pi * 39 / 2000)), rel=1e-12)
+    assert big.current_lr() > 0.999 * 3e-4
     plain = DiffusionQL(OBS, ACT, DQLConfig(hidden=8), total_steps=2_000_000)
     plain._step = 2_000_000 - 1
     assert plain.current_lr() < 1e-10
@@ -233,3 +234,86 @@ def test_one_step_variants_shift_towards_the_best_mode(variant, warm_critic):
     a, data, sector0, near = improve(variant, warm_critic)
     assert sector0 > 0.35, sector0
     assert np.median(nearest_data_dist(a, data["action"])) < 0.2
+
+
+# ----------------------------------------------------------------- fidelity to the released code
+def test_ema_keeps_the_initial_weights_until_ema_start():
+    """Released EMA: untouched before step_start_ema, then updated after the steps whose 0-based
+    index is a multiple of update_ema_every (fidelity F3)."""
+    cfg = DQLConfig(hidden=8, T=2, ema_start=4, ema_every=2, ema_decay=0.5)
+    agent = DiffusionQL(OBS, ACT, cfg, total_steps=10)
+    init = [p.clone() for p in agent.actor_ema.parameters()]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):  # 0-based steps 0..3 < ema_start
+        agent.update(cheetah_batch(B=8), generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(init, agent.actor_ema.parameters()))
+    agent.update(cheetah_batch(B=8), generator=g)  # step index 4: first EMA update, 0.5 init + 0.5 actor
+    for e, i, a in zip(agent.actor_ema.parameters(), init, agent.actor.parameters()):
+        torch.testing.assert_close(e, 0.5 * i + 0.5 * a)
+    ours = DiffusionQL(OBS, ACT, DQLConfig(hidden=8, T=2, ema_start=4, ema_every=2, ema_copy_before_start=True),
+                       total_steps=10)
+    ours.update(cheetah_batch(B=8), generator=g)  # step index 0: copied
+    assert all(torch.equal(a, b) for a, b in zip(ours.actor.parameters(), ours.actor_ema.parameters()))
+
+
+@pytest.mark.parametrize("eval_ema", [False, True])
+def test_evaluation_uses_the_online_actor(eval_ema):
+    """Released: sample_action samples self.actor, not the EMA (fidelity F2)."""
+    agent = DiffusionQL(OBS, ACT, DQLConfig(hidden=8, T=2, eval_candidates=1, eval_ema=eval_ema), total_steps=10)
+    with torch.no_grad():
+        for p in agent.actor_ema.parameters():
+            p.add_(1.0)  # make the two networks differ
+    obs = torch.randn(4, OBS)
+    got = agent.act(obs.numpy(), generator=torch.Generator().manual_seed(3))
+    net = agent.actor_ema if eval_ema else agent.actor
+    with torch.no_grad():
+        want = agent.schedule.sample(net, obs, ACT, torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+
+
+def test_qg_gradient_at_the_unclipped_prediction():
+    """The fork takes Q and grad Q at the unclipped x0_hat (fidelity F5): with a critic that is linear
+    in the action, the per-sample weight uses ||w||, whatever the clipping would have done."""
+    torch.manual_seed(0)
+    for clip in (False, True):
+        agent = DiffusionQL(OBS, ACT, DQLConfig(hidden=8, T=5, variant="qg", qg_clip_x0=clip), total_steps=10)
+        b = cheetah_batch(B=32)
+        b["action"] = torch.full_like(b["action"], 0.999)  # x0_hat at noisy levels lands far outside [-1, 1]
+        _, m = agent._actor_loss(b, torch.Generator().manual_seed(1))
+        if clip:
+            clipped_norm = m["q_grad_norm"]
+        else:
+            free_norm = m["q_grad_norm"]
+    assert not torch.isclose(free_norm, clipped_norm)
+
+
+def test_edp_actor_loss_is_the_unnormalised_min_q():
+    """The fork's edp: L_bc - eta mean min(Q1, Q2)(s, x0_hat) on a freshly noised action (F6)."""
+    cfg = DQLConfig(hidden=8, T=5, variant="edp", eta=0.5)
+    agent = DiffusionQL(OBS, ACT, cfg, total_steps=10)
+    assert agent.sampler == "ddpm"
+    b = cheetah_batch(B=16)
+    g = torch.Generator().manual_seed(2)
+    loss, m = agent._actor_loss(b, g)
+    # replay the draws: L_bc's (t, z), then the fresh (t2, z2) of x0_hat
+    g = torch.Generator().manual_seed(2)
+    a_t, t, z = agent._noised(b["action"], g)
+    a_t2, t2, _ = agent._noised(b["action"], g)
+    with torch.no_grad():
+        bc = (agent.actor(a_t, t, b["obs"]) - z).pow(2).mean()
+        x0 = agent.schedule.predict_x0(a_t2, t2, agent.actor(a_t2, t2, b["obs"])).clamp(-1, 1)
+        want = bc - 0.5 * agent.critic.q_min(b["obs"], x0).mean()
+    torch.testing.assert_close(loss.detach(), want)
+
+
+def test_eg_ood_fork_form_is_qg_with_the_plain_td_target():
+    """The fork's eg_ood (F7): qg's actor loss, TD target without any penalty."""
+    b = cheetah_batch(B=16)
+    losses = {}
+    for name, kw in {"qg": dict(variant="qg"), "fork": dict(variant="eg_ood", eg_ood_form="fork")}.items():
+        torch.manual_seed(0)
+        agent = DiffusionQL(OBS, ACT, DQLConfig(hidden=8, T=3, **kw), total_steps=10)
+        m = agent.update(b, generator=torch.Generator().manual_seed(5))
+        assert "ood_frac" not in m
+        losses[name] = (float(m["critic_loss"]), float(m["actor_loss"]))
+    assert losses["qg"] == losses["fork"]

@@ -4,7 +4,10 @@ Unit tests on small nets, then learning tests on the 2-D 8-gaussians bandit (obs
 the behaviour model reproduces all 8 modes and DTQL's act() concentrates on the best mode while
 staying on the data support.
 """
+import copy
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from diffrl.algos.dtql import (DTQL, DTQLBehaviorConfig, DTQLConfig, EDMBehavior
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.data import TOY_TARGET, ReplayBuffer, toy_dataset
 from diffrl.train import train_offline
+from diffrl.nets import Mish, TanhGaussianActor
 from diffrl.utils import load_checkpoint, save_checkpoint
 
 OBS, ACT = 3, 2
@@ -226,6 +230,133 @@ def test_configs_validate():
         build_section("dtql", DTQLConfig, {"eval_candidates": 0})
 
 
+# --------------------------------------------------------------------------- fidelity to the released DTQL
+def repo_params():
+    from diffrl import config
+    return config.load(Path(__file__).resolve().parents[1] / "params.yaml")
+
+
+def test_dtql_critic_trains_on_raw_rewards(tmp_path):
+    """params.yaml's dtql_critic trains on the dataset reward as it is (the released reward_tune
+    'no'); the iql row keeps IQL's locomotion scaling."""
+    from diffrl.data import load_offline
+    from diffrl.offline import load_agent, train_run
+    data_dir = Path(__file__).resolve().parent / "data" / "halfcheetah_medium_small"
+    p = repo_params()
+    assert p["dtql_critic"].reward_scaling == "none"
+    scales = {}
+    for section in ("dtql_critic", "iql"):
+        cfg = replace(p[section], hidden=8, layers=1, batch_size=4)
+        train_run(section, cfg, env_name="halfcheetah", dataset_dir=str(data_dir), out_dir=tmp_path / section,
+                  seed=0, steps=1, eval_every=1, curve_episodes=1, device="cpu", resume_path=None, budget="test")
+        scales[section] = load_agent(tmp_path / section)[0].reward_scale
+    assert scales["dtql_critic"] == 1.0
+    assert scales["iql"] == pytest.approx(load_offline(data_dir, "halfcheetah").locomotion_reward_scale())
+    assert scales["iql"] != 1.0
+    # with scale 1, Q's target is the dataset reward plus gamma V(s'), nothing else
+    critic = IQL(OBS, ACT, replace(p["dtql_critic"], hidden=16, layers=1))
+    b = random_batch(32)
+    v0, q0 = copy.deepcopy(critic.v), copy.deepcopy(critic.q)
+    m = critic.critic_step(b)[0]
+    with torch.no_grad():
+        target = b["reward"] + 0.99 * (1 - b["terminal"]) * v0(b["next_obs"])
+        expected = (q0(b["obs"], b["action"]) - target).pow(2).mean(-1).sum()
+    torch.testing.assert_close(m["q_loss"], expected)
+
+
+def perturbed_critic(**kw):
+    """A small IQL critic whose target Q differs from the online Q (as after some training)."""
+    torch.manual_seed(0)
+    critic = IQL(OBS, ACT, IQLConfig(hidden=32, layers=2, layer_norm=True, reward_scaling="none", **kw))
+    with torch.no_grad():
+        for p in critic.q_target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return critic
+
+
+def expectile_loss(u, tau=0.7):
+    return ((tau - (u < 0).float()).abs() * u.pow(2)).mean()
+
+
+def test_dtql_value_regresses_on_the_online_critic_in_one_backward_pass():
+    """dtql_critic (params.yaml): V's target is min Q of the ONLINE critic, and V and Q take one
+    step from the same pre-step networks (Q's target uses V before its update), as released."""
+    p = repo_params()
+    assert (p["dtql_critic"].value_target, p["dtql_critic"].joint_step) == ("online", True)
+    b = random_batch(64)
+    critic = perturbed_critic(value_target="online", joint_step=True)
+    q0, v0, qt0 = copy.deepcopy(critic.q), copy.deepcopy(critic.v), copy.deepcopy(critic.q_target)
+    m = critic.critic_step(b)[0]
+    with torch.no_grad():
+        v_expected = expectile_loss(q0.q_min(b["obs"], b["action"]) - v0(b["obs"]))
+        target = b["reward"] + 0.99 * (1 - b["terminal"]) * v0(b["next_obs"])
+        q_expected = (q0(b["obs"], b["action"]) - target).pow(2).mean(-1).sum()
+    torch.testing.assert_close(m["v_loss"], v_expected)
+    torch.testing.assert_close(m["q_loss"], q_expected)
+    # one Adam step on each net from its own loss's gradient (Adam's first step moves each weight by lr)
+    for p0, p1 in zip(v0.parameters(), critic.v.parameters()):
+        assert torch.all((p1 - p0).abs() <= 3e-4 * 1.001)
+    assert any(not torch.equal(a, c) for a, c in zip(q0.parameters(), critic.q.parameters()))
+    # the target critic moved by Polyak only
+    for c, t0, t1 in zip(critic.q.parameters(), qt0.parameters(), critic.q_target.parameters()):
+        torch.testing.assert_close(t1, 0.995 * t0 + 0.005 * c)
+    # the shared IQL default is unchanged: V on the target critic, Q's target from the updated V
+    iql = perturbed_critic()
+    qt0, q0 = copy.deepcopy(iql.q_target), copy.deepcopy(iql.q)
+    v0 = copy.deepcopy(iql.v)
+    m = iql.critic_step(b)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(m["v_loss"], expectile_loss(qt0.q_min(b["obs"], b["action"]) - v0(b["obs"])))
+        target = b["reward"] + 0.99 * (1 - b["terminal"]) * iql.v(b["next_obs"])
+        torch.testing.assert_close(m["q_loss"], (q0(b["obs"], b["action"]) - target).pow(2).mean(-1).sum())
+        assert not torch.allclose(m["v_loss"], expectile_loss(q0.q_min(b["obs"], b["action"]) - v0(b["obs"])))
+
+
+def test_score_net_first_layer_is_linear_and_embeds_raw_log_sigma():
+    """The released ScoreNetwork: Linear, Linear, Mish, Linear, Mish, Linear, Mish, Linear (4 hidden
+    layers, 3 nonlinearities) on concat(x, emb(ln(sigma)/4), s), no factor on c_noise."""
+    torch.manual_seed(0)
+    beh = EDMBehavior(OBS, ACT, DTQLBehaviorConfig(hidden=16, layers=4))
+    net = beh.net
+    kinds = [type(m) for m in net.net]
+    assert kinds == [torch.nn.Linear, torch.nn.Identity] + [torch.nn.Linear, Mish] * 3 + [torch.nn.Linear]
+    x, s = torch.randn(5, ACT), torch.randn(5, OBS)
+    c_noise = torch.log(torch.tensor([0.002, 0.1, 0.5, 3.0, 80.0])) / 4
+    h = torch.cat([x, net.emb(c_noise), s], -1)
+    lin = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    h = lin[0](h)  # no activation between the first two layers
+    for layer in lin[1:-1]:
+        h = torch.nn.functional.mish(layer(h))
+    torch.testing.assert_close(net(x, c_noise, s), lin[-1](h), rtol=1e-5, atol=1e-6)
+    # our form as an option: Mish after every hidden layer, c_noise scaled by 100
+    ours = EDMBehavior(OBS, ACT, DTQLBehaviorConfig(hidden=16, layers=4, first_layer_activation=True,
+                                                    noise_embed_scale=100.0)).net
+    assert isinstance(ours.net[1], Mish)
+    ours.load_state_dict(net.state_dict())  # same parameters in both forms
+    h = torch.cat([x, net.emb(100 * c_noise), s], -1)
+    for layer in lin[:-1]:
+        h = torch.nn.functional.mish(layer(h))
+    torch.testing.assert_close(ours(x, c_noise, s), lin[-1](h), rtol=1e-5, atol=1e-6)
+
+
+def test_one_step_policy_init_is_orthogonal_with_zero_bias():
+    """DTQL's policy starts as the released agents/model.py weight_init: orthogonal weights, zero
+    biases; other users of TanhGaussianActor (SAC) keep PyTorch's default init."""
+    torch.manual_seed(0)
+    agent = DTQL(OBS, ACT, DTQLConfig(hidden=32, layers=3), small_behavior(), small_critic())
+    linears = [m for m in agent.actor.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4
+    for m in linears:
+        w = m.weight.detach()
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        torch.testing.assert_close(gram, torch.eye(gram.shape[0]), atol=1e-5, rtol=0)
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    plain = DTQL(OBS, ACT, DTQLConfig(hidden=32, layers=3, orthogonal_init=False), small_behavior(), small_critic())
+    assert all(m.bias.abs().sum() > 0 for m in plain.actor.modules() if isinstance(m, torch.nn.Linear))
+    sac_like = TanhGaussianActor(OBS, ACT, 32, 2)
+    assert all(m.bias.abs().sum() > 0 for m in sac_like.modules() if isinstance(m, torch.nn.Linear))
+
+
 # --------------------------------------------------------------------------- learning on the toy bandit
 def mode_fractions(a: np.ndarray, radius: float = 0.25) -> np.ndarray:
     """Fraction of samples within `radius` of each of the 8 mode centres."""
@@ -260,7 +391,9 @@ def test_toy_behavior_reproduces_all_modes(toy):
 def test_toy_dtql_concentrates_on_best_mode(toy):
     data, buf, critic, beh = toy
     torch.manual_seed(0)
-    agent = DTQL(1, 2, DTQLConfig(hidden=64, alpha=1.0), beh, critic)
+    # PyTorch's default init here: the toy's state is the constant 0, so with the released zero biases
+    # every hidden ReLU unit starts at exactly 0 with zero gradient and only the output bias could learn
+    agent = DTQL(1, 2, DTQLConfig(hidden=64, alpha=1.0, orthogonal_init=False), beh, critic)
     g = torch.Generator().manual_seed(0)
     for _ in range(500):
         m = agent.update(buf.sample(256, g), g)

@@ -34,13 +34,14 @@ seeds 0 / 1 / 2:
 MARGIN = 1.5 leaves >= 1.8 points of room on every seed tried for both. The tests take about
 170 s (Diffusion-QL) and 180 s (EDA) on one core, the longest of the suite.
 """
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from diffrl.algos import SECTIONS
+from diffrl import config
 from diffrl.data import load_offline
 from diffrl.envs import evaluate, normalized_score
 from diffrl.offline import load_agent, train_run
@@ -62,6 +63,7 @@ CONFIGS = {
 STEPS = {"bc": 4000, "dql": 16000, "eda_critic": 10000, "eda_behavior": 10000, "eda": 2000}
 SUPPORT_STATES = 2000  # EDA: states whose 16 behaviour samples are drawn before alignment
 MARGIN = 1.5  # normalised-score points; see the module docstring for the measured gaps
+PARAMS = config.load(Path(__file__).resolve().parents[1] / "params.yaml")  # the rows' own sections
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,7 +83,7 @@ def test_fixture_is_the_documented_generated_dataset():
 
 def _train(section: str, root: Path, pretrained: dict | None = None) -> Path:
     seed_everything(SEED, True)
-    cfg = SECTIONS[section](**CONFIGS[section])
+    cfg = dataclasses.replace(PARAMS[section], **CONFIGS[section])
     train_run(section, cfg, env_name=ENV, dataset_dir=str(DATA), out_dir=root / section, seed=SEED,
               steps=STEPS[section], eval_every=STEPS[section], curve_episodes=1, device="cpu",
               resume_path=None, budget="test", pretrained=pretrained, support_states=SUPPORT_STATES)

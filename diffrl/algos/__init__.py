@@ -17,10 +17,19 @@ CRITICS = ("iql", "dtql_critic", "eda_critic")          # critic pretraining (IQ
 BEHAVIORS = ("bc", "dtql_behavior", "eda_behavior")     # behaviour pretraining
 DQL_VARIANTS = {"dql": "ql", "qg": "qg", "edp": "edp", "eg_ood": "eg_ood"}  # row -> dql variant
 OFFLINE = (*DQL_VARIANTS, "dtql", "eda")                # offline training on the dataset
-# online rows: the SAC baseline (the `sac` section, also the dataset stage's agent) and the named
-# SDAC/DPMD variants (each its own OnlineConfig section; `tfg_lambda` is top-level, see GUIDED)
-ONLINE_VARIANTS = tuple(v for v in VARIANTS if v != "sac")
+# online rows: the fork's SAC baseline `sac` and the named SDAC/DPMD variants, each an OnlineConfig
+# section (`tfg_lambda` is top-level, see GUIDED). Section `sac` is the dataset stage's SAC agent, so
+# the `sac` row reads section `sac_online` (ROW_SECTIONS); its saved model is a `sac` (SACConfig) agent.
+ONLINE_VARIANTS = tuple(v for v in VARIANTS if v != "sac")  # the SDAC/DPMD variants
 ONLINE = ("sac", *ONLINE_VARIANTS)
+ROW_SECTIONS = {"sac": "sac_online"}
+
+
+def section_of(row: str) -> str:
+    """The params.yaml section a row trains with (its own name, except the online `sac` row)."""
+    return ROW_SECTIONS.get(row, row)
+
+
 # the critic and behaviour runs an offline row starts from (cached pretraining stages)
 PRETRAINED = {"dtql": ("dtql_critic", "dtql_behavior"), "eda": ("eda_critic", "eda_behavior")}
 
@@ -30,7 +39,7 @@ SECTIONS = {
     "bc": BCConfig, "dtql_behavior": DTQLBehaviorConfig, "eda_behavior": EDABehaviorConfig,
     **{r: DQLConfig for r in DQL_VARIANTS},
     "dtql": DTQLConfig, "eda": EDAConfig,
-    **{v: OnlineConfig for v in ONLINE_VARIANTS},
+    **{section_of(v): OnlineConfig for v in ONLINE},
 }
 ALGORITHM_CONFIGS = SECTIONS  # what the config loader validates
 

@@ -1,5 +1,7 @@
 """Diffusion behaviour cloning: the behaviour pretraining stage and the `bc` row.
-DDPM eps-prediction on dataset actions with the discrete VP schedule (T=5) and an EMA copy."""
+DDPM eps-prediction on dataset actions with the discrete VP schedule (T=5). As in the released
+Diffusion-QL code (bc_diffusion.py) the row is evaluated with one sample of the trained network;
+an EMA copy is kept as an option (`eval_ema`)."""
 from __future__ import annotations
 
 import copy
@@ -25,7 +27,10 @@ class BCConfig:
     layers: int = param(3, "hidden layers of the noise net", low=1)
     ema_decay: float = param(0.995, "EMA decay of the evaluated copy", low=0, high=1)
     ema_every: int = param(5, "gradient steps between EMA updates", low=1)
-    ema_start: int = param(1000, "gradient step at which EMA tracking starts (copy before)", low=0)
+    ema_start: int = param(1000, "gradient step at which EMA tracking starts", low=0)
+    ema_copy_before_start: bool = param(False, "ours: copy the network into the EMA before ema_start (the "
+                                        "released EMA stays at the initial weights until then)")
+    eval_ema: bool = param(False, "ours: act with the EMA copy (the released code acts with the trained network)")
     grad_clip: float = param(0.0, "max grad norm (0 = off)", low=0)
 
 
@@ -55,7 +60,9 @@ class DiffusionBC(torch.nn.Module):
         return {"bc_loss": loss.detach()}
 
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, generator=None, ema: bool = True) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, generator=None, ema: bool | None = None) -> torch.Tensor:
+        """Samples of the evaluated network: the EMA copy if `ema` (default: cfg.eval_ema)."""
+        ema = self.cfg.eval_ema if ema is None else ema
         return self.schedule.sample(self.eps_ema if ema else self.eps, obs, self.act_dim, generator)
 
     @torch.no_grad()
@@ -65,11 +72,16 @@ class DiffusionBC(torch.nn.Module):
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, cfg) -> None:
-    """Diffusion-QL's EMA: copy before `ema_start`, then decay every `ema_every` steps."""
-    if step % cfg.ema_every:
+    """Diffusion-QL's EMA after gradient step number `step` (1-based). As released, the update runs
+    after the steps whose 0-based index k = step - 1 is a multiple of `ema_every` and at least
+    `ema_start`; before that the EMA keeps its initial weights, or follows the network with
+    `ema_copy_before_start`."""
+    k = step - 1
+    if k % cfg.ema_every:
         return
     with torch.no_grad():
-        if step < cfg.ema_start:
-            torch._foreach_copy_(list(ema.parameters()), list(model.parameters()))
+        if k < cfg.ema_start:
+            if cfg.ema_copy_before_start:
+                torch._foreach_copy_(list(ema.parameters()), list(model.parameters()))
         else:
             torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)

@@ -1,7 +1,11 @@
 """Online diffusion-policy RL: SDAC (reverse-sampling score matching) and DPMD (diffusion policy
-mirror descent) with the fork's inference-time tilts. Math and reference hyperparameters:
-/work/shared/specs/algorithms.md, "SDAC and DPMD (online)". One file: config, agent, training loop,
-named variants; the world models of the model-based tilt live in `diffrl.algos.dpmd_models`.
+mirror descent) with the fork's inference-time tilts, and the loop that also runs the fork's SAC
+baseline (alg = sac, diffrl.algos.sac). Math and reference hyperparameters:
+/work/shared/specs/algorithms.md, "SDAC and DPMD (online)"; the reference implementation is
+pnielsen2/inference_mirror_descent at 833e14c. One file: config, agent, training loop, named
+variants; the world models of the model-based tilt live in `diffrl.algos.dpmd_models`. Where our
+code offers an alternative to the reference, the reference is the default and the alternative a
+documented OnlineConfig field (named below).
 
 Shared by both algorithms
 - Policy: eps_theta(a_t, t, s) (`diffrl.nets.NoiseNet`), linear beta schedule (T=20), x_T ~ 0.5 N(0, I),
@@ -9,24 +13,34 @@ Shared by both algorithms
   composes `DiffusionSchedule.step`). An EMA copy of the policy collects data and is evaluated.
 - Action: num_particles samples per state in ONE sampler call (states repeated), the particle with
   the best tilt value is kept (argmax, or drawn ~ softmax(lambda value) with a finite
-  particle_selection_lambda); while training, Gaussian noise of std 0.1 alpha is added.
+  particle_selection_lambda); while training, Gaussian noise of std 0.1 alpha is added, and the
+  noised action is stored, sent to the environment and used as BC target unclipped
+  (`clip_noisy_actions` clips it).
+- Evaluation (`eval_actions`, every online row, in training and in the evaluate stage): the EMA
+  policy sampled WITHOUT tilt (an energy net: MALA of exp(-E)), the particle with the largest
+  min(Q1, Q2) of num_particles, no noise (`eval_tilt` evaluates with the acting routine instead).
 - Critic: twin Q (3x256 Mish), target reward_scale r + gamma (1 - terminal) min Q_target(s', a'),
-  a' the policy's action at s' drawn with the same particle routine (current policy, not the EMA,
-  plus the exploration noise: `target_noise`). Policy, EMA and target critics every delay_update
-  updates; the policy lr decays linearly from policy_lr to policy_lr_end between updates
-  lr_decay_begin and lr_decay_end.
+  a' the policy's action at s' drawn with the particle routine (current policy, not the EMA, tilted
+  and selected with min Q whatever q_critic_agg says: `td_select_agg`; plus the exploration noise:
+  `target_noise`). Policy, EMA and target critics every delay_update updates; the policy lr decays
+  linearly from policy_lr to policy_lr_end between policy-optimiser steps lr_decay_begin and
+  lr_decay_end (25k-75k = updates 50k-150k with delay_update 2; `lr_decay_unit` counts updates).
 - Temperature: H(alpha) = 0.5 d log(2 pi e (0.1 alpha)^2) (the entropy of the exploration noise),
   loss log(alpha) (H - target) with target -0.9 d, Adam 7e-3 every 250 updates (`tune_entropy`).
 
-Losses (both on the update's s' and the policy samples a' that the TD target already drew)
-- sdac: a_t = q_sample(a', t, e1); 64 candidates a0_j = clip((a_t - sqrt(1-abar) e2_j) / sqrt(abar));
-  w = softmax_j(V(s', a0_j) 5 / alpha); L = mean_B sum_j w_j ||eps_theta(a_t, t, s') - e2_j||^2 / d.
-- dpmd: L = mean_B w ||eps_theta(q_sample(a', t, z), t, s') - z||^2 / d with
-  w = exp(clip((V - m) / s, -3, 3) / alpha), m and s running mean/std of V (rate 1e-3,
-  initialised from the first batch rather than 0 and 1, which would clip every early weight). The BC target
-  a' is the tilted/selected sample itself (iterated mirror descent). `fix_q_norm_bug=False`
-  reproduces the published precedence bug V - m / s; `dpmd_constant_weight` sets w = 1;
-  `dpmd_double_q_update` reproduces the published double application of each critic step.
+Losses
+- sdac: on a fresh acting-routine sample a0 at the batch's s (one more sampler call per policy
+  step), weighted by the critic before the update's critic step (`sdac_loss_states=next` uses the
+  TD sample a' at s' instead): a_t = q_sample(a0, t, e1); 64 candidates
+  a0_j = clip((a_t - sqrt(1-abar) e2_j) / sqrt(abar)); w = softmax_j(V(s, a0_j) 5 / alpha);
+  L = mean_B sum_j w_j ||eps_theta(a_t, t, s) - e2_j||^2 / d.
+- dpmd: on the update's s' and a': L = mean_B w ||eps_theta(q_sample(a', t, z), t, s') - z||^2 / d with
+  w = exp(clip((V - m) / s, -3, 3) / alpha), V the value of a' after one critic step, m and s the
+  running mean/std of V: m = 0, s = 1 at the start and moved at rate 1e-3 every update
+  (`q_norm_init_from_batch` starts them at the first batch's). The BC target a' is the
+  tilted/selected sample itself (iterated mirror descent). `fix_q_norm_bug=False` reproduces the
+  published precedence bug V - m / s; `dpmd_constant_weight` sets w = 1; `dpmd_double_q_update`
+  reproduces the published second application of each critic step (after V is taken).
 V is the tilt value: Q aggregated over the heads by `q_critic_agg` (the TD target always uses the
 min), or with tilt="model" the one-step model value reward_scale r_hat(s, a) + gamma (1 - p_term) V_psi(s')
 with a learned state value V_psi (regressed on the TD bootstrap value min Q_target(s', a') of every
@@ -35,30 +49,34 @@ plan_horizon H > 0 the model return of an H-action sequence
 sum_{k<H-1} gamma^k rs r_hat_k + gamma^{H-1} Q_agg(s_{H-1}, a_{H-1}) (tilt="q"; Q of the last step
 stands in for r_{H-1} + gamma V(s_H)) or sum_{k<H} gamma^k rs r_hat_k + gamma^H V_psi(s_H) (tilt="model").
 
-Inference-time tilts (every sampler call: acting, evaluation and the update's a')
+Inference-time tilts (acting and the update's a'; evaluation only with eval_tilt)
 - Training-free guidance (tfg_lambda > 0): eps_g = eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)),
   the gradient taken through eps_theta; V is evaluated at x0_hat clipped to [-1, 1] like the
-  sampler's x0 (clipped coordinates pass no gradient: at the noisiest levels, where
-  sqrt(abar) ~ 0.002, x0_hat is mostly clipped, so the tilt acts where the prediction means
-  something). lambda_t = tfg_lambda (constant) or tfg_lambda (t+1)/T (linear: decays towards the
-  clean end). guidance_recurrence K = guided steps per level: after each of the first K-1 the
+  sampler's x0 (clipped coordinates pass no gradient). lambda_t = tfg_lambda (constant) or, with
+  the linear schedule, the reference's tfg_lambda (1 - max(t-1, 0)/(T-1)): lambda at the clean end
+  down to lambda/(T-1) at the noisiest level (`linear_noisy`: tfg_lambda (t+1)/T, strongest at the
+  noisiest). guidance_recurrence K = guided steps per level: after each of the first K-1 the
   sample is re-noised to level t with q(x_t | x_{t-1}). per_sample_guidance=False reproduces the
-  published 1/B scaling (gradient of the mean over the B states of a sampler call; the published
-  code vmapped the particles, so B excludes them); it applies to MALA's tilt term too.
+  published 1/B scaling of this path (gradient of the mean over the B states of a sampler call;
+  the published code vmapped the particles, so B excludes them).
 - MALA (mala_steps > 0): the policy is an energy net E_theta(s, a, t) with eps_theta = grad_a E.
-  At each level, mala_steps Metropolis-adjusted Langevin steps target
-  log pi_t(x) = -E(s, x, t) / sqrt(1-abar_t) + lambda_t V(s, x0_hat(x)) (the 1/sqrt(1-abar_t) makes
-  grad log pi_t the policy's score -eps/sqrt(1-abar_t); the spec writes -E), step size
-  h = clip(exp(l) beta_t, 1e-8, 0.5), l reset to 0 per level and moved by 0.05 (mean acceptance
-  probability - 0.574) after each step; then one unguided predictor (DDPM) step. With mala_steps > 0
-  the guidance enters only through MALA (tfg_lambda sets its lambda).
+  The chain starts from N(0, I) (`mala_init_scale`). At each level, mala_steps
+  Metropolis-adjusted Langevin steps target log pi_t(x) = -E(s, x, t) + lambda_t V(s, x0_hat(x)),
+  each sample with its own gradient (no 1/B here; `mala_sigma_energy` divides the energy term by
+  sqrt(1-abar_t), which makes its gradient the policy's score), step size
+  h = clip(exp(l) beta_t, 1e-8, 0.5), l reset to 0 per level; each particle chain has its own l,
+  moved by 0.05 (its realised accept fraction over the states - 0.574) after each step
+  (`mala_adaptation=pooled`: one l moved by the mean acceptance probability); then one unguided
+  predictor (DDPM) step with eps = grad E. With mala_steps > 0 the guidance enters only through
+  MALA (tfg_lambda sets its lambda); without guidance (evaluation) MALA samples exp(-E).
 
 Published reference commands (fork README) and our named variants: `VARIANTS` below. Our default
 is the FIXED q normalisation (fix_q_norm_bug=True) and single critic steps; the `dpmd` variant
 reproduces the reference command `--alg dpmd --num_particles 32` exactly, i.e. with both
 published bugs on (fix_q_norm_bug=False, dpmd_double_q_update=True), which is the code behind 9748;
 `dpmd_fixnorm` is that command with --fix_q_norm_bug (8995). Likewise `dpmd_tilt` and `dpmd_select`
-keep the published bugs of their reference commands (dpmd_tilt also the 1/B guidance scaling).
+keep the published bugs of their reference commands. The `sac` row (section sac_online) is the
+fork's SAC (11114) in this loop.
 """
 from __future__ import annotations
 
@@ -90,7 +108,9 @@ class OnlineConfig:
     """SDAC / DPMD online hyperparameters (algorithms.md, "SDAC and DPMD (online)"); defaults are
     the published HalfCheetah settings, except that published bugs are off (see VARIANTS)."""
     alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent; "
-                     "sac: delegate to diffrl.algos.sac.train_sac (the Gaussian baseline)",
+                     "sac: the fork's Gaussian SAC baseline (diffrl.algos.sac.SAC in this loop; reads hidden, layers, "
+                     "num_envs, batch_size, buffer_size, warmup, gamma, tau, lr, reward_scale, init_alpha, alpha_lr, "
+                     "target_entropy_scale and the sac_* keys)",
                      choices=("sdac", "dpmd", "sac"))
     # networks and diffusion
     hidden: int = param(256, "hidden width of the policy net and the twin critics", low=1)
@@ -118,8 +138,13 @@ class OnlineConfig:
     # policy
     policy_lr: float = param(3e-4, "policy Adam lr before the decay", low=0, low_open=True)
     policy_lr_end: float = param(3e-5, "policy Adam lr after the decay", low=0, low_open=True)
-    lr_decay_begin: int = param(25_000, "update at which the linear policy-lr decay begins", low=0)
-    lr_decay_end: int = param(75_000, "update at which the policy lr reaches policy_lr_end", low=0)
+    lr_decay_begin: int = param(25_000, "policy-optimiser step (or update, see lr_decay_unit) at which the linear "
+                                "policy-lr decay begins", low=0)
+    lr_decay_end: int = param(75_000, "policy-optimiser step (or update) at which the policy lr reaches "
+                              "policy_lr_end", low=0)
+    lr_decay_unit: str = param("policy_steps", "what lr_decay_begin/end count: policy_steps (the reference's optax "
+                               "schedule: with delay_update 2, steps 25k-75k are updates 50k-150k) or updates",
+                               choices=("policy_steps", "updates"))
     ema_rate: float = param(0.005, "Polyak rate of the EMA policy (collection and evaluation), per policy update",
                             low=0, high=1, low_open=True)
     # action selection
@@ -129,12 +154,21 @@ class OnlineConfig:
                               "0 = num_particles (the published code uses its acting routine)", low=0)
     particle_selection_lambda: float = param(INF, "inf: keep the argmax particle; else draw one "
                                              "~ softmax(lambda value)", low=0)
-    q_critic_agg: str = param("min", "aggregation of the twin Q heads in tilts, weights and selection "
-                              "(TD target always min)", choices=("min", "mean", "max"))
+    q_critic_agg: str = param("min", "aggregation of the twin Q heads in the DPMD weights and in the tilt and "
+                              "selection of environment actions (TD target always min)", choices=("min", "mean", "max"))
+    td_select_agg: str = param("min", "aggregation that tilts and selects the update's a' (TD and BC targets): "
+                               "min (the reference's hard min) or q_critic_agg (the acting aggregation)",
+                               choices=("min", "q_critic_agg"))
     noise_scale: float = param(0.1, "exploration noise std = noise_scale * alpha (training actions and a')",
                                low=0)
     target_noise: bool = param(True, "add the exploration noise to the update's a' as the published acting "
                                "routine does")
+    clip_noisy_actions: bool = param(False, "clip the exploration-noised action to [-1, 1] before it is stored, "
+                                     "sent to the environment and used as the BC target; False = the reference: "
+                                     "unclipped (MuJoCo clips the control, its control cost sees the raw action)")
+    eval_tilt: bool = param(False, "evaluate with the acting routine (tilt, q_critic_agg, particle_selection_lambda); "
+                            "False = the reference protocol: EMA policy sampled WITHOUT tilt (energy nets: "
+                            "unguided MALA of exp(-E)), argmax of min(Q1, Q2) over num_particles, no noise")
     # temperature
     init_alpha: float = param(5.0, "initial temperature alpha (log alpha starts at ln 5)", low=0, low_open=True)
     tune_entropy: bool = param(True, "adapt alpha so the noise entropy 0.5 d log(2 pi e (noise_scale alpha)^2) "
@@ -145,8 +179,15 @@ class OnlineConfig:
     # sdac
     sdac_candidates: int = param(64, "sdac: reverse-sampling candidates a0_j per sample", low=1)
     sdac_beta: float = param(5.0, "sdac: candidate weights softmax(V beta / alpha)", low=0)
+    sdac_loss_states: str = param("s", "sdac: s = the reference (the loss on a fresh acting-routine sample at the "
+                                  "batch's s, weighted by the critic before the update's critic step); next = on "
+                                  "the TD sample a' at s' (no second sampler call), weighted after it",
+                                  choices=("s", "next"))
     # dpmd
-    q_norm_rate: float = param(1e-3, "dpmd: rate of the running mean/std of V", low=0, high=1, low_open=True)
+    q_norm_rate: float = param(1e-3, "dpmd: rate of the running mean/std of V (updated every update)", low=0,
+                               high=1, low_open=True)
+    q_norm_init_from_batch: bool = param(False, "dpmd: start the running mean/std at the first batch's V; False = "
+                                         "the reference's m = 0, s = 1")
     q_norm_clip: float = param(3.0, "dpmd: clip of the normalised V before exp(. / alpha)", low=0, low_open=True)
     fix_q_norm_bug: bool = param(True, "dpmd: True = (V - m) / s; False = the published precedence bug V - m / s")
     dpmd_constant_weight: bool = param(False, "dpmd: w = 1 (pure cloning of the tilted/selected samples)")
@@ -154,14 +195,25 @@ class OnlineConfig:
     tilt: str = param("q", "value that tilts the policy: q = Q_agg(s, a); model = reward_scale r_hat(s, a) + "
                       "gamma V_psi(s_hat') from learned models", choices=("q", "model"))
     tfg_lambda: float = param(0.0, "guidance strength lambda (0 = off); with mala_steps > 0 the MALA tilt", low=0)
-    guidance_schedule: str = param("constant", "lambda_t: constant, or linear = lambda (t+1)/T",
-                                   choices=("constant", "linear"))
+    guidance_schedule: str = param("constant", "lambda_t: constant; linear = the reference's lambda at the clean "
+                                   "end (t = 0, 1) decaying to lambda / (T-1) at the noisiest level; linear_noisy = "
+                                   "lambda (t+1) / T (strongest at the noisiest level)",
+                                   choices=("constant", "linear", "linear_noisy"))
     guidance_recurrence: int = param(1, "guided steps per level (re-noise to level t in between); 1 = none",
                                      low=1)
-    per_sample_guidance: bool = param(True, "per-sample gradient; False = the published gradient of the batch "
-                                      "mean (guidance scaled by 1/N)")
+    per_sample_guidance: bool = param(True, "plain guidance: per-sample gradient; False = the published gradient "
+                                      "of the batch mean (guidance scaled by 1/N). The MALA tilt is always per sample")
     mala_steps: int = param(0, "MALA corrector steps per level (0 = off); > 0 makes the policy an energy net",
                             low=0)
+    mala_init_scale: float = param(1.0, "with mala_steps > 0, x_T ~ mala_init_scale N(0, I) (the reference starts "
+                                   "MALA chains from N(0, I); init_scale is the other samplers')", low=0,
+                                   low_open=True)
+    mala_sigma_energy: bool = param(False, "MALA target -E / sqrt(1-abar_t) + lambda_t V (grad log target = the "
+                                    "policy score); False = the reference's -E + lambda_t V")
+    mala_adaptation: str = param("per_chain", "step-size adaptation: per_chain = the reference (one log step per "
+                                 "particle chain, moved by its realised accept fraction over the states); pooled = "
+                                 "one log step for the sampler call, moved by the mean acceptance probability",
+                                 choices=("per_chain", "pooled"))
     mala_target_accept: float = param(0.574, "MALA step-size adaptation target acceptance", low=0, high=1,
                                       low_open=True, high_open=True)
     mala_adapt: float = param(0.05, "MALA log step-size adaptation rate", low=0)
@@ -175,12 +227,22 @@ class OnlineConfig:
     model_lr: float = param(1e-3, "Adam lr of the world model and the state value V_psi", low=0, low_open=True)
     plan_horizon: int = param(0, "H > 0: denoise H actions jointly, tilt by the model return, execute the first",
                               low=0)
+    # alg = sac (the fork's SAC: relax/network/sac.py, common.py)
+    sac_activation: str = param("gelu", "sac: activation of the actor and critic MLPs (the fork: exact GELU)",
+                                choices=("gelu", "relu", "mish"))
+    sac_tanh_correction: bool = param(False, "sac: subtract the tanh Jacobian from the log-prob; False = the "
+                                      "fork's Gaussian log-prob of the pre-tanh sample")
+    sac_log_std_min: float = param(-20.0, "sac: lower clip of the policy log std")
+    sac_log_std_max: float = param(0.5, "sac: upper clip of the policy log std")
     # offline-to-online
     offline_init: str = param("", "offline row whose policy and critic the run starts from (its run of the same "
                               "seed; the networks and diffusion schedule must match it): '' = none, or dql, qg, "
                               "edp, eg_ood", choices=("", "dql", "qg", "edp", "eg_ood"))
 
     def check(self, prefix: str = "dpmd") -> None:
+        if self.sac_log_std_max < self.sac_log_std_min:
+            raise ConfigError(f"{prefix}.sac_log_std_max={self.sac_log_std_max} is below {prefix}.sac_log_std_min="
+                              f"{self.sac_log_std_min}: make max >= min")
         if self.lr_decay_end < self.lr_decay_begin:
             raise ConfigError(f"{prefix}.lr_decay_end={self.lr_decay_end} is before {prefix}.lr_decay_begin="
                               f"{self.lr_decay_begin}: make end >= begin")
@@ -188,17 +250,18 @@ class OnlineConfig:
 
 # Named variants: OnlineConfig overrides. Published numbers are HalfCheetah-v4, 1M env steps, 5 seeds.
 VARIANTS: dict[str, dict] = {
-    # the Gaussian SAC baseline: runs diffrl.algos.sac.train_sac (train_online delegates; 11114 later fork)
-    "sac": {"alg": "sac"},
+    # --alg sac: the fork's Gaussian SAC baseline (11114, later fork), params.yaml section sac_online
+    # (section `sac` is the dataset agent). 3x256 GELU, 5 envs, one update per 5 env steps, reward
+    # scale 0.2, log alpha starting at 1, alpha lr 3e-4, target entropy -d; sac_* defaults are the fork's
+    "sac": {"alg": "sac", "init_alpha": math.e, "alpha_lr": 3e-4, "target_entropy_scale": -1.0},
     # python scripts/train_mujoco.py --alg sdac
     "sdac": {"alg": "sdac"},
     # --alg dpmd --num_particles 32 (9748, SE 200): published code, both bugs on
     "dpmd": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": False, "dpmd_double_q_update": True},
     # ... --dpmd_constant_weight -tfg --tfg_lambda 128.0 --num_particles 32 --mala_steps 2 (10425, SE 372)
-    # (published guidance: gradient of the batch mean, so per_sample_guidance False)
+    # (`-tfg` is no flag of that commit: the guidance is MALA's, whose gradient is per sample)
     "dpmd_tilt": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": False, "dpmd_double_q_update": True,
-                  "dpmd_constant_weight": True, "tfg_lambda": 128.0, "mala_steps": 2,
-                  "per_sample_guidance": False},
+                  "dpmd_constant_weight": True, "tfg_lambda": 128.0, "mala_steps": 2},
     # ... --dpmd_constant_weight --num_particles 128 --q_critic_agg mean --particle_selection_lambda 64 (10429)
     "dpmd_select": {"alg": "dpmd", "num_particles": 128, "fix_q_norm_bug": False, "dpmd_double_q_update": True,
                     "dpmd_constant_weight": True, "q_critic_agg": "mean", "particle_selection_lambda": 64.0},
@@ -294,7 +357,8 @@ class DiffusionOnline(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
         self.register_buffer("q_mean", torch.zeros(()))  # dpmd running statistics of the tilt value
         self.register_buffer("q_std", torch.ones(()))
-        self.register_buffer("q_stats_ready", torch.zeros(()))  # 0 until the first batch initialised m, s
+        # q_norm_init_from_batch: 0 until the first batch initialised m, s
+        self.register_buffer("q_stats_ready", torch.zeros(()))
         low = torch.as_tensor(-np.ones(act_dim) if action_low is None else action_low, dtype=torch.float32)
         high = torch.as_tensor(np.ones(act_dim) if action_high is None else action_high, dtype=torch.float32)
         self.register_buffer("action_low", low.clone())
@@ -315,8 +379,9 @@ class DiffusionOnline(nn.Module):
                 self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.model_lr)
         self.target_entropy = cfg.target_entropy_scale * act_dim
         self._step = 0  # updates done (python int: no host sync); saved via get_extra_state
-        self.last_mala_accept: list[torch.Tensor] = []  # mean acceptance probability of each MALA step
-        self._guide_scale = 1.0  # set by denoise (per_sample_guidance)
+        # the acceptance statistic that adapted each MALA step of the last sampler call (mean over chains)
+        self.last_mala_accept: list[torch.Tensor] = []
+        self._guide_scale = 1.0  # set by denoise (per_sample_guidance, plain guidance only)
 
     # ----------------------------------------------------------------- state
     def _apply(self, fn, *args, **kw):  # .to(device) also moves the schedule's plain tensors
@@ -344,25 +409,31 @@ class DiffusionOnline(nn.Module):
         return self.log_alpha.detach().exp()
 
     def policy_lr(self, update: int) -> float:
+        """Policy lr of update `update` (1-based): linear from policy_lr to policy_lr_end between
+        lr_decay_begin and lr_decay_end, counted in policy-optimiser steps (the reference's optax
+        schedule sees the count of its own steps, 0 at the first) or in updates."""
         c = self.cfg
-        if update <= c.lr_decay_begin:
+        n = update // c.delay_update - 1 if c.lr_decay_unit == "policy_steps" else update
+        if n <= c.lr_decay_begin:
             return c.policy_lr
-        if update >= c.lr_decay_end:
+        if n >= c.lr_decay_end:
             return c.policy_lr_end
-        f = (update - c.lr_decay_begin) / (c.lr_decay_end - c.lr_decay_begin)
+        f = (n - c.lr_decay_begin) / (c.lr_decay_end - c.lr_decay_begin)
         return c.policy_lr + f * (c.policy_lr_end - c.policy_lr)
 
     # ----------------------------------------------------------------- tilt values
-    def q_agg(self, obs, act, critic=None) -> torch.Tensor:
+    def q_agg(self, obs, act, critic=None, agg: str | None = None) -> torch.Tensor:
+        """Q aggregated over the twin heads: `agg` (min, mean, max), by default cfg.q_critic_agg."""
         q = (critic or self.critic)(obs, act)
-        agg = self.cfg.q_critic_agg
+        agg = agg or self.cfg.q_critic_agg
         return q.min(0).values if agg == "min" else q.mean(0) if agg == "mean" else q.max(0).values
 
-    def tilt_value(self, obs, seq, generator=None) -> torch.Tensor:
-        """The value V(s, a) every tilt, weight and particle choice uses (see the module docstring)."""
+    def tilt_value(self, obs, seq, generator=None, agg: str | None = None) -> torch.Tensor:
+        """The value V(s, a) every tilt, weight and particle choice uses (see the module docstring);
+        `agg` overrides the aggregation of the Q heads (the update's a' uses min)."""
         cfg = self.cfg
         if not self.use_models:
-            return self.q_agg(obs, seq)
+            return self.q_agg(obs, seq, agg=agg)
         if cfg.plan_horizon == 0:  # one-step model value
             s2, r, p_term = self.model.predict(obs, seq, generator)
             return cfg.reward_scale * r + cfg.gamma * (1 - p_term) * self.value(s2)
@@ -370,7 +441,7 @@ class DiffusionOnline(nn.Module):
         for k in range(self.H):
             a = seq[:, k * d:(k + 1) * d]
             if k == self.H - 1 and cfg.tilt == "q":
-                return ret + disc * self.q_agg(s, a)
+                return ret + disc * self.q_agg(s, a, agg=agg)
             s, r, p_term = self.model.predict(s, a, generator)
             ret = ret + disc * cfg.reward_scale * r
             disc = disc * cfg.gamma * (1 - p_term)
@@ -378,94 +449,113 @@ class DiffusionOnline(nn.Module):
 
     # ----------------------------------------------------------------- sampling
     def _lambda_t(self, t: int) -> float:
+        """Guidance strength at level t (0 = clean end, T-1 = noisiest)."""
         cfg = self.cfg
-        return cfg.tfg_lambda * ((t + 1) / cfg.T if cfg.guidance_schedule == "linear" else 1.0)
+        if cfg.guidance_schedule == "linear":  # the reference: lambda levels[max(t-1, 0)], levels 1 .. 1/(T-1)
+            return cfg.tfg_lambda * (1.0 - max(t - 1, 0) / max(cfg.T - 1, 1))
+        if cfg.guidance_schedule == "linear_noisy":
+            return cfg.tfg_lambda * (t + 1) / cfg.T
+        return cfg.tfg_lambda
 
-    def _guided_eps(self, net, x, tt, t: int, obs, lam: float, generator):
+    def _guided_eps(self, net, x, tt, t: int, obs, lam: float, generator, agg):
         """eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)), through eps_theta."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             eps = net(x, tt, obs)
-            v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator)
+            v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator, agg)
             g, = torch.autograd.grad(v.sum() * self._guide_scale, x)
         return eps.detach() - lam * self.schedule.sqrt_1m_abar[t] * g
 
-    def _log_target(self, net, x, tt, t: int, obs, lam: float, generator):
-        """MALA target log pi_t(x) = -E/sqrt(1-abar_t) + lam V(s, x0_hat(x)); returns (logp, grad, eps)."""
+    def _log_target(self, net, x, tt, t: int, obs, lam: float, generator, agg):
+        """MALA target log pi_t(x) = -E(s, x, t) + lam V(s, x0_hat(x)) per sample (the energy term
+        divided by sqrt(1-abar_t) with mala_sigma_energy); returns (logp, grad logp, eps = grad E)."""
+        scale = 1.0 / float(self.schedule.sqrt_1m_abar[t]) if self.cfg.mala_sigma_energy else 1.0
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             e = net.energy(x, tt, obs)
-            logp = -e / self.schedule.sqrt_1m_abar[t]
-            eps = None
-            if lam > 0:
-                eps, = torch.autograd.grad(e.sum(), x, create_graph=True)
-                v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator)
-                logp = logp + lam * self._guide_scale * v
-            g, = torch.autograd.grad(logp.sum(), x)
-        if eps is None:  # grad log pi_t = -eps / sqrt(1-abar_t)
-            eps = -g * self.schedule.sqrt_1m_abar[t]
+            eps, = torch.autograd.grad(e.sum(), x, create_graph=lam > 0)
+            logp = -scale * e
+            if lam > 0:  # each sample's own gradient: no mean over the states
+                v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator, agg)
+                logp = logp + lam * v
+                g, = torch.autograd.grad(logp.sum(), x)
+            else:
+                g = -scale * eps
         return logp.detach(), g.detach(), eps.detach()
 
-    def _mala_level(self, net, x, tt, t: int, obs, lam: float, generator):
+    def _mala_level(self, net, x, tt, t: int, obs, lam: float, generator, agg, chains: int):
+        """mala_steps Metropolis-adjusted Langevin steps at level t. Rows are laid out state-major
+        (row b * chains + p is particle chain p of state b): with mala_adaptation per_chain each
+        chain p has its own log step size, moved by the fraction of its proposals accepted."""
         cfg, sch = self.cfg, self.schedule
-        logp, g, eps = self._log_target(net, x, tt, t, obs, lam, generator)
-        log_step = torch.zeros((), device=x.device)  # reset per level
+        logp, g, eps = self._log_target(net, x, tt, t, obs, lam, generator, agg)
+        per_chain = cfg.mala_adaptation == "per_chain"
+        log_step = torch.zeros(chains if per_chain else 1, device=x.device)  # reset per level
         for _ in range(cfg.mala_steps):
             h = (log_step.exp() * sch.betas[t]).clamp(1e-8, 0.5)
+            h = (h.repeat(x.shape[0] // chains) if per_chain else h).unsqueeze(-1)  # (N, 1)
             z = torch.randn(x.shape, device=x.device, generator=generator)
             y = x + h * g + (2 * h).sqrt() * z
-            logp_y, g_y, eps_y = self._log_target(net, y, tt, t, obs, lam, generator)
-            fwd = -(y - x - h * g).pow(2).sum(-1) / (4 * h)
-            bwd = -(x - y - h * g_y).pow(2).sum(-1) / (4 * h)
+            logp_y, g_y, eps_y = self._log_target(net, y, tt, t, obs, lam, generator, agg)
+            fwd = -(y - x - h * g).pow(2).sum(-1) / (4 * h.squeeze(-1))
+            bwd = -(x - y - h * g_y).pow(2).sum(-1) / (4 * h.squeeze(-1))
             acc = (logp_y - logp + bwd - fwd).clamp(max=0).exp().nan_to_num(0.0)
             u = torch.rand(acc.shape, device=x.device, generator=generator)
-            keep = (u < acc).unsqueeze(-1)
-            x, g, eps = torch.where(keep, y, x), torch.where(keep, g_y, g), torch.where(keep, eps_y, eps)
-            logp = torch.where(keep.squeeze(-1), logp_y, logp)
-            a_mean = acc.mean()
-            self.last_mala_accept.append(a_mean)
-            log_step = log_step + cfg.mala_adapt * (a_mean - cfg.mala_target_accept)
+            keep = u < acc
+            x, g, eps = (torch.where(keep.unsqueeze(-1), new, old) for new, old in ((y, x), (g_y, g), (eps_y, eps)))
+            logp = torch.where(keep, logp_y, logp)
+            if per_chain:
+                rate = keep.float().view(-1, chains).mean(0)  # realised accept fraction of each chain
+            else:
+                rate = acc.mean().view(1)
+            self.last_mala_accept.append(rate.mean())
+            log_step = log_step + cfg.mala_adapt * (rate - cfg.mala_target_accept)
         return x, eps
 
     def denoise(self, obs: torch.Tensor, generator=None, net=None, guided: bool = True,
-                n_states: int | None = None) -> torch.Tensor:
-        """One policy sample per row of obs, (N, seq_dim) in [-1, 1], with the configured tilt.
-        No gradients to the parameters (sampling only). `n_states`: distinct states among the rows
-        (rows / particles); per_sample_guidance=False scales the guidance by 1 / n_states, as the
-        published gradient of the mean over the state batch (particles were vmapped) did."""
+                n_states: int | None = None, agg: str | None = None) -> torch.Tensor:
+        """One policy sample per row of obs, (N, seq_dim) in [-1, 1], with the configured tilt
+        (none if not `guided`; an energy net then samples exp(-E) with MALA). No gradients to the
+        parameters (sampling only). `n_states`: distinct states among the rows, laid out
+        state-major (rows = states x particle chains); per_sample_guidance=False scales the plain
+        guidance by 1 / n_states, as the published gradient of the mean over the state batch
+        (particles were vmapped) did. `agg` overrides the Q aggregation of the tilt."""
         cfg, sch = self.cfg, self.schedule
         net = net or self.actor_ema
         lam_on = guided and cfg.tfg_lambda > 0
-        self._guide_scale = 1.0 if cfg.per_sample_guidance else 1.0 / (n_states or obs.shape[0])
+        N = obs.shape[0]
+        n_states = n_states or N
+        self._guide_scale = 1.0 if cfg.per_sample_guidance else 1.0 / n_states
         with torch.no_grad():
             if not lam_on and cfg.mala_steps == 0:
                 return sch.sample(net, obs, self.seq_dim, generator, cfg.init_scale, clip=1.0)
             self.last_mala_accept = []
-            N = obs.shape[0]
-            x = cfg.init_scale * torch.randn((N, self.seq_dim), device=obs.device, generator=generator)
+            init = cfg.mala_init_scale if cfg.mala_steps > 0 else cfg.init_scale
+            x = init * torch.randn((N, self.seq_dim), device=obs.device, generator=generator)
             for t in reversed(range(sch.T)):
                 tt = torch.full((N,), t, device=obs.device, dtype=torch.long)
                 lam = self._lambda_t(t) if lam_on else 0.0
-                if cfg.mala_steps > 0:
-                    x, eps = self._mala_level(net, x, tt, t, obs, lam, generator)
+                if cfg.mala_steps > 0:  # guidance only through MALA; then an unguided predictor step
+                    x, eps = self._mala_level(net, x, tt, t, obs, lam, generator, agg, N // n_states)
                     x = sch.step(x, t, eps, generator)
                     continue
                 for k in range(cfg.guidance_recurrence):
-                    x_prev = sch.step(x, t, self._guided_eps(net, x, tt, t, obs, lam, generator), generator)
+                    x_prev = sch.step(x, t, self._guided_eps(net, x, tt, t, obs, lam, generator, agg), generator)
                     if k < cfg.guidance_recurrence - 1:  # re-noise to level t: q(x_t | x_{t-1})
                         z = torch.randn(x.shape, device=x.device, generator=generator)
                         x = sch.alphas[t].sqrt() * x_prev + sch.betas[t].sqrt() * z
                 x = x_prev
             return x.clamp(-1, 1)
 
-    def select(self, obs: torch.Tensor, particles: int, generator=None, net=None):
+    def select(self, obs: torch.Tensor, particles: int, generator=None, net=None, agg: str | None = None):
         """Best-of-particles: (B, seq_dim) chosen samples and their tilt values (B,). All B * particles
-        samples come from ONE sampler call on the repeated states."""
+        samples come from ONE sampler call on the repeated states. `agg` overrides the Q aggregation
+        of the tilt and of the choice."""
         B = obs.shape[0]
         o = obs.repeat_interleave(particles, 0) if particles > 1 else obs
-        x = self.denoise(o, generator, net, n_states=B)
+        x = self.denoise(o, generator, net, n_states=B, agg=agg)
         with torch.no_grad():
-            v = self.tilt_value(o, x, generator)
+            v = self.tilt_value(o, x, generator, agg)
         if particles == 1:
             return x, v
         v = v.view(B, particles)
@@ -474,28 +564,48 @@ class DiffusionOnline(nn.Module):
         vbest = v.max(1).values if math.isinf(lam) else None
         return best, vbest
 
+    @torch.no_grad()
+    def eval_actions(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """The reference's evaluation action in [-1, 1]^d: num_particles samples of the EMA policy
+        WITHOUT tilt (an energy net samples exp(-E) with MALA), the one with the largest
+        min(Q1, Q2) (of its first action, for plans), no noise."""
+        B, P = obs.shape[0], self.cfg.num_particles
+        o = obs.repeat_interleave(P, 0) if P > 1 else obs
+        x = self.denoise(o, generator, self.actor_ema, guided=False, n_states=B)[:, :self.act_dim]
+        if P == 1:
+            return x
+        q = self.critic(o, x).min(0).values.view(B, P)
+        return select_particles(x.view(B, P, -1), q, INF)
+
     def sample_actions(self, obs: torch.Tensor, generator=None, deterministic: bool = True, net=None):
-        """Executed actions in [-1, 1]^d (the first action of a plan); noise 0.1 alpha unless deterministic."""
+        """Executed actions in [-1, 1]^d (the first action of a plan). deterministic: the evaluation
+        action (`eval_actions`, or with eval_tilt the acting routine without noise); otherwise
+        the acting routine plus noise noise_scale * alpha, clipped to [-1, 1] only with
+        clip_noisy_actions (the environment clips what it receives)."""
+        if deterministic and not self.cfg.eval_tilt:
+            return self.eval_actions(obs, generator)
         seq, _ = self.select(obs, self.cfg.num_particles, generator, net)
         a = seq[:, :self.act_dim]
-        if not deterministic and self.cfg.noise_scale > 0:
+        if deterministic:
+            return a
+        if self.cfg.noise_scale > 0:
             a = a + self.cfg.noise_scale * self.alpha() * torch.randn(a.shape, device=a.device, generator=generator)
-        return a.clamp(-1, 1)
+        return a.clamp(-1, 1) if self.cfg.clip_noisy_actions else a
 
     def act(self, obs: np.ndarray, generator=None, deterministic: bool = True) -> np.ndarray:
-        """EMA-policy actions for a batch of states, mapped onto the env's action box."""
+        """EMA-policy actions for a batch of states, clipped to [-1, 1] and mapped onto the env's box."""
         o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
-        a = self.sample_actions(o, generator, deterministic)
+        a = self.sample_actions(o, generator, deterministic).clamp(-1, 1)
         return (self.action_low + (a + 1) * 0.5 * (self.action_high - self.action_low)).cpu().numpy()
 
     # ----------------------------------------------------------------- update
     @torch.no_grad()
     def dpmd_weights(self, v: torch.Tensor, alpha: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """w = exp(clip((V - m) / s, -c, c) / alpha) (fix_q_norm_bug) or the published exp(clip(V - m / s) / alpha),
-        m, s running mean/std of V (rate q_norm_rate), initialised from the first batch (no host sync)
-        and updated after use."""
+        m, s the running mean/std of V (rate q_norm_rate; m = 0, s = 1 at the start, or the first
+        batch's with q_norm_init_from_batch, without a host sync), updated after use."""
         cfg = self.cfg
-        ready = self.q_stats_ready.bool()
+        ready = self.q_stats_ready.bool() | (not cfg.q_norm_init_from_batch)
         m = torch.where(ready, self.q_mean, v.mean())
         s = torch.where(ready, self.q_std, v.std())
         normed = (v - m) / s if cfg.fix_q_norm_bug else v - m / s
@@ -506,59 +616,84 @@ class DiffusionOnline(nn.Module):
             self.q_stats_ready.fill_(1)
         return w
 
-    def _policy_loss(self, nobs, a_next, v_next, generator) -> tuple[torch.Tensor, dict]:
+    def _sdac_targets(self, states, a0, generator) -> tuple:
+        """SDAC's regression targets for samples a0 at `states`: t, a_t = q_sample(a0, t, e1), the
+        sdac_candidates noises e2_j and their weights softmax_j(V(s, a0_j) beta / alpha), with
+        a0_j = clip((a_t - sqrt(1-abar) e2_j) / sqrt(abar)); V from the critic as it is now."""
         cfg, sch = self.cfg, self.schedule
-        B = nobs.shape[0]
-        alpha = self.alpha()
-        t = torch.randint(0, sch.T, (B,), device=nobs.device, generator=generator)
-        if cfg.alg == "dpmd":
-            z = torch.randn(a_next.shape, device=nobs.device, generator=generator)
-            per = (self.actor(sch.q_sample(a_next, t, z), t, nobs) - z).pow(2).mean(-1)
-            m = {}
-            if cfg.dpmd_constant_weight:
-                return per.mean(), m
-            w = self.dpmd_weights(v_next, alpha)
-            m.update(weight_mean=w.mean(), weight_max=w.max())
-            return (w * per).mean(), m
-        # sdac: reverse-sampling score matching
-        C, D = cfg.sdac_candidates, a_next.shape[1]
-        e1 = torch.randn(a_next.shape, device=nobs.device, generator=generator)
-        a_t = sch.q_sample(a_next, t, e1)
-        e2 = torch.randn((B, C, D), device=nobs.device, generator=generator)
+        B, C, D = a0.shape[0], cfg.sdac_candidates, a0.shape[1]
+        t = torch.randint(0, sch.T, (B,), device=a0.device, generator=generator)
+        e1 = torch.randn(a0.shape, device=a0.device, generator=generator)
+        a_t = sch.q_sample(a0, t, e1)
+        e2 = torch.randn((B, C, D), device=a0.device, generator=generator)
         cand = ((a_t.unsqueeze(1) - sch.sqrt_1m_abar[t, None, None] * e2) / sch.sqrt_abar[t, None, None]).clamp(-1, 1)
         with torch.no_grad():
-            v = self.tilt_value(nobs.repeat_interleave(C, 0), cand.reshape(B * C, D), generator).view(B, C)
-            w = torch.softmax(v * cfg.sdac_beta / alpha, 1)
-        eps = self.actor(a_t, t, nobs)
+            v = self.tilt_value(states.repeat_interleave(C, 0), cand.reshape(B * C, D), generator).view(B, C)
+            w = torch.softmax(v * cfg.sdac_beta / self.alpha(), 1)
+        return t, a_t, e2, w
+
+    def _policy_loss(self, states, a0, w, generator, sdac_targets=None) -> tuple[torch.Tensor, dict]:
+        """The policy loss at `states` with samples a0 (dpmd: the BC targets, `w` their weights or
+        None for w = 1; sdac: reverse-sampling score matching, `sdac_targets` precomputed or drawn)."""
+        cfg, sch = self.cfg, self.schedule
+        if cfg.alg == "dpmd":
+            t = torch.randint(0, sch.T, (a0.shape[0],), device=a0.device, generator=generator)
+            z = torch.randn(a0.shape, device=a0.device, generator=generator)
+            per = (self.actor(sch.q_sample(a0, t, z), t, states) - z).pow(2).mean(-1)
+            if w is None:
+                return per.mean(), {}
+            return (w * per).mean(), {"weight_mean": w.mean(), "weight_max": w.max()}
+        t, a_t, e2, w = sdac_targets or self._sdac_targets(states, a0, generator)
+        eps = self.actor(a_t, t, states)
         per = (w * (eps.unsqueeze(1) - e2).pow(2).mean(-1)).sum(1)
         ent = -(w * w.clamp_min(1e-30).log()).sum(1).mean()
         return per.mean(), {"weight_entropy": ent}
 
     def update(self, b: dict, generator=None) -> dict:
-        """One critic step (and model step); every delay_update updates a policy step, EMA and
-        target update; every alpha_every updates a temperature step. Returns detached tensors."""
+        """One critic step (and model step) and the running V statistics; every delay_update updates
+        a policy step, EMA and target update; every alpha_every updates a temperature step. Returns
+        detached tensors."""
         cfg = self.cfg
         self._step += 1
         k = self._step
+        policy_step = k % cfg.delay_update == 0
         obs, nobs = b["obs"], b["next_obs"]
         alpha = self.alpha()
-        # a' at s': current policy, best of td_particles under the tilt, plus the exploration noise
+
+        def noisy(a):  # the acting routine's exploration noise
+            if cfg.noise_scale > 0:
+                a = a + cfg.noise_scale * alpha * torch.randn(a.shape, device=a.device, generator=generator)
+            return a
+
+        # a' at s': current policy, tilted and selected with min Q (td_select_agg), plus the noise
         with torch.no_grad():
-            a_seq, v_next = self.select(nobs, cfg.td_particles or cfg.num_particles, generator, self.actor)
-            if cfg.target_noise and cfg.noise_scale > 0:
-                a_seq = a_seq + cfg.noise_scale * alpha * torch.randn(a_seq.shape, device=a_seq.device,
-                                                                       generator=generator)
-            a1 = a_seq[:, :self.act_dim]
-            q_next = self.critic_target(nobs, a1).min(0).values
+            td_agg = "min" if cfg.td_select_agg == "min" else None
+            a_seq, _ = self.select(nobs, cfg.td_particles or cfg.num_particles, generator, self.actor, agg=td_agg)
+            if cfg.target_noise:
+                a_seq = noisy(a_seq)
+            q_next = self.critic_target(nobs, a_seq[:, :self.act_dim]).min(0).values
             target = cfg.reward_scale * b["reward"] + cfg.gamma * (1 - b["terminal"]) * q_next
+            sdac_targets = None
+            if cfg.alg == "sdac" and cfg.sdac_loss_states == "s" and policy_step:
+                # the reference's SDAC: a fresh acting-routine sample at s, weighted by the critic
+                # before this update's critic step
+                a_s, _ = self.select(obs, cfg.num_particles, generator, self.actor, agg="min")
+                sdac_targets = self._sdac_targets(obs, noisy(a_s), generator)
         q = self.critic(obs, b["action"])
         critic_loss = (q - target).pow(2).mean(-1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
+        a_bc = a_seq.clamp(-1, 1) if cfg.clip_noisy_actions else a_seq
+        w = None
+        if cfg.alg == "dpmd" and not cfg.dpmd_constant_weight:
+            # the weight is the value of the BC target itself, after one critic step; the running
+            # statistics move every update (the reference computes the policy loss every update)
+            with torch.no_grad():
+                w = self.dpmd_weights(self.tilt_value(nobs, a_bc, generator), alpha)
         if cfg.dpmd_double_q_update and cfg.alg == "dpmd":
             self.critic_opt.step()  # published: the same critic gradients applied twice
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
         if self.use_models:
             loss, m = self.model.loss(b, generator)
             if self.value is not None:
@@ -571,18 +706,16 @@ class DiffusionOnline(nn.Module):
             loss.backward()
             self.model_opt.step()
             metrics.update(m)
-        if k % cfg.delay_update == 0:
-            a_bc = a_seq.clamp(-1, 1)
-            v_bc = v_next if (v_next is not None and not cfg.target_noise) else None
-            if cfg.alg == "dpmd" and not cfg.dpmd_constant_weight and v_bc is None:
-                with torch.no_grad():  # the weight is the value of the BC target itself
-                    v_bc = self.tilt_value(nobs, a_bc, generator)
+        if policy_step:
             lr = self.policy_lr(k)
             for g in self.actor_opt.param_groups:
                 g["lr"] = lr
             self.critic.requires_grad_(False)
             try:
-                loss, m = self._policy_loss(nobs, a_bc, v_bc, generator)
+                if sdac_targets is not None:
+                    loss, m = self._policy_loss(obs, None, None, generator, sdac_targets)
+                else:
+                    loss, m = self._policy_loss(nobs, a_bc, w, generator)
             finally:
                 self.critic.requires_grad_(True)
             self.actor_opt.zero_grad(set_to_none=True)
@@ -622,31 +755,30 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-def _train_sac(env_name, cfg, steps, seed, device, eval_every, eval_episodes, log):
-    from diffrl.algos.sac import SACConfig, train_sac
-    scfg = SACConfig(hidden=cfg.hidden, lr=cfg.lr, batch_size=cfg.batch_size, discount=cfg.gamma, tau=cfg.tau,
-                     buffer_size=cfg.buffer_size)
-    t0 = time.perf_counter()
-    agent, info, _ = train_sac(env_name, scfg, steps, cfg.warmup, eval_every, seed, device, eval_episodes, log=log)
-    curve = [{"step": e["env_steps"], "return": e["return"], "score": e["score"]} for e in info["evaluations"]]
-    return agent, {"curve": curve, "env_steps": info["env_steps"], "grad_steps": max(0, info["env_steps"] - cfg.warmup),
-                   "wall_s": time.perf_counter() - t0, "train_episodes": []}
+def sac_config(cfg: OnlineConfig):
+    """The SACConfig of an alg = sac row (the fork's SAC settings live in its OnlineConfig)."""
+    from diffrl.algos.sac import SACConfig
+    return SACConfig(hidden=cfg.hidden, layers=cfg.layers, lr=cfg.lr, batch_size=cfg.batch_size, discount=cfg.gamma,
+                     tau=cfg.tau, init_temperature=cfg.init_alpha, target_entropy_scale=cfg.target_entropy_scale,
+                     buffer_size=cfg.buffer_size, activation=cfg.sac_activation, reward_scale=cfg.reward_scale,
+                     alpha_lr=cfg.alpha_lr, tanh_correction=cfg.sac_tanh_correction, log_std_min=cfg.sac_log_std_min,
+                     log_std_max=cfg.sac_log_std_max)
 
 
 def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, device="cpu",
                  eval_every: int = 50_000, eval_episodes: int = 20, log=None, init_agent=None,
                  resume_path: str | Path | None = None, checkpoint_every: int = 0, final_eval: bool = True,
                  max_episode_steps: int = 0):
-    """Train SDAC/DPMD online for `steps` env steps (cfg.alg = sac delegates to train_sac).
+    """Train SDAC/DPMD (or, with cfg.alg = sac, the fork's SAC) online for `steps` env steps.
 
     cfg.num_envs envs are stepped in a loop; the first cfg.warmup env steps use uniform-random
-    actions, then the EMA policy acts (best of particles, noise 0.1 alpha). Transitions store
-    terminal = termination only, so truncated episodes (time limits) are bootstrapped. Each
-    iteration of num_envs env steps is followed by one update once warm-up is over and the buffer
-    holds a batch. Every `eval_every` env steps (and at the end) the EMA policy is evaluated
-    deterministically (no noise, still best of particles) on `eval_episodes` separate episodes
-    (seeds EVAL_SEED + 1000 seed + env_steps + i), with its own sampling generator, so evaluation
-    never perturbs training.
+    actions, then the EMA policy acts (best of particles, noise 0.1 alpha; SAC: a Gaussian sample).
+    Transitions store terminal = termination only, so truncated episodes (time limits) are
+    bootstrapped. Each iteration of num_envs env steps is followed by one update once warm-up is
+    over and the buffer holds a batch. Every `eval_every` env steps (and at the end) the policy is
+    evaluated deterministically (DiffusionOnline.eval_actions; SAC: tanh of the mean) on
+    `eval_episodes` separate episodes (seeds EVAL_SEED + 1000 seed + env_steps + i), with its own
+    sampling generator, so evaluation never perturbs training.
 
     `log` (a diffrl.runlog.RunLog or alike) gets log(grad_step, metrics) after every update (size
     its total as the number of updates) and log_eval(env_steps, score, return). `init_agent`: a
@@ -661,10 +793,8 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
     env_steps, grad_steps, wall_s}.
     """
-    if cfg.alg == "sac":
-        if resume_path is not None or init_agent is not None:
-            raise ConfigError("alg sac (train_sac) supports neither resume_path nor init_agent")
-        return _train_sac(env_name, cfg, steps, seed, device, eval_every, eval_episodes, log)
+    if cfg.alg == "sac" and init_agent is not None:
+        raise ConfigError("alg sac has no offline initialisation: init_agent must be None")
     device = torch.device(device)
     envs = [make_env(env_name) for _ in range(cfg.num_envs)]
     space = envs[0].action_space
@@ -674,7 +804,11 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     else:
         with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left alone
             torch.manual_seed(seed)
-            agent = DiffusionOnline(obs_dim, act_dim, cfg, device, space.low, space.high)
+            if cfg.alg == "sac":
+                from diffrl.algos.sac import SAC
+                agent = SAC(obs_dim, act_dim, sac_config(cfg), device)
+            else:
+                agent = DiffusionOnline(obs_dim, act_dim, cfg, device, space.low, space.high)
         if init_agent is not None:
             agent.load_pretrained(init_agent)
     lo, hi = space.low.astype(np.float32), space.high.astype(np.float32)
@@ -738,8 +872,8 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
             ev_seed = EVAL_SEED + 1000 * seed + env_steps
             ev_gen = torch.Generator(device=device).manual_seed(ev_seed)
             agent.eval()
-            returns = evaluate(lambda x: agent.act(x, ev_gen, deterministic=True), env_name, eval_episodes, ev_seed,
-                               max_episode_steps)
+            returns = evaluate(lambda x: agent.act(x, generator=ev_gen, deterministic=True), env_name, eval_episodes,
+                               ev_seed, max_episode_steps)
             agent.train()
             ret, score = float(returns.mean()), float(normalized_score(env_name, returns).mean())
             curve.append({"step": env_steps, "return": ret, "score": score})

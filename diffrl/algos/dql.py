@@ -6,24 +6,36 @@
   r + gamma (1-d) min_i Q_target,i(s', a'), a' from the EMA actor (optionally max over 10 a').
 - qg: Q-guided score matching: eps_theta regressed to z - eta clip(sqrt((1-abar)/abar) g, -1, 1),
   g = grad_x0 min Q(s, x0_hat) at the detached one-step prediction x0_hat of the noised
-  dataset action; each sample's squared error is weighted by 1 / clip(||g||, 0.8, 5).
-- edp: Efficient Diffusion Policies: a_theta replaced by the one-step approximation
-  x0_hat = (a_t - sqrt(1-abar) eps_theta(a_t)) / sqrt(abar) of a noised dataset action
-  (differentiable through eps_theta, clipped to [-1, 1]); the Q loss is ql's on x0_hat. All
-  sampling (TD target and evaluation) uses the deterministic DPM-Solver++(2M) below.
-- bc: L_bc only (no critic training; act() returns one EMA-actor sample per state).
-- eg_ood: ql's actor loss; the TD target penalises next actions the current diffusion actor
-  finds unlikely. Log-likelihood proxy of (s', a'): minus the T-level denoising loss
+  dataset action (unclipped, as in the fork; `qg_clip_x0` clips it to [-1, 1] first); each
+  sample's squared error is weighted by 1 / clip(||g||, 0.8, 5).
+- edp: Efficient Diffusion Policies as the fork has them: a_theta replaced by the one-step
+  approximation x0_hat = (a_t - sqrt(1-abar) eps_theta(a_t)) / sqrt(abar) (clipped to [-1, 1],
+  differentiable through eps_theta) of the dataset action noised with its own fresh t and noise
+  (not those of L_bc); actor loss L_bc - eta mean min(Q1, Q2)(s, x0_hat) (TD3-style, unnormalised);
+  DDPM sampling. Options: `edp_q_loss: ratio` (ql's normalised ratio), `edp_fresh_noise: false`
+  (reuse L_bc's noised action), `sampler: dpm` (the EDP paper's DPM-Solver, below).
+- bc: L_bc only (no critic training; act() returns one actor sample per state).
+- eg_ood (ours, `eg_ood_form: ours`): ql's actor loss; the TD target penalises next actions the
+  current diffusion actor finds unlikely. Log-likelihood proxy of (s', a'): minus the T-level denoising loss
   -1/T sum_t ||eps_theta(sqrt(abar_t) a' + sqrt(1-abar_t) z_t, t, s') - z_t||^2 (the diffusion
   ELBO up to constants and per-level weights; one z_t per level). Threshold: the
   `ood_quantile` quantile of the same proxy on the batch's dataset pairs (s, a), so the cut
   adapts to the actor's fit. Target: r + gamma (1-d) (min Q_target(s', a') -
   ood_penalty * 1[proxy(a') < threshold]) (per candidate before the max with max_q_backup).
+  This is our redesign. The fork's eg_ood (`eg_ood_form: fork`) trains qg's actor loss with the
+  plain TD target: its penalty term is (mask x the detached target), a constant that moves no
+  critic parameter, judged by a behaviour model whose optimiser never steps.
 
 Learning rate: cosine decay from lr to 0 over `lr_decay_steps` gradient steps, stepped every
-gradient step (it really decays). `published_lr_decay` reproduces the released code, whose
-CosineAnnealingLR(T_max = total steps) was stepped once per 50-epoch evaluation round
-(every 50,000 gradient steps, ~40 times over 2M steps), which leaves the lr ~constant.
+gradient step (it really decays). `published_lr_decay` (on in every named row, as released)
+reproduces the released code, whose CosineAnnealingLR(T_max = the run's epochs of 1000 steps)
+was stepped once per 50-epoch evaluation round (every 50,000 gradient steps, 40 times over 2M
+steps), which leaves the lr ~constant: at a 2M-step run the last lr is 0.998 lr.
+
+Evaluation, as released: the online actor (not its EMA; `eval_ema` evaluates the EMA), with
+eval_candidates samples per state and one drawn ~ softmax(min Q_target) (Diffusion-QL: 50; the
+fork's qg, edp and eg_ood: 1). The EMA (targets a') keeps its initial weights until ema_start
+(`ema_copy_before_start` copies the actor before), as released.
 
 Also here: `online_finetune` (the online tuning mode), `select_checkpoint` (model selection),
 and `DPMSolver`. The nets' Mish (diffrl.nets.Mish) is computed through one sigmoid on CPU, where
@@ -61,13 +73,15 @@ class DQLConfig:
     lr_decay: bool = param(True, "cosine-decay both learning rates to 0 over lr_decay_steps")
     lr_decay_steps: int = param(0, "T_max of the cosine decay in gradient steps; 0 = the run's total "
                                 "steps, which the training stage passes as total_steps", low=0)
+    published_epoch_steps: int = param(1000, "published_lr_decay: gradient steps per epoch (the released "
+                                       "T_max counts epochs)", low=1)
     selection_k: int = param(1, "offline model selection: of the evaluated checkpoints, the latest among the "
                              "selection_k with the smallest mean BC loss (reported next to the final score)", low=1)
     published_selection: bool = param(False, "reproduce the released selection (argsort(bc_loss) compared "
                                       "elementwise with top_k)")
-    published_lr_decay: bool = param(False, "reproduce the released code: the cosine (T_max = total steps) is "
-                                     "stepped only every published_lr_step_every gradient steps (~40 times "
-                                     "over 2M steps), so the lr stays ~constant")
+    published_lr_decay: bool = param(False, "reproduce the released code: the cosine (T_max = the run's "
+                                     "epochs) is stepped only every published_lr_step_every gradient steps "
+                                     "(40 times over 2M steps), so the lr stays ~constant")
     published_lr_step_every: int = param(50_000, "gradient steps between scheduler steps with published_lr_decay "
                                          "(eval_freq 50 epochs x 1000 steps in the released code)", low=1)
     batch_size: int = param(256, "minibatch size", low=1)
@@ -80,18 +94,30 @@ class DQLConfig:
     grad_norm: float = param(9.0, "max grad norm of actor and critic (9 for halfcheetah-medium; 0 = off)", low=0)
     ema_decay: float = param(0.995, "EMA decay of the actor copy used for targets and evaluation", low=0, high=1)
     ema_every: int = param(5, "gradient steps between EMA updates", low=1)
-    ema_start: int = param(1000, "gradient step at which EMA tracking starts (copied before)", low=0)
+    ema_start: int = param(1000, "gradient step at which EMA tracking starts", low=0)
+    ema_copy_before_start: bool = param(False, "ours: copy the actor into the EMA before ema_start (released: "
+                                        "the EMA keeps the initial weights until then)")
+    eval_ema: bool = param(False, "ours: evaluate the EMA actor (released: the online actor)")
     eval_candidates: int = param(50, "actions sampled per state at evaluation; one is drawn ~ softmax(Q_target)",
                                  low=1)
     eval_temperature: float = param(1.0, "softmax temperature of the candidate choice (published: 1)",
                                     low=0, low_open=True)
-    sampler: str = param("auto", "action sampler: ddpm (ancestral), dpm (DPM-Solver++(2M), deterministic); "
-                         "auto = dpm for edp, ddpm otherwise", choices=("auto", "ddpm", "dpm"))
+    sampler: str = param("ddpm", "action sampler: ddpm (ancestral, as released, the fork's edp included), "
+                         "dpm (DPM-Solver++(2M), deterministic, the EDP paper's)", choices=("ddpm", "dpm"))
     dpm_steps: int = param(0, "DPM-Solver steps over the discrete times (0 = T)", low=0)
     qg_grad_clip_low: float = param(0.8, "qg: per-sample weight 1/clip(||grad Q||, low, high): low", low=0,
                                     low_open=True)
     qg_grad_clip_high: float = param(5.0, "qg: per-sample weight 1/clip(||grad Q||, low, high): high", low=0,
                                      low_open=True)
+    qg_clip_x0: bool = param(False, "ours: qg takes Q and its gradient at x0_hat clipped to [-1, 1] (the fork: "
+                             "unclipped)")
+    edp_q_loss: str = param("min", "edp actor Q term: min (the fork: -mean min(Q1, Q2)), ratio (ql's "
+                            "-Q_i / mean|Q_j|)", choices=("min", "ratio"))
+    edp_fresh_noise: bool = param(True, "edp: x0_hat from the dataset action noised with its own t and noise "
+                                  "(the fork); false reuses the noised action of L_bc")
+    eg_ood_form: str = param("ours", "eg_ood: ours (ql actor loss, OOD-penalised TD target) or fork (qg actor "
+                             "loss, plain TD target: the fork's penalty moves no parameter)",
+                             choices=("ours", "fork"))
     ood_penalty: float = param(1.0, "eg_ood: subtracted from min Q_target(s', a') when a' is judged OOD "
                                "(reward units)", low=0)
     ood_quantile: float = param(0.05, "eg_ood: OOD threshold = this quantile of the likelihood proxy of the "
@@ -169,7 +195,7 @@ class DiffusionQL(torch.nn.Module):
         betas = vp_betas(cfg.T, cfg.beta_min, cfg.beta_max)
         self.schedule = DiffusionSchedule(betas, device)
         self.dpm = DPMSolver(betas, cfg.dpm_steps)
-        self.sampler = cfg.sampler if cfg.sampler != "auto" else ("dpm" if cfg.variant == "edp" else "ddpm")
+        self.sampler = cfg.sampler
         # per-level factor sqrt((1 - abar) / abar) of the qg guidance
         self.register_buffer("qg_scale", (self.schedule.sqrt_1m_abar / self.schedule.sqrt_abar).clone(),
                              persistent=False)
@@ -212,8 +238,9 @@ class DiffusionQL(torch.nn.Module):
             return cfg.lr
         k = self._step - self._lr_start
         T_max = self._lr_T_max
-        if cfg.published_lr_decay:
-            k = k // cfg.published_lr_step_every  # scheduler.step() only once per evaluation round
+        if cfg.published_lr_decay:  # scheduler.step() once per evaluation round, T_max in epochs
+            k = k // cfg.published_lr_step_every
+            T_max = max(1, T_max // cfg.published_epoch_steps)
         k = min(k, T_max)
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * k / T_max))
 
@@ -225,9 +252,10 @@ class DiffusionQL(torch.nn.Module):
         return lr
 
     # ----------------------------------------------------------------- sampling
-    def sample(self, obs: torch.Tensor, generator=None, ema: bool = True) -> torch.Tensor:
-        """Actions from the actor (EMA copy by default) with the configured sampler. Gradients flow
-        through the chain unless called under no_grad."""
+    def sample(self, obs: torch.Tensor, generator=None, ema: bool | None = None) -> torch.Tensor:
+        """Actions from the actor (the EMA copy if `ema`; default: cfg.eval_ema, the evaluated actor)
+        with the configured sampler. Gradients flow through the chain unless called under no_grad."""
+        ema = self.cfg.eval_ema if ema is None else ema
         net = self.actor_ema if ema else self.actor
         if self.sampler == "dpm":
             return self.dpm.sample(net, obs, self.act_dim, generator)
@@ -235,8 +263,9 @@ class DiffusionQL(torch.nn.Module):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
-        """Batched evaluation actions: eval_candidates EMA-actor samples per state, one drawn with
-        probability softmax(min Q_target / eval_temperature); bc: one sample per state."""
+        """Batched evaluation actions: eval_candidates samples of the evaluated actor (online, or EMA
+        with eval_ema) per state, one drawn with probability softmax(min Q_target / eval_temperature);
+        bc: one sample per state."""
         dev = self.schedule.betas.device
         o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=dev)
         if self.cfg.variant == "bc" or self.cfg.eval_candidates == 1:
@@ -286,7 +315,7 @@ class DiffusionQL(torch.nn.Module):
             a2 = self.sample(nobs_rep, generator, ema=True)
             q2 = self.critic_target(nobs_rep, a2)  # (heads, B n)
             extra = {}
-            if cfg.variant == "eg_ood":
+            if cfg.variant == "eg_ood" and cfg.eg_ood_form == "ours":
                 ll_next = self.log_lik_proxy(a2, nobs_rep, generator)
                 ll_data = self.log_lik_proxy(b["action"], b["obs"], generator)
                 thr = torch.quantile(ll_data, cfg.ood_quantile)
@@ -319,9 +348,12 @@ class DiffusionQL(torch.nn.Module):
         cfg, v = self.cfg, self.cfg.variant
         obs, action = b["obs"], b["action"]
         a_t, t, z = self._noised(action, generator)
-        if v == "qg":
+        if v == "qg" or (v == "eg_ood" and cfg.eg_ood_form == "fork"):
             eps = self.actor(a_t, t, obs)
-            x0 = self.schedule.predict_x0(a_t, t, eps.detach()).clamp(-1, 1).requires_grad_(True)
+            x0 = self.schedule.predict_x0(a_t, t, eps.detach())
+            if cfg.qg_clip_x0:
+                x0 = x0.clamp(-1, 1)
+            x0 = x0.requires_grad_(True)
             with torch.enable_grad():
                 g, = torch.autograd.grad(self.critic.q_min(obs, x0).sum(), x0)
             g_norm = g.norm(dim=-1)
@@ -337,7 +369,15 @@ class DiffusionQL(torch.nn.Module):
         if v == "bc":
             return bc_loss, {"bc_loss": bc_loss.detach()}
         if v == "edp":
-            a_pi = self.schedule.predict_x0(a_t, t, eps).clamp(-1, 1)
+            if cfg.edp_fresh_noise:
+                a_t2, t2, _ = self._noised(action, generator)
+                a_pi = self.schedule.predict_x0(a_t2, t2, self.actor(a_t2, t2, obs)).clamp(-1, 1)
+            else:
+                a_pi = self.schedule.predict_x0(a_t, t, eps).clamp(-1, 1)
+            if cfg.edp_q_loss == "min":
+                q_loss = -self.critic.q_min(obs, a_pi).mean()
+                loss = bc_loss + cfg.eta * q_loss
+                return loss, {"bc_loss": bc_loss.detach(), "ql_loss": q_loss.detach()}
         else:  # ql, eg_ood: sample through the whole chain with gradients
             a_pi = self.schedule.sample(self.actor, obs, self.act_dim, generator)
         q_loss = self._q_ratio_loss(obs, a_pi, generator)

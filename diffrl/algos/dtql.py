@@ -10,6 +10,13 @@ where L_TR is the behaviour diffusion loss evaluated at the policy's action with
 net frozen (a random noise level per sample), while it keeps training the IQL critic
 (target r + gamma V(s')) and, as the released DTQL does, the behaviour model itself.
 Losses and hyperparameters: /work/shared/specs/algorithms.md, section "DTQL".
+
+As in the released code (TianyuCodings/Diffusion_Trusted_Q_Learning), by default: the score net's
+first hidden layer has no activation (3 nonlinearities for 4 hidden layers) and embeds
+c_noise = ln(sigma)/4 as it is (`first_layer_activation`, `noise_embed_scale` give a Mish after
+every layer and a scaled embedding); the one-step policy starts from orthogonal weights and zero
+biases (`orthogonal_init`). The critic's variant (raw rewards, V on the online critic, one V+Q
+backward pass) is set in params.yaml's dtql_critic section (diffrl.algos.iql).
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch.nn.functional as F
 
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.fields import ConfigError, param
-from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp
+from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp, orthogonal_init_
 
 
 # --------------------------------------------------------------------------- EDM behaviour model
@@ -42,8 +49,14 @@ class DTQLBehaviorConfig:
                                    low_open=True)
     clamp_denoised: bool = param(True, "clamp D to [-1, 1] in the loss and the sampler (DTQL's clip_denoised)")
     hidden: int = param(256, "hidden width of the score net F", low=1)
-    layers: int = param(4, "hidden layers (Mish) of the score net F", low=1)
+    layers: int = param(4, "hidden layers of the score net F", low=1)
+    first_layer_activation: bool = param(False, "Mish after the score net's first hidden layer too (layers "
+                                         "nonlinearities); false: the first layer is linear (layers - 1 "
+                                         "nonlinearities, the released ScoreNetwork)")
     t_dim: int = param(16, "noise-level embedding width (even)", low=4)
+    noise_embed_scale: float = param(1.0, "factor on c_noise = ln(sigma)/4 before the sinusoidal embedding "
+                                     "(released code 1; 100 spreads c_noise, about [-1.6, 1.1], over the "
+                                     "embedding's frequencies)", low=0, low_open=True)
     lr: float = param(3e-4, "Adam learning rate", low=0, low_open=True)
     batch_size: int = param(256, "minibatch size", low=1)
     sample_steps: int = param(18, "noise levels of the deterministic Heun sampler used by act() "
@@ -57,19 +70,24 @@ class DTQLBehaviorConfig:
 
 
 class EDMScoreNet(nn.Module):
-    """F(c_in x, c_noise, s): noise-level embedding (sinusoidal -> Linear 2t -> Mish -> Linear t),
-    then concat(x, emb, s) -> `layers` x hidden Mish -> action dim."""
+    """F(c_in x, c_noise, s): noise-level embedding (sinusoidal of noise_scale * c_noise -> Linear 2t
+    -> Mish -> Linear t), then concat(x, emb, s) -> `layers` x [Linear hidden, Mish] -> action dim,
+    where the first Mish is an identity unless `first_activation` (the released net's first two
+    linear layers compose)."""
 
-    NOISE_SCALE = 100.0  # c_noise = ln(sigma)/4 lies in about [-1.6, 1.1]; spread it over the frequencies
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, t_dim: int):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, t_dim: int,
+                 first_activation: bool = False, noise_scale: float = 1.0):
         super().__init__()
+        self.noise_scale = noise_scale
         self.emb = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
                                  nn.Linear(2 * t_dim, t_dim))
         self.net = mlp(act_dim + t_dim + obs_dim, act_dim, hidden, layers, "mish")
+        if not first_activation:
+            # an Identity in the activation's slot keeps the Linear layers' state_dict keys of both forms
+            self.net[1] = nn.Identity()
 
     def forward(self, x, c_noise, obs):
-        return self.net(torch.cat([x, self.emb(c_noise * self.NOISE_SCALE), obs], -1))
+        return self.net(torch.cat([x, self.emb(c_noise * self.noise_scale), obs], -1))
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float):
@@ -98,7 +116,8 @@ class EDMBehavior(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: DTQLBehaviorConfig, device="cpu"):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
-        self.net = EDMScoreNet(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.t_dim)
+        self.net = EDMScoreNet(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.t_dim, cfg.first_layer_activation,
+                               cfg.noise_embed_scale)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
@@ -181,6 +200,8 @@ class DTQLConfig:
     batch_size: int = param(256, "minibatch size", low=1)
     hidden: int = param(256, "hidden width of the one-step policy", low=1)
     layers: int = param(3, "hidden layers (ReLU) of the one-step policy", low=1)
+    orthogonal_init: bool = param(True, "orthogonal weights and zero biases in the one-step policy (the released "
+                                  "agents/model.py); false: PyTorch's default Linear init")
     eval_candidates: int = param(1024, "policy samples per state at evaluation, one picked ~ softmax(Q)", low=1)
     eval_temperature: float = param(1.0, "softmax temperature of the candidate pick (reference 1)", low=0,
                                     low_open=True)
@@ -240,6 +261,8 @@ class DTQL(nn.Module):
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.behavior, self.critic = behavior, critic
         self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
+        if cfg.orthogonal_init:
+            orthogonal_init_(self.actor)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)

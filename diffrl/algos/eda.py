@@ -16,12 +16,19 @@ training loop. On small compute budgets the support set covers a random subset o
 (`support_states`, the budget's `align_support_states`; 0 = every state, as released).
 Math and reference hyperparameters: /work/shared/specs/algorithms.md, section "EDA".
 
+As in the released code (thu-ml/Efficient-Diffusion-Alignment), by default: the energy net embeds
+t with random Fourier features (scale 30) -> Linear 32 -> SiLU -> Linear 32 (`time_embedding`),
+and the sampler is DPM-Solver's single-step order-2 method with data prediction on a grid uniform
+in time, clipping nothing (`solver`, `skip_type`, `clip_x0` select the multistep DPM-Solver++(2M)
+on a log-SNR grid with x0 clipped to [-1, 1] instead).
+
 Unlike the released code, the policy energy is computed with gradients (the release evaluates it
 under no_grad, so its alignment loss cannot backpropagate); `released_no_grad_bug` reproduces that.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,25 +66,44 @@ class VPSDE:
         return -2 * la / (b + torch.sqrt(b ** 2 - 4 * a * la))
 
 
+def singlestep_orders(steps: int, order: int) -> list[int]:
+    """Orders of the singlestep solver's intervals; they sum to `steps` model evaluations. Order 2
+    follows DPM-Solver's released split: second-order intervals, then one first-order interval
+    when `steps` is odd, two when it is even."""
+    if order == 1:
+        return [1] * steps
+    if steps % 2:
+        return [2] * (steps // 2) + [1]
+    return [2] * (steps // 2 - 1) + [1, 1]
+
+
 def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, order: int = 2,
-                      method: str = "dpm++2m", t_start: float = 1.0, t_end: float = 1e-3,
-                      skip: str = "logSNR", clip: float | None = 1.0) -> torch.Tensor:
+                      method: str = "dpm++2s", t_start: float = 1.0, t_end: float = 1e-3,
+                      skip: str = "time", clip: float | None = None) -> torch.Tensor:
     """Integrate the probability-flow ODE of `sde` from x at t_start down to t_end with DPM-Solver.
 
     eps_fn(x, t) -> eps, t a (B,) tensor. `steps` is the number of model evaluations (NFE).
-    method "dpm++2m": DPM-Solver++(2M), multistep, data prediction x0 = (x - sigma eps)/alpha
-    (clipped to [-clip, clip] when clip is set); first step first order.
-    method "dpm2": single-step DPM-Solver-2 (noise prediction, midpoint r = 1/2): steps // 2
+    method "dpm++2s" (the released EDA sampler: DPM-Solver's `singlestep` method with
+    predict_x0=True): single-step DPM-Solver++(2S) on data predictions x0 = (x - sigma eps)/alpha,
+    over a grid of steps + 1 times; a second-order interval spans two grid cells and evaluates its
+    intermediate point at the middle grid time (orders: `singlestep_orders`).
+    method "dpm++2m": DPM-Solver++(2M), multistep, data prediction; first step first order.
+    method "dpm2": single-step DPM-Solver-2 (noise prediction, midpoint r = 1/2 in log-SNR): steps // 2
     second-order intervals plus one first-order interval when steps is odd.
-    order 1 gives DDIM (both methods). skip: "logSNR" (uniform in lambda) or "time" (uniform in t).
+    order 1 gives DDIM (every method). skip: "time" (uniform in t) or "logSNR" (uniform in lambda).
+    clip: x0 predictions and the returned sample are clipped to [-clip, clip] (None: no clipping,
+    as released).
     """
     B, dev = x.shape[0], x.device
-    if method == "dpm2" and order == 2:
+    if method == "dpm++2s":
+        orders = singlestep_orders(steps, order)
+        n_int = steps
+    elif method == "dpm2" and order == 2:
         n_int, orders = (steps + 1) // 2, [2] * (steps // 2) + [1] * (steps % 2)
     elif method in ("dpm2", "dpm++2m"):
         n_int, orders = steps, None
     else:
-        raise ValueError(f"unknown DPM-Solver method '{method}': choose dpm++2m or dpm2")
+        raise ValueError(f"unknown DPM-Solver method '{method}': choose dpm++2s, dpm++2m or dpm2")
     t0, t1 = torch.tensor(t_start, dtype=torch.float64), torch.tensor(t_end, dtype=torch.float64)
     if skip == "logSNR":
         ts = sde.t_of_lam(torch.linspace(float(sde.lam(t0)), float(sde.lam(t1)), n_int + 1, dtype=torch.float64))
@@ -95,6 +121,24 @@ def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, orde
         x0 = (xc - sg[i] * eps) / al[i]
         return x0.clamp(-clip, clip) if clip is not None else x0
 
+    def done(xc):
+        return xc.clamp(-clip, clip) if clip is not None else xc
+
+    if method == "dpm++2s":
+        i = 0
+        for o in orders:
+            j = i + o  # this interval runs from grid time i to grid time j
+            h = lams[j] - lams[i]
+            x0 = x0_of(x, i, eps_fn(x, tt(i)))
+            if o == 2:
+                k = i + 1  # intermediate point at the middle grid time, r1 = its share of h
+                r1 = (lams[k] - lams[i]) / h
+                x_mid = (sg[k] / sg[i]) * x - al[k] * torch.expm1(-(lams[k] - lams[i])) * x0
+                x0_mid = x0_of(x_mid, k, eps_fn(x_mid, tt(k)))
+                x0 = x0 + (0.5 / r1) * (x0_mid - x0)
+            x = (sg[j] / sg[i]) * x - al[j] * torch.expm1(-h) * x0
+            i = j
+        return done(x)
     if method == "dpm++2m":
         x0_prev = None
         for i in range(n_int):
@@ -107,7 +151,7 @@ def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, orde
                 d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
             x = (sg[i + 1] / sg[i]) * x - al[i + 1] * torch.expm1(-h) * d
             x0_prev = x0
-        return x.clamp(-clip, clip) if clip is not None else x
+        return done(x)
     for i in range(n_int):  # single-step DPM-Solver (noise prediction)
         eps = eps_fn(x, tt(i))
         h = lams[i + 1] - lams[i]
@@ -120,7 +164,7 @@ def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, orde
             x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps_mid
         else:
             x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps
-    return x.clamp(-clip, clip) if clip is not None else x
+    return done(x)
 
 
 # --------------------------------------------------------------------------- bottleneck energy net
@@ -138,17 +182,44 @@ class ResBlock(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.norm(self.drop(x)))))
 
 
-class EnergyNet(nn.Module):
-    """f(a_t, t, s) = sum(MLPResNet(concat(Lin128(a_t), Lin32(emb t), Lin96(s)))) -> (B,)."""
+class FourierEmbedding(nn.Module):
+    """Gaussian random Fourier features of t: [sin(2 pi W t), cos(2 pi W t)], W ~ scale N(0, I)
+    drawn at construction and fixed (a buffer: saved in checkpoints, copied into EDA's policy)."""
 
-    T_SCALE = 1000.0  # t in [1e-3, 1] is embedded like a discrete step index in [1, 1000]
+    def __init__(self, dim: int, scale: float):
+        super().__init__()
+        self.register_buffer("W", torch.randn(dim // 2) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = 2 * math.pi * t.float().unsqueeze(-1) * self.W
+        return torch.cat([x.sin(), x.cos()], -1)
+
+
+class EnergyNet(nn.Module):
+    """f(a_t, t, s) = sum(MLPResNet(concat(Lin128(a_t), Lin32(emb t), Lin96(s)))) -> (B,).
+
+    Time embedding "fourier" (released EDA): Fourier features (32, scale `fourier_scale`) of t ->
+    Linear 32 -> SiLU, then the Lin32. "sinusoidal": sinusoidal features (64) of 1000 t, then the Lin32.
+    """
+
+    T_SCALE = 1000.0  # sinusoidal form: t in [1e-3, 1] is embedded like a discrete step index in [1, 1000]
+    FOURIER_DIM = 32
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, blocks: int = 3, dropout: float = 0.1,
-                 expansion: int = 4, out_dim: int = 0, t_dim: int = 64):
+                 expansion: int = 4, out_dim: int = 0, t_dim: int = 64, time_embedding: str = "fourier",
+                 fourier_scale: float = 30.0):
         super().__init__()
+        self.time_embedding = time_embedding
         self.a_in = nn.Linear(act_dim, 128)
-        self.t_emb = SinusoidalEmbedding(t_dim)
-        self.t_in = nn.Linear(t_dim, 32)
+        if time_embedding == "fourier":
+            d = self.FOURIER_DIM
+            self.t_emb = nn.Sequential(FourierEmbedding(d, fourier_scale), nn.Linear(d, d), nn.SiLU())
+            self.t_in = nn.Linear(d, 32)
+        elif time_embedding == "sinusoidal":
+            self.t_emb = SinusoidalEmbedding(t_dim)
+            self.t_in = nn.Linear(t_dim, 32)
+        else:
+            raise ValueError(f"unknown time embedding '{time_embedding}': choose fourier or sinusoidal")
         self.s_in = nn.Linear(obs_dim, 96)
         self.inp = nn.Linear(128 + 32 + 96, hidden)
         self.blocks = nn.Sequential(*(ResBlock(hidden, expansion, dropout) for _ in range(blocks)))
@@ -156,7 +227,8 @@ class EnergyNet(nn.Module):
         self.out = nn.Linear(hidden, out_dim or act_dim)
 
     def forward(self, a_t, t, obs):
-        h = torch.cat([self.a_in(a_t), self.t_in(self.t_emb(t * self.T_SCALE)), self.s_in(obs)], -1)
+        t_scaled = t * self.T_SCALE if self.time_embedding == "sinusoidal" else t
+        h = torch.cat([self.a_in(a_t), self.t_in(self.t_emb(t_scaled)), self.s_in(obs)], -1)
         return self.out(self.act(self.blocks(self.inp(h)))).sum(-1)
 
 
@@ -183,13 +255,21 @@ class EDABehaviorConfig:
     expansion: int = param(4, "inner width of a residual block = expansion * hidden", low=1)
     dropout: float = param(0.1, "dropout in the residual blocks (training only)", low=0, high=1, high_open=True)
     out_dim: int = param(0, "width of the vector summed into f (0 = action dim)", low=0)
+    time_embedding: str = param("fourier", "time embedding: fourier (released: random Fourier features of t -> "
+                                "Linear 32 -> SiLU -> Linear 32) or sinusoidal (sinusoidal 64 of 1000 t -> "
+                                "Linear 32)", choices=("fourier", "sinusoidal"))
+    fourier_scale: float = param(30.0, "std of the fixed Fourier frequencies W (released 30)", low=0, low_open=True)
     lr: float = param(3e-4, "Adam learning rate", low=0, low_open=True)
     batch_size: int = param(2048, "minibatch size", low=1)
     sample_steps: int = param(15, "DPM-Solver model evaluations per sample", low=1)
     solver_order: int = param(2, "DPM-Solver order (1 = DDIM)", low=1, high=2)
-    solver: str = param("dpm++2m", "dpm++2m: DPM-Solver++(2M) multistep; dpm2: single-step DPM-Solver-2",
-                        choices=("dpm++2m", "dpm2"))
-    skip_type: str = param("logSNR", "sampler time grid: uniform in logSNR or in time", choices=("logSNR", "time"))
+    solver: str = param("dpm++2s", "dpm++2s: single-step DPM-Solver++(2S) (the released sampler); dpm++2m: "
+                        "DPM-Solver++(2M) multistep; dpm2: single-step DPM-Solver-2 (noise prediction)",
+                        choices=("dpm++2s", "dpm++2m", "dpm2"))
+    skip_type: str = param("time", "sampler time grid: uniform in time (released) or in logSNR",
+                           choices=("time", "logSNR"))
+    clip_x0: bool = param(False, "clip the sampler's x0 predictions and its samples to [-1, 1] (the released "
+                          "sampler clips nothing)")
 
 
 class BottleneckBehavior(nn.Module):
@@ -200,7 +280,8 @@ class BottleneckBehavior(nn.Module):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.sde = VPSDE(cfg.beta0, cfg.beta1)
-        self.net = EnergyNet(obs_dim, act_dim, cfg.hidden, cfg.blocks, cfg.dropout, cfg.expansion, cfg.out_dim)
+        self.net = EnergyNet(obs_dim, act_dim, cfg.hidden, cfg.blocks, cfg.dropout, cfg.expansion, cfg.out_dim,
+                             time_embedding=cfg.time_embedding, fourier_scale=cfg.fourier_scale)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
@@ -242,7 +323,7 @@ class BottleneckBehavior(nn.Module):
             eps_fn = lambda x_, t_: energy_eps(net, x_, t_, obs, self.sde.alpha_sigma(t_)[1])  # noqa: E731
             with torch.no_grad():
                 return dpm_solver_sample(eps_fn, x, self.sde, c.sample_steps, c.solver_order, c.solver,
-                                         1.0, c.t_min, c.skip_type, clip=1.0)
+                                         1.0, c.t_min, c.skip_type, clip=1.0 if c.clip_x0 else None)
         finally:
             net.train(was)
 

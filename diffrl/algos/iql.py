@@ -1,5 +1,14 @@
 """Implicit Q-learning (Kostrikov et al. 2022): the critic pretraining stage, and the `iql` row
-through its advantage-weighted (AWR) policy. EDA and DTQL load this critic."""
+through its advantage-weighted (AWR) policy. EDA and DTQL load this critic.
+
+Two details of the critic step differ between the released codes and are config fields:
+- `value_target`: V regresses on min Q of the target critic (IQL, EDA) or of the online critic
+  (DTQL's agents/dtql.py, whose target critic only serves action selection).
+- `joint_step`: V and Q losses are taken from the same pre-step networks and stepped after one
+  backward pass, so Q's target r + gamma V(s') uses V before this step's V update (DTQL; EDA's
+  released critic also takes V(s') before its V step). Off, V is stepped first and Q's target uses
+  the updated V (IQL's released learner).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,6 +37,11 @@ class IQLConfig:
     policy_hidden: int = param(256, "hidden width of the AWR policy", low=1)
     reward_scaling: str = param("locomotion", "locomotion: r * 1000 / (max - min episode return); none",
                                 choices=("locomotion", "none"))
+    value_target: str = param("target", "critic whose min(Q1, Q2) V regresses on: target (IQL, EDA) or online "
+                              "(DTQL's released code)", choices=("target", "online"))
+    joint_step: bool = param(False, "V and Q losses from the same pre-step networks, one backward pass, then "
+                             "both steps (DTQL's and EDA's released critics); false: V is stepped first and "
+                             "Q's target uses the updated V (IQL's released code)")
 
 
 class IQL(torch.nn.Module):
@@ -50,25 +64,37 @@ class IQL(torch.nn.Module):
         self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
 
     def critic_step(self, b: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """V (expectile of min Q_target - V) and Q (r + gamma (1 - d) V(s')) steps and the Polyak
-        target update. Returns (metrics, min Q_target(s, a), V(s)) for the policy step; DTQL
-        calls this alone, as it needs the critic without the AWR policy."""
+        """V (expectile of min Q - V) and Q (r + gamma (1 - d) V(s')) steps and the Polyak target
+        update; `value_target` and `joint_step` select the variant (module docstring). Returns
+        (metrics, min Q_target(s, a), V(s)) for the AWR policy step; DTQL calls this alone, as it
+        needs the critic without the AWR policy."""
         cfg = self.cfg
         with torch.no_grad():
             q_t = self.q_target.q_min(b["obs"], b["action"])
+            q_for_v = q_t if cfg.value_target == "target" else self.q.q_min(b["obs"], b["action"])
         v = self.v(b["obs"])
-        u = q_t - v
+        u = q_for_v - v
         v_loss = ((cfg.expectile - (u < 0).float()).abs() * u.pow(2)).mean()
-        self.v_opt.zero_grad(set_to_none=True)
-        v_loss.backward()
-        self.v_opt.step()
+        if not cfg.joint_step:
+            self.v_opt.zero_grad(set_to_none=True)
+            v_loss.backward()
+            self.v_opt.step()
         with torch.no_grad():
             target = self.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * self.v(b["next_obs"])
         q = self.q(b["obs"], b["action"])
         q_loss = (q - target).pow(2).mean(-1).sum()
-        self.q_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.q_opt.step()
+        if cfg.joint_step:
+            # V's and Q's losses share no parameters (Q's target is detached), so the summed backward
+            # gives each net its own loss's gradient; separate Adams equal one Adam over both
+            self.v_opt.zero_grad(set_to_none=True)
+            self.q_opt.zero_grad(set_to_none=True)
+            (v_loss + q_loss).backward()
+            self.v_opt.step()
+            self.q_opt.step()
+        else:
+            self.q_opt.zero_grad(set_to_none=True)
+            q_loss.backward()
+            self.q_opt.step()
         soft_update(self.q_target, self.q, cfg.tau)
         return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "q_mean": q_t.mean()}, q_t, v.detach()
 

@@ -1,5 +1,13 @@
-"""Soft actor-critic (Haarnoja et al. 2018): the online baseline and the data-collection agent
-of the dataset stage. One file: config, agent, training loop."""
+"""Soft actor-critic (Haarnoja et al. 2018): the data-collection agent of the dataset stage and,
+with the fork's settings, the `sac` online row. One file: config, agent, training loop.
+
+SACConfig's defaults are the dataset agent (2x256 ReLU, tanh-corrected log-prob, log std in
+[-5, 2], one env, one update per env step, `train_sac`). The `sac` row is the baseline of the
+fork's "SAC 11114" (pnielsen2/inference_mirror_descent, relax/algorithm/sac.py, network/sac.py,
+network/common.py): 3x256 exact GELU, rewards scaled by 0.2, log alpha starting at 1 (alpha = e),
+alpha lr 3e-4, log std clipped to [-20, 0.5] and the log-prob of the pre-tanh Gaussian sample
+WITHOUT the tanh correction. It runs in diffrl.algos.dpmd.train_online (5 envs, one update per
+iteration of 5 env steps), configured by an OnlineConfig with alg = sac (`sac_config`)."""
 from __future__ import annotations
 
 import math
@@ -8,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diffrl.data import ReplayBuffer
 from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
 from diffrl.fields import param
-from diffrl.nets import Critic, TanhGaussianActor, soft_update
+from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, Critic, TanhGaussianActor, soft_update
 
 
 @dataclass
@@ -27,15 +36,46 @@ class SACConfig:
     init_temperature: float = param(1.0, "initial entropy temperature alpha", low=0, low_open=True)
     target_entropy_scale: float = param(-1.0, "target entropy = scale * action dim")
     buffer_size: int = param(1_000_000, "replay buffer capacity", low=1)
+    activation: str = param("relu", "activation of the actor and critic MLPs (the fork's SAC: gelu)",
+                            choices=("relu", "gelu", "mish"))
+    reward_scale: float = param(1.0, "reward multiplier in the TD target (the fork's SAC: 0.2)", low=0, low_open=True)
+    alpha_lr: float = param(0.0, "Adam lr of log alpha; 0 = lr", low=0)
+    tanh_correction: bool = param(True, "subtract the tanh Jacobian from the log-prob (the exact squashed-Gaussian "
+                                  "density); False = the fork's log-prob of the pre-tanh sample")
+    log_std_min: float = param(LOG_STD_MIN, "lower clip of the policy log std (the fork's SAC: -20)")
+    log_std_max: float = param(LOG_STD_MAX, "upper clip of the policy log std (the fork's SAC: 0.5)")
+
+
+class SACActor(TanhGaussianActor):
+    """a = tanh(mu + sigma z) with configurable log-std clip and tanh correction of the log-prob."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, act: str, log_std_min: float,
+                 log_std_max: float, tanh_correction: bool):
+        super().__init__(obs_dim, act_dim, hidden, layers, act)
+        self.log_std_min, self.log_std_max, self.tanh_correction = log_std_min, log_std_max, tanh_correction
+
+    def forward(self, obs, deterministic: bool = False, generator=None):
+        mu, log_std = self.net(obs).chunk(2, -1)
+        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        if deterministic:
+            return torch.tanh(mu), None
+        std = log_std.exp()
+        z = mu + std * torch.randn(mu.shape, generator=generator, device=mu.device)
+        a = torch.tanh(z)
+        logp = (-0.5 * ((z - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        if self.tanh_correction:  # log |d tanh(z) / dz| = 2 (log 2 - z - softplus(-2 z))
+            logp = logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
+        return a, logp
 
 
 class SAC(torch.nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig, device="cpu"):
         super().__init__()
         self.cfg, self.act_dim = cfg, act_dim
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
-        self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
-        self.critic_target = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
+        self.actor = SACActor(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation, cfg.log_std_min,
+                              cfg.log_std_max, cfg.tanh_correction)
+        self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation)
+        self.critic_target = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
@@ -43,14 +83,14 @@ class SAC(torch.nn.Module):
         self.to(device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr or cfg.lr)
 
     def update(self, b: dict, generator=None) -> dict:
         cfg, alpha = self.cfg, self.log_alpha.exp().detach()
         with torch.no_grad():
             a2, logp2 = self.actor(b["next_obs"], generator=generator)
             q_next = self.critic_target.q_min(b["next_obs"], a2) - alpha * logp2
-            target = b["reward"] + cfg.discount * (1 - b["terminal"]) * q_next
+            target = cfg.reward_scale * b["reward"] + cfg.discount * (1 - b["terminal"]) * q_next
         q = self.critic(b["obs"], b["action"])
         critic_loss = (q - target).pow(2).mean(-1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
@@ -73,10 +113,15 @@ class SAC(torch.nn.Module):
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(), "alpha": alpha}
 
     @torch.no_grad()
+    def sample_actions(self, obs: torch.Tensor, generator=None, deterministic: bool = True) -> torch.Tensor:
+        """Actions in [-1, 1]^d: tanh of the mean (deterministic) or of a Gaussian sample."""
+        a, _ = self.actor(obs, deterministic=deterministic, generator=generator)
+        return a
+
+    @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = True, generator=None) -> np.ndarray:
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.log_alpha.device)
-        a, _ = self.actor(o, deterministic=deterministic, generator=generator)
-        return a.cpu().numpy()
+        return self.sample_actions(o, generator, deterministic).cpu().numpy()
 
 
 def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every: int, seed: int,
