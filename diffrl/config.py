@@ -276,11 +276,11 @@ def validate(raw: dict) -> dict:
         if out[row].variant != variant:
             raise ConfigError(f"{row}.variant={out[row].variant!r}: the {row} row is Diffusion-QL's "
                               f"'{variant}' variant; set {row}.variant: {variant}")
-    from diffrl.algos import GUIDED, ONLINE_VARIANTS, VARIANTS
-    for row in ONLINE_VARIANTS:
-        alg = VARIANTS[row]["alg"]
-        if out[row].alg != alg:
-            raise ConfigError(f"{row}.alg={out[row].alg!r}: the {row} row is an {alg} variant; set {row}.alg: {alg}")
+    from diffrl.algos import GUIDED, ONLINE, VARIANTS, section_of
+    for row in ONLINE:
+        alg, sec = VARIANTS[row]["alg"], section_of(row)
+        if out[sec].alg != alg:
+            raise ConfigError(f"{sec}.alg={out[sec].alg!r}: the {row} row is an {alg} variant; set {sec}.alg: {alg}")
         if row in GUIDED and "tfg_lambda" in (raw.get(row) or {}):
             raise ConfigError(f"{row}.tfg_lambda: the guided variants ({', '.join(GUIDED)}) take their guidance "
                               f"strength from the top-level key: set tfg_lambda: {raw[row]['tfg_lambda']} instead")

@@ -141,22 +141,27 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class TanhGaussianActor(nn.Module):
-    """a = tanh(mu + sigma z); log-prob with the tanh correction (SAC, DTQL one-step policy)."""
+    """a = tanh(mu + sigma z), log std clipped to [log_std_min, log_std_max]; the log-prob carries
+    the tanh correction (the exact squashed-Gaussian density) unless `tanh_correction` is off (the
+    fork's SAC scores the pre-tanh sample). SAC and DTQL's one-step policy."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, act: str = "relu"):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, act: str = "relu",
+                 log_std_min: float = LOG_STD_MIN, log_std_max: float = LOG_STD_MAX, tanh_correction: bool = True):
         super().__init__()
         self.net = mlp(obs_dim, 2 * act_dim, hidden, layers, act)
+        self.log_std_min, self.log_std_max, self.tanh_correction = log_std_min, log_std_max, tanh_correction
 
     def forward(self, obs, deterministic: bool = False, generator=None):
         mu, log_std = self.net(obs).chunk(2, -1)
-        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
         if deterministic:
             return torch.tanh(mu), None
         std = log_std.exp()
         z = mu + std * torch.randn(mu.shape, generator=generator, device=mu.device)
         a = torch.tanh(z)
         logp = (-0.5 * ((z - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        logp = logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
+        if self.tanh_correction:  # log |d tanh(z) / dz| = 2 (log 2 - z - softplus(-2 z))
+            logp = logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
         return a, logp
 
 

@@ -29,6 +29,7 @@ def test_repository_params_are_valid():
     (["budgets.smoke.critic_steps=0"], "out of range"),
     (["algorithms=[bc, iqll]"], "did you mean 'iql'"),
     (["budgets.quick.below_regime=[dqll]"], "budgets.quick.below_regime: 'dqll' is not an offline row"),
+    (["sac_online.alg=dpmd"], "sac_online.alg='dpmd': the sac row is an sac variant"),
     (["stats.baseline=qg", "algorithms=[bc, iql]"], "not in algorithms"),
     (["qg.variant=ql"], "set qg.variant: qg"),
 ])

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffrl.data import ReplayBuffer
 from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
@@ -46,34 +45,12 @@ class SACConfig:
     log_std_max: float = param(LOG_STD_MAX, "upper clip of the policy log std (the fork's SAC: 0.5)")
 
 
-class SACActor(TanhGaussianActor):
-    """a = tanh(mu + sigma z) with configurable log-std clip and tanh correction of the log-prob."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, layers: int, act: str, log_std_min: float,
-                 log_std_max: float, tanh_correction: bool):
-        super().__init__(obs_dim, act_dim, hidden, layers, act)
-        self.log_std_min, self.log_std_max, self.tanh_correction = log_std_min, log_std_max, tanh_correction
-
-    def forward(self, obs, deterministic: bool = False, generator=None):
-        mu, log_std = self.net(obs).chunk(2, -1)
-        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        if deterministic:
-            return torch.tanh(mu), None
-        std = log_std.exp()
-        z = mu + std * torch.randn(mu.shape, generator=generator, device=mu.device)
-        a = torch.tanh(z)
-        logp = (-0.5 * ((z - mu) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        if self.tanh_correction:  # log |d tanh(z) / dz| = 2 (log 2 - z - softplus(-2 z))
-            logp = logp - (2 * (math.log(2) - z - F.softplus(-2 * z))).sum(-1)
-        return a, logp
-
-
 class SAC(torch.nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig, device="cpu"):
         super().__init__()
         self.cfg, self.act_dim = cfg, act_dim
-        self.actor = SACActor(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation, cfg.log_std_min,
-                              cfg.log_std_max, cfg.tanh_correction)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation, cfg.log_std_min,
+                                       cfg.log_std_max, cfg.tanh_correction)
         self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation)
         self.critic_target = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.activation)
         self.critic_target.load_state_dict(self.critic.state_dict())
