@@ -36,7 +36,7 @@ def error_lines(out):
 # --------------------------------------------------------------------------- preemption and resume
 # a random-quality dataset (no SAC) and a small IQL critic: 1000 steps take a few seconds
 CONFIG = ["budget=smoke", "seeds=[0]", "dataset={quality: random}",
-          "budgets={smoke: {dataset_episodes: 2, critic_steps: 1000}}", "iql={hidden: 64, policy_hidden: 64}"]
+          "budgets={smoke: {dataset_episodes: 2, offline_steps: 1000}}", "iql={hidden: 64, policy_hidden: 64}"]
 TARGET = "runs/halfcheetah/iql/seed0"
 RESUME = "runs/.resume/halfcheetah/iql/seed0.pt"
 
