@@ -12,6 +12,7 @@ import torch
 
 from diffrl.algos import AGENTS, CRITICS, DQL_VARIANTS, PRETRAINED
 from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
+from diffrl.pipeline import toy_steps_key
 from diffrl.train import train_offline
 
 ON_SUPPORT = 0.1  # a policy action within this distance of some data action is "on support"
@@ -31,8 +32,9 @@ def _build(section: str, cfg, device, steps: int, budget, parts=None):
 
 
 def toy_steps(section: str, budget) -> int:
-    """EDA's behaviour and alignment keep their own (costly) step counts; the rest run toy_steps."""
-    return {"eda": budget.align_steps, "eda_behavior": budget.energy_behavior_steps}.get(section, budget.toy_steps)
+    """EDA's behaviour and alignment keep their own (costly) step counts; the rest run toy_steps
+    (diffrl.pipeline.toy_steps_key)."""
+    return getattr(budget, toy_steps_key(section))
 
 
 def run_bandit(name: str, row: str, seed: int, configs: dict, budget, n_samples: int, device="cpu",

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from diffrl.algos import ALGORITHM_CONFIGS
+from diffrl.algos import SECTIONS as ALGORITHM_SECTIONS
 from diffrl.fields import ConfigError, param
 
 
@@ -105,9 +105,9 @@ class Params:
     stats: StatsConfig = param(StatsConfig(), "multi-seed statistics")
 
 
-# Algorithm sections (iql, bc, ...) are owned by their modules and registered in diffrl.algos.
-SECTION_TYPES: dict[str, type] = {"dataset": DatasetConfig, "stats": StatsConfig,
-                                  **ALGORITHM_CONFIGS}
+# Sections defined here. Algorithm sections (iql, bc, ...) are owned by their modules and found
+# through diffrl.algos.SECTIONS, which imports a module only when its section is validated.
+SECTION_TYPES: dict[str, type] = {"dataset": DatasetConfig, "stats": StatsConfig}
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -224,18 +224,25 @@ def read_params(path: str | Path = "params.yaml", overrides=()) -> dict:
     return apply_overrides(raw, overrides)
 
 
-def validate(raw: dict) -> dict:
-    """Validate the whole params mapping; return a dict of top-level key -> validated value.
+def validate(raw: dict, sections=None) -> dict:
+    """Validate the params mapping; return a dict of top-level key -> validated value.
 
     Sections become dataclass instances; `budgets` becomes {name: Budget}; plain keys are coerced.
+    `sections`: the algorithm sections to validate (default: all). A stage passes the ones it reads,
+    so it imports only their modules (the code dependencies diffrl.dag declares for it); the others
+    are left out of the result. Plain keys, budgets, dataset and stats are always validated, and the
+    Snakefile validates everything before any job starts.
     """
     top = _fields(Params)
-    known = set(top) | set(SECTION_TYPES)
+    algo_sections = [s for s in ALGORITHM_SECTIONS if sections is None or s in sections]
+    known = set(top) | set(SECTION_TYPES) | set(ALGORITHM_SECTIONS)
     out: dict[str, Any] = {}
     for key in raw:
         if key not in known:
             raise ConfigError(f"unknown key '{key}' in params.yaml{_suggest(key, known)}")
-    for key in known:
+    for key in algo_sections:
+        out[key] = build_section(key, ALGORITHM_SECTIONS[key], raw.get(key))
+    for key in set(top) | set(SECTION_TYPES):
         value = raw.get(key)
         if key in SECTION_TYPES:
             out[key] = build_section(key, SECTION_TYPES[key], value)
@@ -273,14 +280,17 @@ def validate(raw: dict) -> dict:
         raise ConfigError(f"bandit_sets: {missing[0]} is not in toy_sets: add it there first")
     from diffrl.algos import DQL_VARIANTS
     for row, variant in DQL_VARIANTS.items():
-        if out[row].variant != variant:
+        if row in out and out[row].variant != variant:
             raise ConfigError(f"{row}.variant={out[row].variant!r}: the {row} row is Diffusion-QL's "
                               f"'{variant}' variant; set {row}.variant: {variant}")
-    from diffrl.algos import GUIDED, ONLINE, VARIANTS, section_of
+    from diffrl.algos import GUIDED, ONLINE, online_alg, section_of
     for row in ONLINE:
-        alg, sec = VARIANTS[row]["alg"], section_of(row)
-        if out[sec].alg != alg:
-            raise ConfigError(f"{sec}.alg={out[sec].alg!r}: the {row} row is an {alg} variant; set {sec}.alg: {alg}")
+        sec = section_of(row)
+        if sec in out:
+            alg = online_alg(row)
+            if out[sec].alg != alg:
+                raise ConfigError(f"{sec}.alg={out[sec].alg!r}: the {row} row is an {alg} variant; "
+                                  f"set {sec}.alg: {alg}")
         if row in GUIDED and "tfg_lambda" in (raw.get(row) or {}):
             raise ConfigError(f"{row}.tfg_lambda: the guided variants ({', '.join(GUIDED)}) take their guidance "
                               f"strength from the top-level key: set tfg_lambda: {raw[row]['tfg_lambda']} instead")
@@ -290,27 +300,47 @@ def validate(raw: dict) -> dict:
     return out
 
 
-def load(path: str | Path = "params.yaml", overrides=()) -> dict:
-    return validate(read_params(path, overrides))
+def load(path: str | Path = "params.yaml", overrides=(), sections=None) -> dict:
+    return validate(read_params(path, overrides), sections)
+
+
+class BudgetView:
+    """The selected budget preset, restricted to the keys a stage declared (diffrl.pipeline.budget_keys).
+
+    Changing any other key of the preset reruns nothing, so reading one raises instead of
+    silently depending on a value Snakemake and DVC do not track.
+    """
+
+    def __init__(self, stage: str, preset: Budget, keys):
+        self._stage, self._preset, self._keys = stage, preset, frozenset(keys)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._keys:
+            raise KeyError(f"stage '{self._stage}' reads budget key '{name}' but does not declare it "
+                           f"in diffrl.pipeline.budget_keys")
+        return getattr(self._preset, name)
 
 
 class StageParams:
     """The validated params of one stage, restricted to the keys it declared.
 
-    Reading an undeclared key raises, so a stage cannot silently depend on a value that
-    Snakemake's params: and dvc.yaml's params: do not track.
+    Reading an undeclared key (or an undeclared key of the selected budget preset, see BudgetView)
+    raises, so a stage cannot silently depend on a value that Snakemake's params: and dvc.yaml's
+    params: do not track.
     """
 
-    def __init__(self, stage: str, validated: dict, declared):
+    def __init__(self, stage: str, validated: dict, declared, budget_keys=()):
         self._stage = stage
         self.declared = tuple(declared)
         self._values = {}
         for key in declared:
             top, _, sub = key.partition(".")
             self._values[key] = validated[top] if not sub else getattr(validated[top], sub)
-        self.budget_preset = None
-        if "budget" in self._values and "budgets" in self._values:
-            self.budget_preset = self._values["budgets"][self._values["budget"]]
+        self._budget = None
+        if budget_keys:
+            self._budget = BudgetView(stage, validated["budgets"][validated["budget"]], budget_keys)
 
     def __getitem__(self, key):
         if key not in self._values:
@@ -319,10 +349,11 @@ class StageParams:
         return self._values[key]
 
     @property
-    def budget(self) -> Budget:
-        if self.budget_preset is None:
-            raise KeyError(f"stage '{self._stage}' does not declare budget and budgets")
-        return self.budget_preset
+    def budget(self) -> BudgetView:
+        if self._budget is None:
+            raise KeyError(f"stage '{self._stage}' reads no budget key: declare the ones it reads "
+                           f"in diffrl.pipeline.budget_keys")
+        return self._budget
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -11,8 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from diffrl.algos import AGENTS, BEHAVIORS, CRITICS, DQL_VARIANTS, OFFLINE_ROWS, PRETRAINED, ROWS, SECTIONS
+from diffrl.algos import AGENTS, CRITICS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS
 from diffrl.data import ReplayBuffer, load_offline
+from diffrl.pipeline import steps_key
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint, write_json
 
@@ -20,22 +21,11 @@ MODEL_FILE = "model.pt"
 
 
 def budget_steps(section: str, budget) -> int:
-    """Gradient steps of a section's run at the selected budget. The final policy of every offline
-    row (bc, iql, the Diffusion-QL variants, DTQL) gets `offline_steps`, so a table compares equals;
-    EDA's alignment has its own `align_steps` (it costs about 10x a Diffusion-QL step on a CPU,
-    and its published count is 200k against 2M). Pretraining-only runs take `critic_steps`,
-    `behavior_steps` and EDA's `energy_behavior_steps`."""
-    if section == "eda":
-        return budget.align_steps
-    if section in OFFLINE_ROWS:
-        return budget.offline_steps
-    if section in CRITICS:
-        return budget.critic_steps
-    if section == "eda_behavior":
-        return budget.energy_behavior_steps
-    if section in BEHAVIORS:
-        return budget.behavior_steps
-    raise KeyError(f"budget_steps: {section!r} is not an offline section")
+    """Gradient steps of a section's run at the selected budget: the preset's value of
+    diffrl.pipeline.steps_key(section) (offline_steps for the final policy of every offline row but
+    EDA, whose alignment has align_steps; critic_steps, behavior_steps, energy_behavior_steps for
+    pretraining-only runs)."""
+    return getattr(budget, steps_key(section))
 
 
 def _meta(section: str, cfg, extra: dict) -> dict:
@@ -77,14 +67,16 @@ def describe_dataset(dataset_dir: str) -> str:
 
 
 def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Path, seed: int, steps: int,
-              eval_every: int, curve_episodes: int, device, resume_path: Path | None, budget: str,
+              eval_every: int | None, curve_episodes: int | None, device, resume_path: Path | None, budget: str,
               pretrained: dict | None = None, support_states: int = 0) -> dict:
     """Train the agent of `section` on the dataset with the shared loop and save the run.
 
     `pretrained` maps "critic"/"behavior" to run folders whose checkpoints a composite row
     (DTQL, EDA) starts from; `support_states` is EDA's (the budget's align_support_states). Rows
-    are evaluated along the way (learning curve); pretraining-only sections (DTQL's and EDA's
-    critic and behaviour) are not.
+    are evaluated along the way (learning curve) and checkpoint for resuming at each evaluation;
+    pretraining-only sections (DTQL's and EDA's critic and behaviour) are not evaluated, take no
+    eval_every or curve_episodes (so changing those does not rerun them) and checkpoint ten times
+    per run (both also every DIFFRL_CHECKPOINT_SECONDS, see diffrl.train.checkpoint_interval).
     """
     if hasattr(cfg, "for_env"):  # per-task values (DTQL's alpha)
         cfg = cfg.for_env(env_name)
@@ -110,7 +102,7 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
     info = train_offline(agent, buf, steps=steps, batch_size=cfg.batch_size, seed=seed, run_dir=out_dir,
                          env_name=env_name if section in ROWS else None, eval_every=eval_every,
                          curve_episodes=curve_episodes, resume_path=resume_path,
-                         checkpoint_every=max(1, eval_every), desc=f"{section} seed {seed}")
+                         checkpoint_every=max(1, eval_every or steps // 10), desc=f"{section} seed {seed}")
     pre_wall = sum(json.loads((Path(r) / "train.json").read_text()).get("wall_s", 0.0)
                    for r in (pretrained or {}).values())
     if section in DQL_VARIANTS:  # what the evaluate stage needs for Diffusion-QL's offline model selection

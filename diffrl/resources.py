@@ -16,7 +16,7 @@ checkpoint. Keys follow snakemake-executor-plugin-slurm: `runtime` (minutes, sba
 0 means none); `gpu` is also the resource `snakemake --resources gpu=1` limits on one machine.
 
 The step times are seconds per gradient step with the published network sizes: the CPU figures
-are measured on one core (benchmarks/bench_steps.py, README "Budgets"), the GPU figures are
+are measured on one core (benchmarks/bench_steps.py, docs/benchmarks.md), the GPU figures are
 conservative estimates for small MLPs (kernel-launch bound). They only size requests: a job
 that needs longer is killed by the scheduler, retried with more time, and resumes from its last
 checkpoint (runs/.resume/).
@@ -44,7 +44,7 @@ STEP_S = {
 # EDA draws 16 behaviour samples (15-step solver) per support state before alignment: seconds per state
 SUPPORT_S = (0.017, 0.0005)
 # seconds per online update at full size (batch 256, T=20, the variant's particles), measured on one
-# CPU core (README "Online rows"); GPU figures are estimates. sac: the 3x256 SAC update; sdac: its
+# CPU core (docs/benchmarks.md, "Online rows"); GPU figures are estimates. sac: the 3x256 SAC update; sdac: its
 # reference loss draws a second particle sample every other update (about 1.5x the measured 1.1 s).
 ONLINE_UPDATE_S = {"sac": (0.012, 0.004), "sdac": (1.6, 0.04), "dpmd": (0.9, 0.03), "dpmd_fixnorm": (0.9, 0.03),
                    "dpmd_tilt": (25.0, 0.5), "dpmd_select": (3.6, 0.06), "dpmd_model": (7.9, 0.2),

@@ -2,8 +2,8 @@
 
 A stage is `python stages/NAME.py --env E [--seed S] [--set key=value ...]`. It validates
 params.yaml (plus overrides) before doing any work, sees only the keys it declared in
-diffrl.pipeline.STAGES, tees its output to its log file, and turns known failures into one
-line naming the key or file and the fix (exit code 2).
+diffrl.pipeline (STAGES and budget_keys), tees its output to its log file, and turns known
+failures into one line naming the key or file and the fix (exit code 2).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from diffrl import config
 from diffrl.config import ConfigError, StageParams  # noqa: F401 (re-exported for stages)
 from diffrl.data import DatasetError
-from diffrl.pipeline import stage_keys
+from diffrl.pipeline import budget_keys, stage_keys
 from diffrl.runlog import NumericalError
 
 
@@ -58,8 +58,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) -> None:
     """Validate params, open the log, run `main(params, args)`; map known failures to one line."""
     try:
-        validated = config.load(args.params, args.set)
-        params = StageParams(stage, validated, stage_keys(stage, **wildcards))
+        keys = stage_keys(stage, **wildcards)
+        # only the algorithm sections this job reads are validated, so it imports only their modules
+        # (the code dependencies diffrl.dag declares for it); the Snakefile validates them all
+        validated = config.load(args.params, args.set, sections=keys)
+        params = StageParams(stage, validated, keys, budget_keys(stage, **wildcards))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

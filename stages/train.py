@@ -11,18 +11,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffrl import stage  # noqa: E402
-from diffrl.pipeline import dataset_dir, log_file, resume_file, run_dir  # noqa: E402
+from diffrl.pipeline import TRAIN_STAGES, dataset_dir, log_file, resume_file, run_dir  # noqa: E402
 
-WILDCARD = {"critic_pretrain": "critic", "behavior_pretrain": "behavior", "offline_train": "algo"}
+WILDCARD = TRAIN_STAGES  # stage -> the argument naming the section it trains
 
 
 def main(p, args):
-    from diffrl.algos import PRETRAINED
+    from diffrl.algos import PRETRAINED, ROWS
     from diffrl.offline import budget_steps, train_run
     from diffrl.utils import atomic_path, pick_device, seed_everything
 
     section = getattr(args, WILDCARD[args.stage])
     cfg, b = p[section], p.budget
+    row = section in ROWS  # evaluated along the way; pretraining-only runs read no curve settings
     seed_everything(args.seed, p["deterministic"])
     pretrained = None
     if section in PRETRAINED:
@@ -31,9 +32,10 @@ def main(p, args):
     resume = Path(resume_file(section, args.env, args.seed))
     with atomic_path(run_dir(args.env, section, args.seed)) as tmp:
         info = train_run(section, cfg, env_name=args.env, dataset_dir=dataset_dir(args.env), out_dir=tmp,
-                         seed=args.seed, steps=budget_steps(section, b), eval_every=b.eval_every,
-                         curve_episodes=b.curve_episodes, device=pick_device(p["device"]), resume_path=resume,
-                         budget=p["budget"], pretrained=pretrained, support_states=b.align_support_states)
+                         seed=args.seed, steps=budget_steps(section, b), eval_every=b.eval_every if row else None,
+                         curve_episodes=b.curve_episodes if row else None, device=pick_device(p["device"]),
+                         resume_path=resume, budget=p["budget"], pretrained=pretrained,
+                         support_states=b.align_support_states if section == "eda" else 0)
     resume.unlink(missing_ok=True)
     print(f"{args.stage} {section} {args.env} seed {args.seed}: {info['grad_steps']} steps in {info['wall_s']:.0f}s")
 

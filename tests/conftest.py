@@ -17,6 +17,22 @@ torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "1" if WORKERS >
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 
 
+# The files that take minutes start first, one on each xdist worker, and the short files fill in
+# around them. xdist's `--dist loadfile` would otherwise order files by their number of tests and
+# start the one-test end-to-end file last, so the whole suite would wait for it.
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_halfcheetah_learning.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: files keep their order
+
+
 def run(cmd, cwd, check=True, env=ENV1, timeout=1200):
     """Run a command in `cwd`; with check, fail the test with the tail of its output."""
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)

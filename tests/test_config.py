@@ -16,6 +16,16 @@ def test_repository_params_are_valid():
     assert set(p["budgets"]) == {"smoke", "quick", "paper"}
 
 
+def test_every_preset_lists_every_budget_key():
+    """dvc.yaml declares `budgets.${budget}.KEY` params, and DVC fails on a key missing from
+    params.yaml (a dataclass default does not help it): every preset writes every key."""
+    import dataclasses
+    import yaml
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["budgets"]
+    keys = {f.name for f in dataclasses.fields(config.Budget)}
+    assert {name: sorted(keys - set(preset)) for name, preset in raw.items()} == {n: [] for n in raw}
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["iql.expectle=0.8"], "did you mean 'iql.expectile'"),
     (["budgt=smoke"], "did you mean 'budget'"),
@@ -52,11 +62,24 @@ def test_snakemake_nested_config_becomes_overrides():
 
 
 def test_stage_sees_only_declared_keys():
-    sp = config.StageParams("behavior_pretrain", config.load(ROOT / "params.yaml"),
-                            ["budget", "budgets", "bc"])
-    assert sp["bc"].T == 5 and sp.budget.behavior_steps > 0
+    from diffrl.pipeline import budget_keys, stage_keys
+    keys = stage_keys("behavior_pretrain", behavior="bc")
+    sp = config.StageParams("behavior_pretrain", config.load(ROOT / "params.yaml", sections=keys), keys,
+                            budget_keys("behavior_pretrain", behavior="bc"))
+    assert sp["bc"].T == 5 and sp.budget.offline_steps > 0  # the bc row's final policy: offline_steps
     with pytest.raises(KeyError, match="does not declare"):
         sp["iql"]
+    with pytest.raises(KeyError, match="reads budget key 'behavior_steps' but does not declare it"):
+        sp.budget.behavior_steps  # DTQL's behaviour pretraining key: changing it must not rerun bc
+
+
+def test_a_stage_validates_only_the_algorithm_sections_it_reads():
+    p = config.load(ROOT / "params.yaml", ["dpmd.num_particles=0"], sections=["iql"])
+    assert p["iql"].expectile == 0.7 and "dpmd" not in p
+    with pytest.raises(ConfigError, match="dpmd.num_particles=0 is out of range"):
+        config.load(ROOT / "params.yaml", ["dpmd.num_particles=0"])
+    with pytest.raises(ConfigError, match="tfg_lambda='abc' is not a number"):  # plain keys: always
+        config.load(ROOT / "params.yaml", ["tfg_lambda=abc"], sections=["iql"])
 
 
 def test_stage_entry_point_fails_fast_with_one_line(tmp_path):

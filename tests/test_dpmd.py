@@ -43,6 +43,7 @@ def _pendulum(alg, **over):
     return returns
 
 
+@pytest.mark.learning
 def test_sdac_solves_pendulum():
     # alpha starts at (and tracks) ~1; 8 reverse-sampling candidates instead of 64 (CPU time).
     # Random actions score about -1200 .. -1600; the reference-default update (its loss on a fresh
@@ -52,6 +53,7 @@ def test_sdac_solves_pendulum():
     assert returns[-1] > -700, returns  # and still far above random (about -1200 .. -1600)
 
 
+@pytest.mark.learning
 def test_dpmd_solves_pendulum():
     # Fixed alpha 1 (sharp mirror-descent weights) with exploration std noise_scale * alpha = 0.5;
     # policy lr decays 1e-3 -> 1e-4 over policy-optimiser steps 2000-4000 (the reference's unit).
@@ -150,6 +152,7 @@ def _transitions(n, seed):
     return {k: torch.as_tensor(np.array(v), dtype=torch.float32) for k, v in out.items()}
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("kind", ["mlp_ensemble", "diffusion"])
 def test_world_model_beats_the_mean_on_held_out_transitions(kind):
     train, test = _transitions(3000, 0), _transitions(1000, 1)

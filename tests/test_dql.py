@@ -166,6 +166,7 @@ def nearest_data_dist(a, data_actions):
     return np.sqrt(((a[:, None] - data_actions[None]) ** 2).sum(-1)).min(1)
 
 
+@pytest.mark.learning
 def test_bc_covers_all_eight_modes():
     torch.manual_seed(0)
     buf, data = toy_buffer(0)
@@ -216,6 +217,7 @@ def improve(variant, warm_critic, steps=300):
     return a, data, sector0, near
 
 
+@pytest.mark.learning
 def test_ql_picks_the_best_mode_on_support(warm_critic):
     """ql's policy moves to the highest-reward mode (angle 0) and stays on the data. Observed with
     critics warmed on seeds 0/1/2: 0.83-0.88 of samples within 0.2 of the target, median
@@ -226,6 +228,7 @@ def test_ql_picks_the_best_mode_on_support(warm_critic):
     assert np.median(dd) < 0.05 and np.quantile(dd, 0.9) < 0.25, (np.median(dd), np.quantile(dd, 0.9))
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("variant", ["qg", "edp"])
 def test_one_step_variants_shift_towards_the_best_mode(variant, warm_critic):
     """qg and edp improve through one-step x0 predictions, more weakly than ql: the share of

@@ -380,6 +380,7 @@ def toy():
     return data, buf, critic, beh
 
 
+@pytest.mark.learning
 def test_toy_behavior_reproduces_all_modes(toy):
     _, _, _, beh = toy
     a = beh.act(np.zeros((2000, 1), np.float32), torch.Generator().manual_seed(1))
@@ -388,6 +389,7 @@ def test_toy_behavior_reproduces_all_modes(toy):
     assert frac.sum() >= 0.7, frac
 
 
+@pytest.mark.learning
 def test_toy_dtql_concentrates_on_best_mode(toy):
     data, buf, critic, beh = toy
     torch.manual_seed(0)

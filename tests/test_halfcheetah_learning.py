@@ -117,12 +117,14 @@ def bc_score(tmp_path_factory):
     return _score(_train("bc", tmp_path_factory.mktemp("bc")))
 
 
+@pytest.mark.learning
 def test_diffusion_ql_beats_diffusion_bc_on_generated_halfcheetah_medium(bc_score, tmp_path):
     dql = _score(_train("dql", tmp_path))
     print(f"normalised scores, seed {SEED}: bc {bc_score:.2f}, dql {dql:.2f} (margin {MARGIN})")
     assert dql > bc_score + MARGIN, {"bc": bc_score, "dql": dql, "margin": MARGIN}
 
 
+@pytest.mark.learning
 def test_eda_beats_diffusion_bc_and_its_own_behaviour_model(bc_score, tmp_path):
     """The three EDA stages chained as in the pipeline (each loads the previous one's model.pt)."""
     critic, behavior = _train("eda_critic", tmp_path), _train("eda_behavior", tmp_path)

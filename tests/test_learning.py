@@ -1,11 +1,14 @@
 """Learning tests of the backbone algorithms (fixed seeds, asserted margins, tiny networks)."""
 import numpy as np
+import pytest
 import torch
 
 from diffrl.algos.bc import BCConfig, DiffusionBC
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.algos.sac import SACConfig, train_sac
 from diffrl.data import ReplayBuffer, toy_dataset, toy_actions
+
+pytestmark = pytest.mark.learning
 
 
 def _train(agent, data, steps, batch=256, seed=0):

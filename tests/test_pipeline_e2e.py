@@ -105,10 +105,11 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     log = exp.stdout + exp.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", log))
     # IQL's critic runs, their evaluations, IQL's bandit run; the guided online variants and theirs; the tables
-    expected = {f"critic_pretrain@halfcheetah-iql-{s}" for s in (0, 1)} | {"summary@halfcheetah"}
-    expected |= {f"evaluate@halfcheetah-{a}-{s}" for a in ("iql", "dpmd_tilt", "dpmd_model") for s in (0, 1)}
+    # (dvc.yaml has one stage per row, named STAGE_ROW, each a matrix over env and seed or toy set)
+    expected = {f"critic_pretrain_iql@halfcheetah-{s}" for s in (0, 1)} | {"summary@halfcheetah"}
+    expected |= {f"evaluate_{a}@halfcheetah-{s}" for a in ("iql", "dpmd_tilt", "dpmd_model") for s in (0, 1)}
     expected |= {f"online_train_{a}@halfcheetah-{s}" for a in ("dpmd_tilt", "dpmd_model") for s in (0, 1)}
-    expected |= {"bandit_train@8gaussians-iql", "bandit_plot@8gaussians", "bandit_summary"}
+    expected |= {"bandit_train_iql@8gaussians", "bandit_plot@8gaussians", "bandit_summary"}
     assert ran == expected, (sorted(ran ^ expected), log[-3000:])
     shown = run(["dvc", "exp", "show", "--json"], project)
     assert "halfcheetah_metrics.json" in shown.stdout and "score_mean" in shown.stdout

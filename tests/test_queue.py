@@ -22,7 +22,7 @@ def test_dvc_queue_runs_a_learning_rate_sweep(project):
     shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)  # a clone has none
     sweep = ["-S", "budget=smoke", "-S", "seeds=[0]", "-S", "budgets.smoke.toy_steps=20",
              "-S", "budgets.smoke.toy_samples=200", "-S", "bc.lr=0.001,0.0003"]
-    queued = dvc("exp", "run", "--queue", *sweep, "bandit_train@8gaussians-bc", cwd=project)
+    queued = dvc("exp", "run", "--queue", *sweep, "bandit_train_bc@8gaussians", cwd=project)
     assert queued.stdout.count("Queued experiment") == 2, queued.stdout
     try:
         dvc("queue", "start", "-j", "1", cwd=project)

@@ -1,7 +1,7 @@
 """Online diffusion-policy RL: SDAC (reverse-sampling score matching) and DPMD (diffusion policy
 mirror descent) with the fork's inference-time tilts, and the loop that also runs the fork's SAC
 baseline (alg = sac, diffrl.algos.sac). Math and reference hyperparameters:
-/work/shared/specs/algorithms.md, "SDAC and DPMD (online)"; the reference implementation is
+docs/algorithms.md, section "SDAC and DPMD (online)"; the reference implementation is
 pnielsen2/inference_mirror_descent at 833e14c. One file: config, agent, training loop, named
 variants; the world models of the model-based tilt live in `diffrl.algos.dpmd_models`. Where our
 code offers an alternative to the reference, the reference is the default and the alternative a
@@ -105,7 +105,7 @@ INF = float("inf")
 
 @dataclass
 class OnlineConfig:
-    """SDAC / DPMD online hyperparameters (algorithms.md, "SDAC and DPMD (online)"); defaults are
+    """SDAC / DPMD online hyperparameters (docs/algorithms.md, "SDAC and DPMD (online)"); defaults are
     the published HalfCheetah settings, except that published bugs are off (see VARIANTS)."""
     alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent; "
                      "sac: the fork's Gaussian SAC baseline (diffrl.algos.sac.SAC in this loop; reads hidden, layers, "

@@ -1,4 +1,4 @@
-"""World models of DPMD's model-based tilt and planning (algorithms.md, "SDAC and DPMD (online)":
+"""World models of DPMD's model-based tilt and planning (docs/algorithms.md, "SDAC and DPMD (online)":
 "Model-based tilt" and "Planning"), learned online from the replay buffer.
 
 Both models predict, for a transition (s, a): the next state s', the (unscaled) reward r and the

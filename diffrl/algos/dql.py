@@ -60,7 +60,7 @@ VARIANTS = ("ql", "qg", "edp", "bc", "eg_ood")
 
 @dataclass
 class DQLConfig:
-    """Diffusion-QL family (algorithms.md, "Diffusion-QL family"); defaults: halfcheetah-medium."""
+    """Diffusion-QL family (docs/algorithms.md, "Diffusion-QL family"); defaults: halfcheetah-medium."""
     variant: str = param("ql", "ql: BC + Q through the sampled chain; qg: Q-guided score matching; edp: one-step "
                          "x0 approximation + DPM-Solver; bc: BC only; eg_ood: ql + OOD-penalised TD target",
                          choices=VARIANTS)

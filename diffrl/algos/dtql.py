@@ -9,7 +9,7 @@ are pretrained separately and handed to `DTQL`, which then trains the one-step p
 where L_TR is the behaviour diffusion loss evaluated at the policy's action with the behaviour
 net frozen (a random noise level per sample), while it keeps training the IQL critic
 (target r + gamma V(s')) and, as the released DTQL does, the behaviour model itself.
-Losses and hyperparameters: /work/shared/specs/algorithms.md, section "DTQL".
+Losses and hyperparameters: docs/algorithms.md, section "DTQL".
 
 As in the released code (TianyuCodings/Diffusion_Trusted_Q_Learning), by default: the score net's
 first hidden layer has no activation (3 nonlinearities for 4 hidden layers) and embeds

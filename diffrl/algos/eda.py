@@ -14,7 +14,7 @@ are drawn once, before the first alignment step (`EDAAlign.prepare`), and alignm
 are states with their support actions; the costly 15-step sampler then never runs inside the
 training loop. On small compute budgets the support set covers a random subset of the states
 (`support_states`, the budget's `align_support_states`; 0 = every state, as released).
-Math and reference hyperparameters: /work/shared/specs/algorithms.md, section "EDA".
+Math and reference hyperparameters: docs/algorithms.md, section "EDA".
 
 As in the released code (thu-ml/Efficient-Diffusion-Alignment), by default: the energy net embeds
 t with random Fourier features (scale 30) -> Linear 32 -> SiLU -> Linear 32 (`time_embedding`),

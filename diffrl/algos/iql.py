@@ -22,7 +22,7 @@ from diffrl.nets import Critic, GaussianActor, ValueNet, soft_update
 
 @dataclass
 class IQLConfig:
-    """IQL critic and AWR policy (losses in algorithms.md)."""
+    """IQL critic and AWR policy (losses in docs/algorithms.md, "IQL")."""
     expectile: float = param(0.7, "expectile tau of the value loss", low=0, high=1, low_open=True, high_open=True)
     temperature: float = param(3.0, "AWR inverse temperature beta: weights exp(beta (Q - V))", low=0, low_open=True)
     max_weight: float = param(100.0, "clip of the AWR weights", low=0, low_open=True)

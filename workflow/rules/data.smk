@@ -2,23 +2,23 @@
 
 rule dataset:
     output: directory(dataset_dir("{env}"))
-    input: LIB, "stages/dataset.py"
+    input: inputs("dataset")
     params:
         declared=declared("dataset"),
         set=overrides("dataset"),
     log: log_file("dataset", "{env}")
     threads: 1
     resources: **job_resources("dataset", P)
-    shell: "python stages/dataset.py --env {wildcards.env}{params.set}"
+    shell: shell_command("dataset")
 
 
 rule toy_dataset:
     output: toy_file("{name}")
-    input: LIB, "stages/toy_dataset.py"
+    input: inputs("toy_dataset")
     params:
         declared=declared("toy_dataset"),
         set=overrides("toy_dataset"),
     log: log_file("toy_dataset", "{name}")
     threads: 1
     resources: **job_resources("toy_dataset", P)
-    shell: "python stages/toy_dataset.py --name {wildcards.name}{params.set}"
+    shell: shell_command("toy_dataset")

@@ -4,9 +4,7 @@
 
 rule online_train:
     output: directory(run_dir("{env}", "{algo}", "{seed}"))
-    input:
-        LIB, "stages/online.py",
-        lambda wc: [run_dir(wc.env, P[wc.algo].offline_init, wc.seed)] if getattr(P[wc.algo], "offline_init", "") else [],
+    input: inputs("online_train")
     params:
         declared=lambda wc: declared("online_train", algo=wc.algo),
         set=lambda wc: overrides("online_train", algo=wc.algo),
@@ -14,4 +12,4 @@ rule online_train:
     wildcard_constraints: algo="|".join(ONLINE)
     threads: 1
     resources: **job_resources("online_train", P)
-    shell: "python stages/online.py --algo {wildcards.algo} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
+    shell: shell_command("online_train")

@@ -1,36 +1,35 @@
 # Training, cached per seed: critic pretraining (IQL losses: iql, dtql_critic, eda_critic),
 # behaviour pretraining (bc, dtql_behavior, eda_behavior) and offline training (the
 # Diffusion-QL variants, and DTQL and EDA from their own pretrained critic and behaviour).
+# Inputs: the dataset, the pretraining runs a row starts from, and the code of its own algorithm.
 
 rule critic_pretrain:
     output: directory(run_dir("{env}", "{critic}", "{seed}"))
-    input: LIB, "stages/train.py", dataset_dir("{env}")
+    input: inputs("critic_pretrain")
     params:
         declared=lambda wc: declared("critic_pretrain", critic=wc.critic),
         set=lambda wc: overrides("critic_pretrain", critic=wc.critic),
     log: log_file("critic_pretrain", "{env}", "{critic}", "seed{seed}")
     threads: 1
     resources: **job_resources("critic_pretrain", P)
-    shell: "python stages/train.py critic_pretrain --critic {wildcards.critic} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
+    shell: shell_command("critic_pretrain")
 
 
 rule behavior_pretrain:
     output: directory(run_dir("{env}", "{behavior}", "{seed}"))
-    input: LIB, "stages/train.py", dataset_dir("{env}")
+    input: inputs("behavior_pretrain")
     params:
         declared=lambda wc: declared("behavior_pretrain", behavior=wc.behavior),
         set=lambda wc: overrides("behavior_pretrain", behavior=wc.behavior),
     log: log_file("behavior_pretrain", "{env}", "{behavior}", "seed{seed}")
     threads: 1
     resources: **job_resources("behavior_pretrain", P)
-    shell: "python stages/train.py behavior_pretrain --behavior {wildcards.behavior} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
+    shell: shell_command("behavior_pretrain")
 
 
 rule offline_train:
     output: directory(run_dir("{env}", "{algo}", "{seed}"))
-    input:
-        LIB, "stages/train.py", dataset_dir("{env}"),
-        lambda wc: [run_dir(wc.env, part, wc.seed) for part in PRETRAINED.get(wc.algo, ())],
+    input: inputs("offline_train")
     params:
         declared=lambda wc: declared("offline_train", algo=wc.algo),
         set=lambda wc: overrides("offline_train", algo=wc.algo),
@@ -38,4 +37,4 @@ rule offline_train:
     wildcard_constraints: algo="|".join(OFFLINE)
     threads: 1
     resources: **job_resources("offline_train", P)
-    shell: "python stages/train.py offline_train --algo {wildcards.algo} --env {wildcards.env} --seed {wildcards.seed}{params.set}"
+    shell: shell_command("offline_train")

@@ -1,0 +1,367 @@
+"""The job graph both front ends are built from: each job's command, code and data dependencies.
+
+Code dependencies are computed, not listed: a job depends on its stage script and on the diffrl
+modules that script imports (module-level and function-level `import`/`from` statements, read
+with ast). A stage that dispatches on a row (training, evaluation, the bandit study) reaches the
+algorithm modules only through the registry (diffrl.algos imports them on first use), so its
+dependencies are the script's closure without any algorithm module, plus the closure of the
+modules of the sections the row runs: editing diffrl/algos/dpmd.py reruns the online rows and
+their evaluations, not the dataset or the offline rows. diffrl/resources.py only sizes cluster
+requests and is never a dependency.
+
+The Snakefile takes its rules' inputs and shell commands from here, and dvc.yaml is generated
+from the same declarations:
+    python -m diffrl.dag dvc > dvc.yaml
+    python -m diffrl.dag deps offline_train algo=dtql     # one job's code dependencies
+Stage scripts never import this module, so editing it reruns nothing.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import string
+import sys
+from pathlib import Path
+
+from diffrl.pipeline import (STAGES, TRAIN_STAGES, bandit_file, bandit_plot_file, budget_keys, dataset_dir,
+                             eval_file, run_dir, stage_keys, summary_files, toy_file)
+
+ROOT = Path(__file__).resolve().parents[1]
+NEVER_DEPS = {"diffrl/resources.py"}  # sizes cluster requests only: changing it must rerun nothing
+
+COMMANDS = {
+    "dataset": "python stages/dataset.py --env {env}",
+    "toy_dataset": "python stages/toy_dataset.py --name {name}",
+    "critic_pretrain": "python stages/train.py critic_pretrain --critic {critic} --env {env} --seed {seed}",
+    "behavior_pretrain": "python stages/train.py behavior_pretrain --behavior {behavior} --env {env} --seed {seed}",
+    "offline_train": "python stages/train.py offline_train --algo {algo} --env {env} --seed {seed}",
+    "online_train": "python stages/online.py --algo {algo} --env {env} --seed {seed}",
+    "evaluate": "python stages/evaluate.py --env {env} --algo {algo} --seed {seed}",
+    "summary": "python stages/summary.py --env {env}",
+    "bandit_train": "python stages/bandit.py bandit_train --name {name} --algo {algo}",
+    "bandit_plot": "python stages/bandit.py bandit_plot --name {name}",
+    "bandit_summary": "python stages/bandit.py bandit_summary",
+}
+assert set(COMMANDS) == set(STAGES)
+# stages that pick the algorithm module by the row they run (the argument named here)
+DISPATCH = {**TRAIN_STAGES, "online_train": "algo", "evaluate": "algo", "bandit_train": "algo"}
+# the matrix axes of each stage and the params.yaml list each one takes its values from
+AXES = {
+    "dataset": {"env": "envs"}, "toy_dataset": {"name": "toy_sets"},
+    **{s: {"env": "envs", "seed": "seeds"} for s in (*TRAIN_STAGES, "online_train", "evaluate")},
+    "summary": {"env": "envs"},
+    "bandit_train": {"name": "bandit_sets"}, "bandit_plot": {"name": "bandit_sets"}, "bandit_summary": {},
+}
+
+
+def command(stage: str, **values) -> str:
+    """The shell command of a job; `values` fill its fields (wildcards, or DVC's ${item.*})."""
+    return COMMANDS[stage].format(**values)
+
+
+def command_fields(stage: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(COMMANDS[stage]) if f]
+
+
+def entry_point(stage: str) -> str:
+    return COMMANDS[stage].split()[1]
+
+
+# --------------------------------------------------------------------------- static import graph
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def _module_files(dotted: str) -> list[Path]:
+    """The files importing `dotted` executes: each package's __init__.py on the way, then the module
+    (diffrl itself is a namespace package: no file). Modules outside diffrl are not ours."""
+    parts = dotted.split(".")
+    if parts[0] != "diffrl":
+        return []
+    files = []
+    for i in range(1, len(parts) + 1):
+        base = ROOT.joinpath(*parts[:i])
+        if base.with_suffix(".py").is_file():
+            files.append(base.with_suffix(".py"))
+        elif (base / "__init__.py").is_file():
+            files.append(base / "__init__.py")
+    return files
+
+
+def _is_module(dotted: str) -> bool:
+    path = ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _is_main_block(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":`, which runs only when the file is the program itself."""
+    t = node.test if isinstance(node, ast.If) else None
+    return (isinstance(t, ast.Compare) and isinstance(t.left, ast.Name) and t.left.id == "__name__"
+            and len(t.comparators) == 1 and getattr(t.comparators[0], "value", None) == "__main__")
+
+
+@functools.lru_cache(maxsize=None)
+def imports(path: Path, entry: bool = False) -> frozenset[Path]:
+    """The diffrl files one file imports, wherever the statement is (module level or in a function:
+    a function's import runs when it is called, and we do not guess which calls happen). An imported
+    module's `if __name__ == "__main__":` block never runs, so only an entry point's counts."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[Path] = set()
+
+    def visit(node):
+        if not entry and _is_main_block(node):
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.update(_module_files(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the file's package, up level-1 packages
+                parts = package.split(".")
+                base = ".".join([*parts[:len(parts) - node.level + 1], *([base] if base else [])])
+            found.update(_module_files(base))
+            for alias in node.names:  # `from diffrl import config` imports the module diffrl.config
+                if _is_module(f"{base}.{alias.name}"):
+                    found.update(_module_files(f"{base}.{alias.name}"))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(path)
+    return frozenset(found)
+
+
+def closure(starts, stop=frozenset()) -> set[Path]:
+    """Every file reachable from `starts` by imports, not entering the files in `stop`."""
+    seen, todo = set(starts), list(starts)
+    while todo:
+        path = todo.pop()
+        for dep in imports(path, entry=path.parent == ROOT / "stages"):  # stage scripts are programs
+            if dep not in seen and dep not in stop:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def algorithm_file(section: str) -> Path:
+    from diffrl.algos import MODULES
+    return ROOT / "diffrl" / "algos" / f"{MODULES[section][0]}.py"
+
+
+def row_sections(stage: str, offline_init: str = "", **wildcards) -> list[str]:
+    """The params sections whose algorithm modules a dispatching job runs: the section it trains or
+    loads, the pretrained parts that one starts from, and for an offline-to-online row the offline
+    run it starts from (`offline_init`, its section's value)."""
+    from diffrl.algos import PRETRAINED, section_of
+    row = wildcards[DISPATCH[stage]]
+    if stage == "online_train":
+        sections = [section_of(row)]
+        if offline_init:
+            sections += [offline_init, *PRETRAINED.get(offline_init, ())]
+        return sections
+    # the trained or evaluated run is saved under the row's name (the online `sac` row as a `sac` agent)
+    return [row, *PRETRAINED.get(row, ())]
+
+
+def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
+    """The code a job runs: its stage script, then the diffrl files it imports (sorted).
+
+    For a dispatching stage: the script's closure without the algorithm modules (those of
+    diffrl.algos.MODULES), plus the closure of the modules of row_sections(...).
+    """
+    entry = ROOT / entry_point(stage)
+    if stage in DISPATCH:
+        from diffrl.algos import MODULES
+        algorithms = frozenset(algorithm_file(s) for s in MODULES)
+        files = closure([entry], stop=algorithms)
+        files |= closure([algorithm_file(s) for s in row_sections(stage, offline_init, **wildcards)])
+    else:
+        files = closure([entry])
+    return [entry_point(stage)] + sorted(rel(f) for f in files - {entry} if rel(f) not in NEVER_DEPS)
+
+
+# --------------------------------------------------------------------------- data dependencies and jobs
+def offline_init_of(params: dict, row: str) -> str:
+    """The offline row an online row starts from ('' for none); `params` is validated."""
+    from diffrl.algos import section_of
+    return getattr(params[section_of(row)], "offline_init", "")
+
+
+def data_deps(stage: str, params: dict, folders: bool = False, offline_init: str | None = None,
+              **wildcards) -> list[str]:
+    """The outputs of other jobs a job reads. `folders`: for DVC, which cannot expand a list of
+    params.yaml inside a stage's deps, the summaries depend on the folders holding those files.
+    `offline_init` (default: its params value) is the offline row an online row starts from."""
+    from diffrl.algos import OFFLINE_ROWS, PRETRAINED
+    w = wildcards
+    if stage in TRAIN_STAGES:
+        row = w[TRAIN_STAGES[stage]]
+        return [dataset_dir(w["env"]), *(run_dir(w["env"], part, w["seed"]) for part in PRETRAINED.get(row, ()))]
+    if stage == "online_train":
+        init = offline_init_of(params, w["algo"]) if offline_init is None else offline_init
+        return [run_dir(w["env"], init, w["seed"])] if init else []
+    if stage == "evaluate":
+        return [run_dir(w["env"], w["algo"], w["seed"])]
+    if stage == "summary":
+        if folders:
+            return [str(Path(eval_file(w["env"], a, 0)).parent) for a in params["algorithms"]]
+        return [eval_file(w["env"], a, s) for a in params["algorithms"] for s in params["seeds"]]
+    if stage == "bandit_plot":
+        return [bandit_file(w["name"], a) for a in OFFLINE_ROWS]
+    if stage == "bandit_summary":
+        if folders:
+            return ["runs/bandit"]
+        return [bandit_file(n, a) for n in params["bandit_sets"] for a in OFFLINE_ROWS]
+    return []
+
+
+def outputs(stage: str, **w) -> list[str]:
+    if stage == "dataset":
+        return [dataset_dir(w["env"])]
+    if stage == "toy_dataset":
+        return [toy_file(w["name"])]
+    if stage in TRAIN_STAGES or stage == "online_train":
+        return [run_dir(w["env"], w[DISPATCH[stage]], w["seed"])]
+    if stage == "evaluate":
+        return [eval_file(w["env"], w["algo"], w["seed"])]
+    if stage == "summary":
+        return summary_files(w["env"])
+    if stage == "bandit_train":
+        return [bandit_file(w["name"], w["algo"])]
+    if stage == "bandit_plot":
+        return [bandit_plot_file(w["name"])]
+    return ["results/bandit_summary.csv"]
+
+
+def stage_rows(params: dict) -> list[tuple[str, dict]]:
+    """(stage, row wildcards) of every job family the default target builds, in pipeline order:
+    the rows `algorithms` selects with the pretraining and offline runs they start from, their
+    evaluations and tables, the toy sets and the bandit study (every offline row), as the
+    Snakefile's `all` does. The matrix axes (AXES) multiply each family into jobs."""
+    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, OFFLINE_ROWS, ONLINE, PRETRAINED
+    selected = list(params["algorithms"])
+    trained = set()
+    for row in selected:
+        trained |= {row, *PRETRAINED.get(row, ())}
+        init = offline_init_of(params, row) if row in ONLINE else ""
+        if init:
+            trained |= {init, *PRETRAINED.get(init, ())}
+    out = [("dataset", {}), ("toy_dataset", {})]
+    out += [("critic_pretrain", {"critic": s}) for s in CRITICS if s in trained]
+    out += [("behavior_pretrain", {"behavior": s}) for s in BEHAVIORS if s in trained]
+    out += [("offline_train", {"algo": s}) for s in OFFLINE if s in trained]
+    out += [("online_train", {"algo": s}) for s in ONLINE if s in trained]
+    out += [("evaluate", {"algo": a}) for a in selected]
+    out += [("summary", {})]
+    out += [("bandit_train", {"algo": a}) for a in OFFLINE_ROWS]
+    out += [("bandit_plot", {}), ("bandit_summary", {})]
+    return out
+
+
+def jobs(params: dict) -> list[tuple[str, dict]]:
+    """Every job of the default target: (stage, wildcards), the matrix axes expanded."""
+    out = []
+    for stage, row in stage_rows(params):
+        combos = [dict(row)]
+        for axis, source in AXES[stage].items():
+            combos = [{**c, axis: v} for c in combos for v in params[source]]
+        out += [(stage, c) for c in combos]
+    return out
+
+
+# --------------------------------------------------------------------------- dvc.yaml
+HEADER = """\
+# GENERATED by `python -m diffrl.dag dvc > dvc.yaml`: do not edit, change diffrl/pipeline.py (what
+# each stage reads), diffrl/dag.py (commands, inputs) or params.yaml and regenerate;
+# tests/test_pipeline_graph.py fails while this file is stale.
+# The same jobs as the Snakefile, for `dvc repro` and `dvc exp run -S key=value`: one stage per
+# row (STAGE_ROW), a matrix over envs and seeds (or toy sets), which DVC reads from params.yaml
+# itself, as it does budget. The rows built (those `algorithms` selects and the runs they start
+# from) and each job's code dependencies (its stage script and the diffrl files it imports, its
+# own algorithm's only) are written out here: regenerate after changing `algorithms` or an online
+# row's offline_init. A stage depends on the values it reads of the selected budget preset only
+# (budgets.${budget}.KEY), so editing another preset reruns nothing.
+"""
+
+
+def dvc_params(stage: str, **row) -> list[str]:
+    """A stage's dvc.yaml params: its declared keys, and its budget keys in the preset DVC selects."""
+    return stage_keys(stage, **row) + [f"budgets.${{budget}}.{k}" for k in budget_keys(stage, **row)]
+
+
+def stage_name(stage: str, row: dict) -> str:
+    """A row's dvc.yaml stage: STAGE_ROW (offline_train_dtql), or STAGE for stages without a row.
+    Each job is one matrix entry: offline_train_dtql@halfcheetah-0, bandit_train_bc@8gaussians."""
+    return stage + "".join(f"_{v}" for v in row.values())
+
+
+def dvc_stage(stage: str, params: dict, row: dict) -> tuple[str, list[str]]:
+    """(name, yaml lines) of one dvc.yaml stage: one matrix over the stage's AXES per row."""
+    from diffrl.algos import section_of
+    item = {axis: f"${{item.{axis}}}" for axis in AXES[stage]}
+    values = {**row, **item}
+    name = stage_name(stage, row)
+    init = offline_init_of(params, row["algo"]) if stage == "online_train" else ""
+    lines = [f"  {name}:"]
+    if item:
+        lines.append("    matrix:")
+        lines += [f"      {axis}: ${{{source}}}" for axis, source in AXES[stage].items()]
+    lines.append(f"    cmd: {command(stage, **values)}")
+    deps = code_deps(stage, offline_init=init, **row)
+    # an online row's starting run follows its params value (`dvc exp run -S dpmd_o2o.offline_init=qg`;
+    # its code dependencies are those of the value written here)
+    templated_init = f"${{{section_of(row['algo'])}.offline_init}}" if init else None
+    deps += data_deps(stage, params, folders=True, offline_init=templated_init, **values)
+    lines.append("    deps:")
+    lines += [f"      - {d}" for d in deps]
+    keys = dvc_params(stage, **row)
+    if keys:
+        lines.append("    params:")
+        lines += [f"      - {k}" for k in keys]
+    outs = outputs(stage, **values)
+    if stage in ("summary", "bandit_plot", "bandit_summary"):
+        # small result files kept in git (not in the DVC cache); the metrics and curves also feed
+        # `dvc exp show` and `dvc plots`
+        metrics = [o for o in outs if o.endswith("_metrics.json")]
+        plots = [o for o in outs if o.endswith("_curves.csv")]
+        lines.append("    outs:")
+        for o in outs:
+            if o not in metrics + plots:
+                lines += [f"      - {o}:", "          cache: false"]
+        if metrics:
+            lines.append("    metrics:")
+            lines += [f"      - {o}:\n          cache: false" for o in metrics]
+        if plots:
+            lines.append("    plots:")
+            lines += [f"      - {o}:\n          cache: false\n          x: step\n          y: score\n"
+                      f"          template: linear" for o in plots]
+    else:
+        lines.append("    outs:")
+        lines += [f"      - {o}" for o in outs]
+    return name, lines
+
+
+def dvc_yaml(params: dict) -> str:
+    """The text of dvc.yaml for validated params (diffrl.config.load)."""
+    blocks = [dvc_stage(stage, params, row)[1] for stage, row in stage_rows(params)]
+    return HEADER + "stages:\n" + "\n\n".join("\n".join(b) for b in blocks) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    from diffrl import config
+    if argv[:1] == ["dvc"] and len(argv) == 1:
+        sys.stdout.write(dvc_yaml(config.load(ROOT / "params.yaml")))
+        return 0
+    if argv[:1] == ["deps"] and len(argv) >= 2 and argv[1] in STAGES:
+        wildcards = dict(a.split("=", 1) for a in argv[2:])
+        print("\n".join(code_deps(argv[1], **wildcards)))
+        return 0
+    print("usage: python -m diffrl.dag dvc > dvc.yaml\n"
+          "       python -m diffrl.dag deps STAGE [algo=ROW | critic=SECTION | behavior=SECTION] "
+          "[offline_init=ROW]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
