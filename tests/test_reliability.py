@@ -140,6 +140,7 @@ def test_stale_resume_checkpoint_of_other_settings_is_not_used(tmp_path, one_thr
 
 
 # --------------------------------------------------------------------------- determinism
+@pytest.mark.pipeline
 def test_same_params_and_seed_give_bit_identical_results_in_two_copies(tmp_path):
     cmd = [sys.executable, "stages/bandit.py", "bandit_train", "--name", "8gaussians", "--algo", "dql",
            "--set", "budget=smoke", "--set", "seeds=[0]", "--set", "budgets.smoke.toy_steps=15",
@@ -218,6 +219,7 @@ def _snapshot(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.pipeline
 def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
     train = [sys.executable, "stages/train.py"]
     iql = [*train, "critic_pretrain", "--critic", "iql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"]
