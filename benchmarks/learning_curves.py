@@ -101,8 +101,9 @@ def plot(path: Path, png: Path, title: str) -> None:
     from diffrl.stats import plot_curves
     df = pd.read_csv(path)
     df = df.assign(step_unit="grad")
-    seeds = sorted(df["seed"].unique())
-    plot_curves(df, png, f"{title} (seeds {', '.join(map(str, seeds))}; mean, 95% CI over seeds where > 1)")
+    seeds = df.groupby("algorithm", sort=False)["seed"].nunique()
+    per_row = ", ".join(f"{row} {n}" for row, n in seeds.items())
+    plot_curves(df, png, f"{title}; seeds per row: {per_row} (mean; 95% CI over seeds where > 1)")
 
 
 def main() -> None:
