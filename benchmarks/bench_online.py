@@ -1,4 +1,4 @@
-"""Speed of the online agents (diffrl.algos.dpmd VARIANTS; sac = diffrl.algos.sac) on a short run:
+"""Speed of the online agents (the online rows of params.yaml; sac = diffrl.algos.sac) on a short run:
 
 - loop: env steps/s and updates/s of the real training loop (train_online: num_envs envs stepped,
   EMA-policy action selection, one update per iteration), timed between updates after warm-up;
@@ -86,7 +86,8 @@ def one(variant, device, threads, env_name, iters, max_s, small):
         act = lambda o: agent.act(o, deterministic=True, generator=g)  # noqa: E731
         particles = 1
     else:
-        from diffrl.algos.dpmd import DiffusionOnline, train_online, variant_config
+        from diffrl.algos.dpmd import DiffusionOnline, train_online
+        from diffrl.online import variant_config
         cfg = variant_config(variant, **(SMALL if small else {}))
         cfg.warmup, cfg.buffer_size = 2 * cfg.batch_size, 100_000
         torch.manual_seed(0)

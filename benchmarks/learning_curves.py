@@ -49,8 +49,9 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 def run_one(row: str, seed: int, args, params, work: Path) -> list[dict]:
     from diffrl.algos import PRETRAINED
+    from diffrl.envs import final_seed
     from diffrl.offline import describe_dataset, load_agent, train_run
-    from diffrl.train import FINAL_SEED, eval_score
+    from diffrl.train import eval_score
     from diffrl.utils import seed_everything
 
     def train(section: str, steps: int, pretrained=None) -> tuple[Path, dict]:
@@ -76,7 +77,7 @@ def run_one(row: str, seed: int, args, params, work: Path) -> list[dict]:
     steps = args.align_steps if row == "eda" else args.steps
     out, info = train(row, steps, pretrained)
     agent, _ = load_agent(out)
-    ret, score = eval_score(agent, args.env, args.episodes, FINAL_SEED + 1000 * seed)
+    ret, score = eval_score(agent, args.env, args.episodes, final_seed(seed))
     points = info["curve"] + [{"step": steps, "return": ret, "score": score}]
     common = {"algorithm": row, "seed": seed, "final_stage_steps": steps, "critic_steps": critic_steps,
               "behavior_steps": behavior_steps, "wall_s": round(pre_wall + info["wall_s"], 1),

@@ -1,4 +1,4 @@
-"""Build the small HalfCheetah-v5 "medium" fixture of tests/test_halfcheetah_learning.py.
+"""Build the small HalfCheetah-v5 "medium" fixture of tests/halfcheetah_learning.py.
 
 It uses the pipeline's own generator (diffrl.generate.generate_dataset: a SAC behaviour agent
 trained until its evaluation score reaches the target, then rolled out stochastically and

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from diffrl.algos import AGENTS, CRITICS, DQL_VARIANTS, PRETRAINED
+from diffrl.algos import AGENTS, PRETRAINED, extra_args
 from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
 from diffrl.pipeline import toy_steps_key
 from diffrl.train import train_offline
@@ -24,10 +24,9 @@ def _build(section: str, cfg, device, steps: int, budget, parts=None):
         # DTQL's released init has zero biases: on the toys' constant zero state every ReLU unit of
         # its one-step policy would start dead, so the toys keep PyTorch's default init
         cfg = dataclasses.replace(cfg, orthogonal_init=False)
+    extra = extra_args(section, reward_scale=1.0, total_steps=steps, support_states=lambda: budget.align_support_states)
     if section in PRETRAINED:
-        extra = {"support_states": budget.align_support_states} if section == "eda" else {}
         return cls(1, 2, cfg, parts["behavior"], parts["critic"], device, **extra)
-    extra = {"reward_scale": 1.0} if section in CRITICS else ({"total_steps": steps} if section in DQL_VARIANTS else {})
     return cls(1, 2, cfg, device, **extra)
 
 

@@ -145,8 +145,8 @@ def closure(starts, stop=frozenset()) -> set[Path]:
 
 
 def algorithm_file(section: str) -> Path:
-    from diffrl.algos import MODULES
-    return ROOT / "diffrl" / "algos" / f"{MODULES[section][0]}.py"
+    from diffrl.algos import REGISTRY
+    return ROOT / "diffrl" / "algos" / f"{REGISTRY[section].module}.py"
 
 
 def row_sections(stage: str, offline_init: str = "", **wildcards) -> list[str]:
@@ -168,12 +168,12 @@ def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
     """The code a job runs: its stage script, then the diffrl files it imports (sorted).
 
     For a dispatching stage: the script's closure without the algorithm modules (those of
-    diffrl.algos.MODULES), plus the closure of the modules of row_sections(...).
+    diffrl.algos.REGISTRY), plus the closure of the modules of row_sections(...).
     """
     entry = ROOT / entry_point(stage)
     if stage in DISPATCH:
-        from diffrl.algos import MODULES
-        algorithms = frozenset(algorithm_file(s) for s in MODULES)
+        from diffrl.algos import REGISTRY
+        algorithms = frozenset(algorithm_file(s) for s in REGISTRY)
         files = closure([entry], stop=algorithms)
         files |= closure([algorithm_file(s) for s in row_sections(stage, offline_init, **wildcards)])
     else:

@@ -1,7 +1,11 @@
-"""Discrete diffusion schedules, the eps-prediction loss and the DDPM ancestral sampler.
+"""Discrete diffusion schedules, the eps-prediction loss, the DDPM ancestral sampler and the
+DPM-Solver++(2M) multistep update.
 
 One sampler family serves every discrete-time algorithm (diffusion BC, Diffusion-QL and
 variants, SDAC/DPMD): `DiffusionSchedule.sample` with an optional per-step hook for tilts.
+`dpm_solver_2m` is the one DPM-Solver++(2M) (Lu et al. 2022) for both time kinds: Diffusion-QL's
+discrete VP schedule (diffrl.algos.dql.DPMSolver) and EDA's continuous VP-SDE
+(diffrl.algos.eda.dpm_solver_sample, method dpm++2m).
 """
 from __future__ import annotations
 
@@ -95,3 +99,32 @@ class DiffusionSchedule:
                 eps = guide(x, tt, eps)
             x = self.step(x, t, eps, generator, clip)
         return x.clamp(-1, 1) if clip is not None else x
+
+
+def dpm_solver_2m(x: torch.Tensor, x0_fn, alpha, sigma, lam, first_order: bool = False,
+                  to_clean: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) from grid point 0 (the noisiest) to the last, on data predictions.
+
+    x0_fn(x, i) is the (clipped, if the caller clips) data prediction at grid point i; alpha, sigma
+    and lam = log(alpha / sigma) hold the grid's values, as python floats (no host sync) or 0-d
+    tensors. With h_i = lam_{i+1} - lam_i and r_i = h_{i-1} / h_i:
+        x_{i+1} = sigma_{i+1}/sigma_i x_i - alpha_{i+1} (exp(-h_i) - 1) D_i,
+        D_0 = x0_0, D_i = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}   (first_order: D_i = x0_i, DDIM).
+    to_clean: the grid's last point is the clean data (sigma = 0), so the last step returns the data
+    prediction (a first-order step; lam is infinite there).
+    """
+    expm1 = math.expm1 if isinstance(lam[0], float) else torch.expm1
+    x0_prev, n = None, len(lam) - 1
+    for i in range(n):
+        x0 = x0_fn(x, i)
+        if to_clean and i == n - 1:
+            return x0
+        h = lam[i + 1] - lam[i]
+        if first_order or x0_prev is None:
+            d = x0
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+        x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * expm1(-h) * d
+        x0_prev = x0
+    return x

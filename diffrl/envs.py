@@ -27,6 +27,28 @@ ENVS = {
 }
 
 
+# Episode seeds, declared once. A run of training seed s evaluates its learning-curve point at step k
+# (gradient steps offline, environment steps online) on episodes curve_seed(s, k) + i and its final
+# policy on final_seed(s) + i (i < episodes); an online run's training environment i starts from
+# train_env_seed(s) + i.
+CURVE_SEED = 100_000
+FINAL_SEED = 1_000_000
+TRAIN_ENV_SEED = 10_000
+FINETUNE_CURVE_SEED = 2_000_000  # Diffusion-QL's online tuning (diffrl.algos.dql.online_finetune)
+
+
+def curve_seed(seed: int, step: int) -> int:
+    return CURVE_SEED + 1000 * seed + step
+
+
+def final_seed(seed: int) -> int:
+    return FINAL_SEED + 1000 * seed
+
+
+def train_env_seed(seed: int) -> int:
+    return TRAIN_ENV_SEED + 100 * seed
+
+
 def env_spec(name: str) -> EnvSpec:
     if name not in ENVS:
         import difflib

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from diffrl.algos import AGENTS, CRITICS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS
+from diffrl.algos import AGENTS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS, extra_args
 from diffrl.data import ReplayBuffer, load_offline
 from diffrl.pipeline import steps_key
 from diffrl.train import train_offline
@@ -82,13 +82,10 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
         cfg = cfg.for_env(env_name)
     data = load_offline(dataset_dir, env_name)
     obs_dim, act_dim = data.obs.shape[1], data.action.shape[1]
-    extra = {}
-    if section in CRITICS:  # IQL's locomotion reward scaling is a property of the dataset
-        extra["reward_scale"] = data.locomotion_reward_scale() if cfg.reward_scaling == "locomotion" else 1.0
-    if section in DQL_VARIANTS:
-        extra["total_steps"] = steps
-    if section == "eda":
-        extra["support_states"] = support_states
+    # IQL's locomotion reward scaling is a property of the dataset
+    locomotion = getattr(cfg, "reward_scaling", "") == "locomotion"
+    extra = extra_args(section, reward_scale=data.locomotion_reward_scale() if locomotion else 1.0,
+                       total_steps=steps, support_states=support_states)
     parts, parts_meta = None, {}
     if section in PRETRAINED:
         parts = {}

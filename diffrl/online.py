@@ -3,7 +3,8 @@ an online row (its params section, the top-level tfg_lambda of the guided varian
 warm-up cap), train it in the environment, and save a run folder that `diffrl.offline.load_agent`
 loads like any other (model.pt + train.json).
 
-Rows: the variants of diffrl.algos.dpmd.VARIANTS, one OnlineConfig section each: `sac` (the fork's
+Rows: the online rows of the registry (diffrl.algos.ONLINE), one OnlineConfig section of params.yaml
+each, which holds what makes the row that variant: `sac` (the fork's
 Gaussian SAC baseline; its section is `sac_online`, since `sac` is the dataset stage's agent) and
 the SDAC/DPMD variants. An offline-to-online row (offline_init set) starts from the policy and
 critic of an offline run.
@@ -20,13 +21,34 @@ from diffrl.runlog import RunLog
 from diffrl.utils import read_json, save_checkpoint, write_json
 
 MODEL_FILE = "model.pt"
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def variant_config(row: str, **overrides):
+    """An online row's OnlineConfig as params.yaml sets it (a guided variant with the top-level
+    tfg_lambda), with field overrides: the named variants for tests and benchmarks."""
+    from diffrl import config
+    from diffrl.algos import ONLINE, section_of
+    if row not in ONLINE:
+        raise ConfigError(f"unknown online row '{row}': choose one of {', '.join(ONLINE)}")
+    section = section_of(row)
+    p = config.load(PARAMS_FILE, sections=[section])
+    valid = {f.name for f in dataclasses.fields(p[section])}
+    for key in overrides:
+        if key not in valid:
+            raise ConfigError(f"unknown OnlineConfig field '{key}'")
+    cfg = dataclasses.replace(p[section], **overrides)
+    cfg = effective_config(row, cfg, p["tfg_lambda"], None) if "tfg_lambda" not in overrides else cfg
+    cfg.check()
+    return cfg
 
 
 def effective_config(row: str, cfg, tfg_lambda: float, budget):
     """The config a row trains with: the guided variants take the top-level tfg_lambda; every
-    row's warm-up is capped by the budget (the published 30000 needs the paper budget)."""
-    return dataclasses.replace(cfg, tfg_lambda=tfg_lambda if row in GUIDED else cfg.tfg_lambda,
-                               warmup=min(cfg.warmup, budget.online_warmup))
+    row's warm-up is capped by the budget (the published 30000 needs the paper budget; budget None:
+    uncapped)."""
+    warmup = cfg.warmup if budget is None else min(cfg.warmup, budget.online_warmup)
+    return dataclasses.replace(cfg, tfg_lambda=tfg_lambda if row in GUIDED else cfg.tfg_lambda, warmup=warmup)
 
 
 def check_offline_init(row: str, cfg, ck: dict, offline_run) -> None:

@@ -52,23 +52,14 @@ def stage_keys(stage: str, **wildcards) -> list[str]:
 
 
 def steps_key(section: str) -> str:
-    """The budget key of a section's gradient steps. The final policy of every offline row (bc, iql,
-    the Diffusion-QL variants, DTQL) gets offline_steps, so a table compares equals; EDA's alignment
-    has its own align_steps (it costs about 10x a Diffusion-QL step on a CPU, and its published
-    count is 200k against 2M). Pretraining-only runs take critic_steps, behavior_steps and EDA's
-    energy_behavior_steps."""
-    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE_ROWS
-    if section == "eda":
-        return "align_steps"
-    if section in OFFLINE_ROWS:
-        return "offline_steps"
-    if section in CRITICS:
-        return "critic_steps"
-    if section == "eda_behavior":
-        return "energy_behavior_steps"
-    if section in BEHAVIORS:
-        return "behavior_steps"
-    raise KeyError(f"steps_key: {section!r} is not an offline section")
+    """The budget key of a section's gradient steps (its registry entry: offline_steps for the final
+    policy of every offline row but EDA's alignment, align_steps; critic_steps, behavior_steps and
+    energy_behavior_steps for the pretraining of DTQL and EDA)."""
+    from diffrl.algos import REGISTRY
+    key = REGISTRY[section].steps_key if section in REGISTRY else ""
+    if not key:
+        raise KeyError(f"steps_key: {section!r} is not an offline section")
+    return key
 
 
 def toy_steps_key(section: str) -> str:

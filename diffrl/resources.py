@@ -15,8 +15,9 @@ checkpoint. Keys follow snakemake-executor-plugin-slurm: `runtime` (minutes, sba
 `mem_mb` (sbatch --mem), `cpus_per_task` (sbatch --cpus-per-task) and `gpu` (sbatch --gpus;
 0 means none); `gpu` is also the resource `snakemake --resources gpu=1` limits on one machine.
 
-The step times are seconds per gradient step with the published network sizes: the CPU figures
-are measured on one core (benchmarks/bench_steps.py, docs/benchmarks.md), the GPU figures are
+The step times are seconds per gradient step with the published network sizes, declared with
+each section in the registry (diffrl.algos.REGISTRY: `step_s`, `act_s`): the CPU figures are
+measured on one core (benchmarks/bench_steps.py, docs/benchmarks.md), the GPU figures are
 conservative estimates for small MLPs (kernel-launch bound). They only size requests: a job
 that needs longer is killed by the scheduler, retried with more time, and resumes from its last
 checkpoint (runs/.resume/).
@@ -25,34 +26,8 @@ from __future__ import annotations
 
 import math
 
-# seconds per gradient step: (one CPU core, one GPU)
-STEP_S = {
-    "sac": (0.008, 0.004),            # one SAC update and one env step
-    "iql": (0.008, 0.003),
-    "dtql_critic": (0.008, 0.003),
-    "eda_critic": (0.006, 0.003),
-    "bc": (0.008, 0.003),
-    "dtql_behavior": (0.012, 0.004),
-    "eda_behavior": (1.0, 0.03),      # batch 2048, bottleneck energy net
-    "dql": (0.045, 0.012),
-    "qg": (0.045, 0.012),
-    "edp": (0.035, 0.010),
-    "eg_ood": (0.045, 0.012),
-    "dtql": (0.060, 0.012),
-    "eda": (0.6, 0.02),               # 256 states x 16 support actions through two energy nets
-}
 # EDA draws 16 behaviour samples (15-step solver) per support state before alignment: seconds per state
 SUPPORT_S = (0.017, 0.0005)
-# seconds per online update at full size (batch 256, T=20, the variant's particles), measured on one
-# CPU core (docs/benchmarks.md, "Online rows"); GPU figures are estimates. sac: the 3x256 SAC update; sdac: its
-# reference loss draws a second particle sample every other update (about 1.5x the measured 1.1 s).
-ONLINE_UPDATE_S = {"sac": (0.012, 0.004), "sdac": (1.6, 0.04), "dpmd": (0.9, 0.03), "dpmd_fixnorm": (0.9, 0.03),
-                   "dpmd_tilt": (25.0, 0.5), "dpmd_select": (3.6, 0.06), "dpmd_model": (7.9, 0.2),
-                   "dpmd_plan": (1.1, 0.03), "dpmd_o2o": (0.3, 0.02)}
-ONLINE_ACT_S = {"dpmd_tilt": (0.12, 0.03), "dpmd_model": (0.05, 0.01), "dpmd_select": (0.015, 0.004)}
-# seconds to choose one evaluation action (one state): (CPU, GPU)
-ACT_S = {"bc": (0.002, 0.002), "iql": (0.0005, 0.0005), "dql": (0.004, 0.003), "qg": (0.004, 0.003),
-         "edp": (0.004, 0.003), "eg_ood": (0.004, 0.003), "dtql": (0.003, 0.002), "eda": (0.02, 0.01)}
 EPISODE_STEPS = 1000          # MuJoCo locomotion episodes (HalfCheetah, and the longest of the others)
 STARTUP_S = 60                # interpreter, torch and MuJoCo imports, dataset loading
 SAFETY = 2.0                  # requested wall time / estimate
@@ -87,11 +62,15 @@ def uses_gpu(params: dict) -> int:
 
 
 def _step_s(section: str, gpu: int) -> float:
-    return STEP_S.get(section, STEP_S["dql"])[1 if gpu else 0]
+    """Seconds per gradient step (offline) or update (online) of a section (its registry entry)."""
+    from diffrl.algos import REGISTRY
+    return REGISTRY[section].step_s[1 if gpu else 0]
 
 
 def _act_s(row: str, gpu: int) -> float:
-    return ACT_S.get(row, ACT_S["dql"])[1 if gpu else 0]
+    """Seconds to choose one action for one state with a row's policy (its registry entry)."""
+    from diffrl.algos import REGISTRY, section_of
+    return REGISTRY[section_of(row)].act_s[1 if gpu else 0]
 
 
 def _train_seconds(section: str, budget, gpu: int, evaluates: bool) -> float:
@@ -122,16 +101,17 @@ def estimate_seconds(stage: str, params: dict, gpu: int | None = None, **wildcar
         section = wildcards.get("critic") or wildcards.get("behavior") or wildcards["algo"]
         return _train_seconds(section, b, gpu, evaluates=section in ROWS)
     if stage == "online_train":
+        from diffrl.algos import section_of
         row = wildcards.get("algo", "dpmd")
-        per_update = ONLINE_UPDATE_S.get(row, ONLINE_UPDATE_S["dpmd"])[1 if gpu else 0]
+        per_update = _step_s(section_of(row), gpu)
         updates = max(0, b.online_steps - b.online_warmup) / 5  # every row: one update per 5 env steps
-        act = ONLINE_ACT_S.get(row, (0.006, 0.003))[1 if gpu else 0]
+        act = _act_s(row, gpu)
         evals = max(0, (b.online_steps - 1) // b.online_eval_every)
         episode = b.max_episode_steps or EPISODE_STEPS
         return updates * per_update + (b.online_steps / 5 + evals * b.curve_episodes * episode) * act
     if stage == "evaluate":
         row = wildcards["algo"]
-        act = ONLINE_ACT_S[row][1 if gpu else 0] if row in ONLINE_ACT_S else _act_s(row, gpu)
+        act = _act_s(row, gpu)
         return b.eval_episodes * (b.max_episode_steps or EPISODE_STEPS) * (act + 0.0002)
     if stage == "bandit_train":
         from diffrl.bandit import toy_steps

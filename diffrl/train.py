@@ -13,12 +13,10 @@ import torch
 
 from diffrl.data import ReplayBuffer
 from diffrl.fields import ConfigError
-from diffrl.envs import evaluate, normalized_score
+from diffrl.envs import curve_seed, evaluate, normalized_score
 from diffrl.runlog import NumericalError, RunLog
 from diffrl.utils import load_checkpoint, save_checkpoint
 
-CURVE_SEED = 100_000  # learning-curve episodes use seeds CURVE_SEED + 1000 * seed + i
-FINAL_SEED = 1_000_000  # final evaluation episodes use seeds FINAL_SEED + 1000 * seed + i
 
 
 def policy_fn(agent, seed: int):
@@ -184,7 +182,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
         if "bc_loss" in metrics:
             bc_sum, bc_n = bc_sum + metrics["bc_loss"].detach(), bc_n + 1
         if env_name is not None and step % eval_every == 0 and step < steps:
-            ret, score = eval_score(agent, env_name, curve_episodes, CURVE_SEED + 1000 * seed + step)
+            ret, score = eval_score(agent, env_name, curve_episodes, curve_seed(seed, step))
             curve.append({"step": step, "return": ret, "score": score})
             if bc_n:
                 curve[-1]["bc_loss"] = float(bc_sum) / bc_n

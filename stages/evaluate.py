@@ -18,16 +18,16 @@ from diffrl.pipeline import eval_file, log_file, run_dir  # noqa: E402
 
 def main(p, args):
     import numpy as np
-    from diffrl.envs import evaluate, normalized_score
+    from diffrl.envs import evaluate, final_seed, normalized_score
     from diffrl.offline import load_agent
-    from diffrl.train import FINAL_SEED, policy_fn
+    from diffrl.train import policy_fn
     from diffrl.utils import pick_device, read_json, seed_everything, write_json
 
     seed_everything(args.seed, p["deterministic"])
     rdir = run_dir(args.env, args.algo, args.seed)
     train = read_json(Path(rdir) / "train.json")
     agent, _ = load_agent(rdir, pick_device(p["device"]))
-    ep_seed = FINAL_SEED + 1000 * args.seed
+    ep_seed = final_seed(args.seed)
     cap = p.budget.max_episode_steps
     returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed, cap)
     scores = normalized_score(args.env, returns)

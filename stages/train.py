@@ -1,10 +1,11 @@
 """Stages `critic_pretrain`, `behavior_pretrain` and `offline_train`: train one params section
 on data/{env}/dataset for one seed and write runs/{env}/{section}/seed{seed}/.
 
-    python stages/train.py critic_pretrain --critic iql --env halfcheetah --seed 0
-    python stages/train.py behavior_pretrain --behavior bc --env halfcheetah --seed 0
+    python stages/train.py critic_pretrain --critic eda_critic --env halfcheetah --seed 0
+    python stages/train.py behavior_pretrain --behavior eda_behavior --env halfcheetah --seed 0
     python stages/train.py offline_train --algo dtql --env halfcheetah --seed 0
-DTQL and EDA load the critic and behaviour checkpoints of their own pretraining runs."""
+Every offline row (bc, iql, the Diffusion-QL variants, DTQL, EDA) is an offline_train job; DTQL and
+EDA load the critic and behaviour checkpoints of their own pretraining runs (diffrl.algos.REGISTRY)."""
 import sys
 from pathlib import Path
 

@@ -17,10 +17,11 @@ torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "1" if WORKERS >
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 
 
-# The files that take minutes start first, one on each xdist worker, and the short files fill in
-# around them. xdist's `--dist loadfile` would otherwise order files by their number of tests and
+# The files that take minutes start first (xdist hands each worker two files to start with: the
+# first worker the end-to-end and EDA files, the second Diffusion-QL's and the next one), and the
+# short files fill in around them. xdist's `--dist loadfile` would otherwise order files by their number of tests and
 # start the one-test end-to-end file last, so the whole suite would wait for it.
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_halfcheetah_learning.py")
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_halfcheetah_dql.py", "test_halfcheetah_eda.py")
 
 
 def pytest_configure(config):

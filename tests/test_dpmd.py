@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffrl.algos.dpmd import (VARIANTS, DiffusionOnline, OnlineConfig, select_particles, train_online,
-                               variant_config)
+from diffrl.algos.dpmd import DiffusionOnline, OnlineConfig, train_online
+from diffrl.algos.tilts import select_particles
 from diffrl.algos.dpmd_models import make_dynamics
 from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
 from diffrl.envs import make_env
+from diffrl.online import variant_config
 
 from conftest import ROOT
 
@@ -220,8 +221,13 @@ def test_fix_q_norm_bug_flag_changes_the_weights():
 
 
 def test_variants_reproduce_the_reference_commands():
-    assert set(VARIANTS) == {"sac", "sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model",
-                             "dpmd_plan", "dpmd_o2o"}
+    """The online sections of params.yaml are the reference commands (published bugs on where the
+    command had them); the registry's guided rows take the top-level tfg_lambda."""
+    from diffrl import config
+    from diffrl.algos import GUIDED, ONLINE, section_of
+    from diffrl.algos.sac import SACConfig
+    assert ONLINE == ("sac", "sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model", "dpmd_plan",
+                      "dpmd_o2o")
     d = variant_config("dpmd")
     assert d.num_particles == 32 and not d.fix_q_norm_bug and d.dpmd_double_q_update
     assert variant_config("dpmd_fixnorm").fix_q_norm_bug and OnlineConfig().fix_q_norm_bug
@@ -234,23 +240,12 @@ def test_variants_reproduce_the_reference_commands():
     s = variant_config("dpmd_select")
     assert s.num_particles == 128 and s.q_critic_agg == "mean" and s.particle_selection_lambda == 64
     assert math.isinf(OnlineConfig().particle_selection_lambda)
-
-
-def test_params_yaml_sections_are_the_named_variants():
-    """The pipeline's sections (with the top-level tfg_lambda of the guided ones) equal VARIANTS, so
-    the rows of the table are the reference commands."""
-    from diffrl import config
-    from diffrl.algos import GUIDED, ONLINE_VARIANTS
-    p = config.load(ROOT / "params.yaml")
-    assert set(GUIDED) == {"dpmd_tilt", "dpmd_model"} and p["tfg_lambda"] == 128
-    for name in ONLINE_VARIANTS:
-        section = replace(p[name], tfg_lambda=p["tfg_lambda"]) if name in GUIDED else p[name]
-        assert section == variant_config(name), name
+    assert set(GUIDED) == {"dpmd_tilt", "dpmd_model"} and variant_config("dpmd_model").tfg_lambda == 128
+    assert variant_config("dpmd").tfg_lambda == OnlineConfig().tfg_lambda  # unguided rows keep their own
     # the `sac` row reads sac_online (section `sac` is the dataset agent, left at SACConfig's defaults)
-    from diffrl.algos import section_of
-    from diffrl.algos.sac import SACConfig
-    assert section_of("sac") == "sac_online" and p["sac_online"] == variant_config("sac")
-    assert p["sac"] == SACConfig()
+    p = config.load(ROOT / "params.yaml")
+    assert section_of("sac") == "sac_online" and p["sac"] == SACConfig()
+    assert {variant_config(r).alg for r in ONLINE} == {"sac", "sdac", "dpmd"}
 
 
 # --------------------------------------------------------------------------- resume

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffrl.algos.eda import (VPSDE, BottleneckBehavior, EDABehaviorConfig, EDAAlign, EDAConfig, EnergyNet,
+from diffrl.algos.eda import (VPSDE, BottleneckBehavior, EDABehaviorConfig, EDAAlign, EDAConfig, BottleneckEnergyNet,
                               FourierEmbedding, dpm_solver_sample, energy_eps, singlestep_orders)
 from diffrl.nets import SinusoidalEmbedding
 from diffrl.algos.iql import IQL, IQLConfig
@@ -137,7 +137,7 @@ def test_behavior_sampler_is_released_singlestep_on_a_uniform_time_grid(monkeypa
 # --------------------------------------------------------------------------- bottleneck behaviour
 def test_eps_is_minus_sigma_grad_energy():
     torch.manual_seed(0)
-    net = EnergyNet(OBS, ACT, hidden=16, blocks=2, dropout=0.0, expansion=1).double()
+    net = BottleneckEnergyNet(OBS, ACT, hidden=16, blocks=2, dropout=0.0, expansion=1).double()
     a = torch.randn(5, ACT, dtype=torch.float64)
     t = torch.rand(5, dtype=torch.float64)
     s = torch.randn(5, OBS, dtype=torch.float64)
@@ -156,7 +156,7 @@ def test_energy_net_time_embedding_is_random_fourier():
     """Default (released): fixed Fourier features of t (32, W ~ 30 N(0, I)) -> Linear 32 -> SiLU ->
     Linear 32; sinusoidal features of 1000 t stay as an option."""
     torch.manual_seed(0)
-    net = EnergyNet(OBS, ACT, hidden=16, blocks=1, dropout=0.0, expansion=1)
+    net = BottleneckEnergyNet(OBS, ACT, hidden=16, blocks=1, dropout=0.0, expansion=1)
     fourier, lin, act = net.t_emb
     assert isinstance(fourier, FourierEmbedding) and isinstance(act, torch.nn.SiLU)
     assert (lin.in_features, lin.out_features, net.t_in.in_features, net.t_in.out_features) == (32, 32, 32, 32)
@@ -170,7 +170,7 @@ def test_energy_net_time_embedding_is_random_fourier():
     a, s = torch.randn(7, ACT), torch.randn(7, OBS)
     h = torch.cat([net.a_in(a), expected, net.s_in(s)], -1)
     torch.testing.assert_close(net(a, t, s), net.out(net.act(net.blocks(net.inp(h)))).sum(-1))
-    ours = EnergyNet(OBS, ACT, hidden=16, blocks=1, dropout=0.0, expansion=1, time_embedding="sinusoidal")
+    ours = BottleneckEnergyNet(OBS, ACT, hidden=16, blocks=1, dropout=0.0, expansion=1, time_embedding="sinusoidal")
     assert isinstance(ours.t_emb, SinusoidalEmbedding) and ours.t_in.in_features == 64
     beh = small_behavior(time_embedding="sinusoidal")
     assert isinstance(beh.net.t_emb, SinusoidalEmbedding)

@@ -63,7 +63,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     for name in ("summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png", "intervals.png"):
         assert (project / f"results/halfcheetah_{name}").stat().st_size > 0
     assert "capped at 20 steps" in (project / "results/halfcheetah_summary.md").read_text()
-    assert (project / "logs/critic_pretrain/halfcheetah/iql/seed0.log").read_text().strip()
+    assert (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text().strip()
 
     # 2. nothing to do after a full run; one changed hyperparameter reruns only its stages
     out = run(["snakemake", "-n", "--config", *CONFIG], project)
@@ -71,10 +71,9 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     out = run(["snakemake", "-n", "--config", *CONFIG, "iql={expectile: 0.8}"], project)
     counts = job_counts(out.stdout)
     # the IQL seeds, their evaluations, the table, and IQL's bandit runs with what reads them
-    assert counts == {"critic_pretrain": 1, "evaluate": 1, "summary": 1, "bandit_train": 1, "bandit_plot": 1,
+    assert counts == {"offline_train": 1, "evaluate": 1, "summary": 1, "bandit_train": 1, "bandit_plot": 1,
                       "bandit_summary": 1, "all": 1, "total": 7}, counts
-    assert len(re.findall(r"wildcards: env=halfcheetah, critic=iql, seed=", out.stdout)) == 1
-    assert len(re.findall(r"wildcards: env=halfcheetah, algo=iql, seed=", out.stdout)) == 1
+    assert len(re.findall(r"wildcards: env=halfcheetah, algo=iql, seed=", out.stdout)) == 2  # train, evaluate
     # tfg_lambda reruns exactly the guided variants (dpmd_tilt, dpmd_model), their evaluations and the table
     out = run(["snakemake", "-n", "--config", *CONFIG, "tfg_lambda=64"], project)
     assert job_counts(out.stdout) == {"online_train": 2, "evaluate": 2, "summary": 1, "all": 1, "total": 6}, out.stdout
@@ -109,7 +108,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     ran = set(re.findall(r"Running stage '([^']+)'", log))
     # IQL's critic runs, their evaluations, IQL's bandit run; the guided online variants and theirs; the tables
     # (dvc.yaml has one stage per row, named STAGE_ROW, each a matrix over env and seed or toy set)
-    expected = {f"critic_pretrain_iql@halfcheetah-{s}" for s in (0,)} | {"summary@halfcheetah"}
+    expected = {f"offline_train_iql@halfcheetah-{s}" for s in (0,)} | {"summary@halfcheetah"}
     expected |= {f"evaluate_{a}@halfcheetah-{s}" for a in ("iql", "dpmd_tilt", "dpmd_model") for s in (0,)}
     expected |= {f"online_train_{a}@halfcheetah-{s}" for a in ("dpmd_tilt", "dpmd_model") for s in (0,)}
     expected |= {"bandit_train_iql@8gaussians", "bandit_plot@8gaussians", "bandit_summary"}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from diffrl import config, dag
-from diffrl.algos import GUIDED, OFFLINE, ONLINE, ONLINE_VARIANTS, ROWS
+from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, ROWS
 from diffrl.pipeline import STAGES, declared_values
 
 from conftest import ROOT, run
@@ -101,11 +101,6 @@ def test_dvc_builds_the_selected_rows_and_what_they_start_from():
 
 
 # --------------------------------------------------------------------------- code dependencies
-def test_registry_lists_the_online_variants_of_dpmd():
-    from diffrl.algos import dpmd
-    assert set(ONLINE_VARIANTS) == set(dpmd.VARIANTS) - {"sac"} and set(GUIDED) == set(dpmd.GUIDED)
-
-
 def test_code_deps_follow_the_imports_of_each_row():
     deps = {}
     for stage, w in dag.jobs(PARAMS):
@@ -122,19 +117,18 @@ def test_code_deps_follow_the_imports_of_each_row():
     # the o2o row loads its offline run (dql): Diffusion-QL's code is its code too
     assert "diffrl/algos/dql.py" in deps["online_train", "dpmd_o2o"] and "diffrl/algos/dql.py" not in \
         deps["online_train", "dpmd"]
-    assert deps["critic_pretrain", "iql"] == deps["critic_pretrain", "dtql_critic"]  # the same IQL agent
+    assert deps["offline_train", "iql"] == deps["critic_pretrain", "dtql_critic"]  # the same script and IQL agent
     assert "diffrl/generate.py" in deps["dataset", None] and "diffrl/stats.py" in deps["summary", None]
 
 
 def test_the_row_cut_drops_no_shared_module():
     """A dispatching stage loses only algorithm modules that one of its rows brings back: every
     algorithm module its script reaches statically is in the union of its rows' closures."""
-    from diffrl.algos import MODULES
-    algorithms = {dag.algorithm_file(s) for s in MODULES}
-    rows = {"critic_pretrain": [{"critic": c} for c in ("iql", "dtql_critic", "eda_critic")],
-            "behavior_pretrain": [{"behavior": b} for b in ("bc", "dtql_behavior", "eda_behavior")],
+    from diffrl.algos import REGISTRY
+    algorithms = {dag.algorithm_file(s) for s in REGISTRY}
+    rows = {"critic_pretrain": [{"critic": c} for c in CRITICS], "behavior_pretrain": [{"behavior": b} for b in BEHAVIORS],
             "offline_train": [{"algo": a} for a in OFFLINE], "online_train": [{"algo": a} for a in ONLINE],
-            "evaluate": [{"algo": a} for a in ROWS], "bandit_train": [{"algo": a} for a in ("bc", "iql", *OFFLINE)]}
+            "evaluate": [{"algo": a} for a in ROWS], "bandit_train": [{"algo": a} for a in OFFLINE]}
     for stage, wildcards in rows.items():
         reached = dag.closure([ROOT / dag.entry_point(stage)]) & algorithms
         union = set().union(*(dag.code_deps(stage, **w) for w in wildcards))
@@ -236,8 +230,8 @@ def test_dvc_status_lists_only_what_a_change_affects(project):
     assert changed() == set()
     params["budgets"]["quick"]["offline_steps"] = 7
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # bc and iql train their final policy in behaviour and critic pretraining; dql is dpmd_o2o's start
-    assert changed() == {"behavior_pretrain_bc@halfcheetah-0", "critic_pretrain_iql@halfcheetah-0",
+    # no dataset or pretraining job: the final policies of the selected offline rows (dql is dpmd_o2o's start)
+    assert changed() == {"offline_train_bc@halfcheetah-0", "offline_train_iql@halfcheetah-0",
                          "offline_train_dql@halfcheetah-0", "offline_train_dtql@halfcheetah-0"}
 
 
@@ -255,21 +249,18 @@ def _changed_by(*overrides):
 
 
 def test_offline_steps_changes_the_final_offline_policies_only():
-    """bc and iql train their final policy in behaviour and critic pretraining, so they read
-    offline_steps too; EDA's alignment reads align_steps; pretraining-only runs, the dataset and
-    the online rows read neither."""
+    """EDA's alignment reads align_steps; pretraining runs, the dataset and the online rows read
+    neither."""
     changed = _changed_by("budgets.quick.offline_steps=7")
-    final_policies = {("critic_pretrain", "iql"), ("behavior_pretrain", "bc")}
-    final_policies |= {("offline_train", a) for a in OFFLINE if a != "eda"}
+    final_policies = {("offline_train", a) for a in OFFLINE if a != "eda"}
     assert {(s, row_of(dict(w))) for s, w in changed} == final_policies
-    assert len(changed) == (2 + len(OFFLINE) - 1) * len(PARAMS["seeds"]) * len(PARAMS["envs"])
+    assert len(changed) == (len(OFFLINE) - 1) * len(PARAMS["seeds"]) * len(PARAMS["envs"])
 
 
 def test_curve_settings_do_not_rerun_pretraining_only_runs():
     changed = {(s, row_of(dict(w))) for s, w in _changed_by("budgets.quick.eval_every=7")}
-    assert ("critic_pretrain", "iql") in changed and ("offline_train", "eda") in changed
-    assert not changed & {("critic_pretrain", "dtql_critic"), ("behavior_pretrain", "eda_behavior")}
-    assert {s for s, _ in changed} == {"critic_pretrain", "behavior_pretrain", "offline_train"}
+    assert ("offline_train", "iql") in changed and ("offline_train", "eda") in changed
+    assert {s for s, _ in changed} == {"offline_train"}
 
 
 def test_another_preset_changes_nothing():

@@ -79,11 +79,11 @@ def test_sigkilled_stage_resumes_and_ends_bit_identical(project):
     # 2. nothing looks finished: no output folder, Snakemake schedules the job again
     assert not (project / TARGET).exists()
     dry = run(["snakemake", "-n", "--config", *CONFIG, "--", TARGET], project)
-    assert "critic_pretrain" in dry.stdout and "Nothing to be done" not in dry.stdout + dry.stderr
+    assert "offline_train" in dry.stdout and "Nothing to be done" not in dry.stdout + dry.stderr
 
     # 3. the rerun resumes from the checkpoint, finishes, and removes it
     run([*smk, TARGET], project, env=env)
-    stage_log = (project / "logs/critic_pretrain/halfcheetah/iql/seed0.log").read_text()
+    stage_log = (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text()
     assert f"resumed from {RESUME} at step {killed_at}" in stage_log
     assert not (project / RESUME).exists()
     assert not list((project / "runs/halfcheetah/iql").glob(".seed0.tmp*")), "a killed run's temporary was left"
@@ -92,7 +92,7 @@ def test_sigkilled_stage_resumes_and_ends_bit_identical(project):
 
     # 4. an uninterrupted run ends with the same weights and metrics, bit for bit
     run([*smk, TARGET], project)
-    assert "resumed" not in (project / "logs/critic_pretrain/halfcheetah/iql/seed0.log").read_text()[len(stage_log):]
+    assert "resumed" not in (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text()[len(stage_log):]
     a, b = _weights(resumed), _weights(project / TARGET)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = _final_metrics(resumed), _final_metrics(project / TARGET)
@@ -222,7 +222,7 @@ def _snapshot(root):
 @pytest.mark.pipeline
 def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
     train = [sys.executable, "stages/train.py"]
-    iql = [*train, "critic_pretrain", "--critic", "iql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"]
+    iql = [*train, "offline_train", "--algo", "iql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"]
     # a finished run from earlier: no failure below may touch it
     done = project / "runs/halfcheetah/iql/seed0"
     done.mkdir(parents=True)

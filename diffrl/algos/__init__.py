@@ -1,31 +1,94 @@
-"""Algorithm registry: the rows, the params.yaml sections, and which module implements each.
+"""The registry: every params.yaml section that a stage trains, declared once.
 
-MODULES is the one table saying which module of diffrl/algos/ implements a section (its config
-dataclass and the agent its stage trains). Nothing here imports an algorithm module: SECTIONS
-and AGENTS load a section's class on first lookup, so a job imports only the modules of the
-row it trains, and diffrl.dag declares exactly those files as the job's code dependencies
-(editing dpmd.py reruns the online rows, not the dataset or the offline rows).
-Several sections share a class with different values (the IQL critics of IQL, DTQL and EDA; the
-Diffusion-QL variants). ROWS are the summary-table rows (OFFLINE_ROWS trained on the dataset,
-ONLINE trained in the environment).
+Each entry of REGISTRY says which module of diffrl/algos/ implements the section (its config
+dataclass and the agent its stage trains and saves), its kind (which stage trains it), the
+pretraining it starts from, the budget key of its step count, the extra top-level params.yaml
+keys it reads, and its measured cost. Everything else is derived from it: the row tuples below,
+the Snakemake rules' wildcards and dvc.yaml's stages (diffrl.dag), the budget keys a job reads
+(diffrl.pipeline), the cluster requests (diffrl.resources), the bandit study, the summary table.
+docs/extending.md shows how to add an algorithm: one module, one entry here, one params.yaml
+section, one test.
+
+Nothing here imports an algorithm module: SECTIONS and AGENTS load a section's class on first
+lookup, so a job imports only the modules of the row it trains, and diffrl.dag declares exactly
+those files as the job's code dependencies (editing dpmd.py reruns the online rows, not the
+dataset or the offline rows). Several sections share a class with different values (the IQL
+critics of IQL, DTQL and EDA; the Diffusion-QL variants).
 """
+from __future__ import annotations
+
 import importlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
-CRITICS = ("iql", "dtql_critic", "eda_critic")          # critic pretraining (IQL losses)
-BEHAVIORS = ("bc", "dtql_behavior", "eda_behavior")     # behaviour pretraining
-DQL_VARIANTS = {"dql": "ql", "qg": "qg", "edp": "edp", "eg_ood": "eg_ood"}  # row -> dql variant
-OFFLINE = (*DQL_VARIANTS, "dtql", "eda")                # offline training on the dataset
-# online rows: the fork's SAC baseline `sac` and the named SDAC/DPMD variants, each an OnlineConfig
-# section. They are the keys of diffrl.algos.dpmd.VARIANTS, listed here so that naming a row does not
-# import dpmd (tests/test_pipeline_graph.py checks both lists agree). GUIDED are the variants whose
-# guidance strength is the top-level tfg_lambda (dpmd.GUIDED, checked the same way). Section `sac`
-# is the dataset stage's SAC agent, so the `sac` row reads section `sac_online` (ROW_SECTIONS); its
-# saved model is a `sac` (SACConfig) agent.
-ONLINE_VARIANTS = ("sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model", "dpmd_plan", "dpmd_o2o")
-GUIDED = ("dpmd_tilt", "dpmd_model")
-ONLINE = ("sac", *ONLINE_VARIANTS)
-ROW_SECTIONS = {"sac": "sac_online"}
+# kind -> the stage that trains a section of that kind (the dataset stage trains the `sac` section)
+KIND_STAGES = {"dataset": "dataset", "critic": "critic_pretrain", "behavior": "behavior_pretrain",
+               "offline": "offline_train", "online": "online_train"}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One trained params.yaml section."""
+    module: str                      # file diffrl/algos/{module}.py implementing it
+    config: str                      # its config dataclass (the params.yaml section's type)
+    agent: str | None                # the agent class its stage builds and saves (None: saved as another's)
+    kind: str                        # a key of KIND_STAGES. offline and online sections are table rows
+    steps_key: str = ""              # the budget key of its gradient steps (offline, critic, behavior)
+    pretrained: tuple[str, ...] = ()  # (critic, behaviour) sections an offline row starts from
+    top_keys: tuple[str, ...] = ()   # top-level params.yaml keys it reads besides its section (tfg_lambda)
+    # seconds per gradient step (offline) or per update (online): (one CPU core, one GPU); CPU figures
+    # measured with benchmarks/bench_steps.py and bench_online.py (docs/benchmarks.md), GPU figures
+    # conservative estimates for small MLPs. They size cluster requests (diffrl.resources).
+    step_s: tuple[float, float] = (0.0, 0.0)
+    act_s: tuple[float, float] = (0.0, 0.0)  # seconds to choose one action for one state (rows)
+
+
+_IQL = dict(module="iql", config="IQLConfig", agent="IQL")
+_DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline", steps_key="offline_steps",
+            step_s=(0.045, 0.012), act_s=(0.004, 0.003))
+_DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
+TILT = ("tfg_lambda",)  # the guided variants: the top-level tfg_lambda is their guidance strength
+
+REGISTRY: dict[str, Section] = {
+    # the dataset stage's SAC behaviour agent (one SAC update and one env step per step)
+    "sac": Section("sac", "SACConfig", "SAC", "dataset", step_s=(0.008, 0.004)),
+    # pretraining of DTQL and EDA
+    "dtql_critic": Section(**_IQL, kind="critic", steps_key="critic_steps", step_s=(0.008, 0.003)),
+    "eda_critic": Section(**_IQL, kind="critic", steps_key="critic_steps", step_s=(0.006, 0.003)),
+    "dtql_behavior": Section("dtql", "DTQLBehaviorConfig", "EDMBehavior", "behavior", "behavior_steps",
+                             step_s=(0.012, 0.004)),
+    # batch 2048 through the bottleneck energy net: its own, smaller step count
+    "eda_behavior": Section("eda", "EDABehaviorConfig", "BottleneckBehavior", "behavior", "energy_behavior_steps",
+                            step_s=(1.0, 0.03)),
+    # offline rows: the final policy of each gets offline_steps, so a table compares equals; EDA's
+    # alignment has align_steps (about 10x a Diffusion-QL step on a CPU; 200k published against 2M)
+    "bc": Section("bc", "BCConfig", "DiffusionBC", "offline", "offline_steps", step_s=(0.008, 0.003),
+                  act_s=(0.002, 0.002)),
+    "iql": Section(**_IQL, kind="offline", steps_key="offline_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005)),
+    "dql": Section(**_DQL),
+    "qg": Section(**_DQL),
+    "edp": Section(**{**_DQL, "step_s": (0.035, 0.010)}),
+    "eg_ood": Section(**_DQL),
+    "dtql": Section("dtql", "DTQLConfig", "DTQL", "offline", "offline_steps", ("dtql_critic", "dtql_behavior"),
+                    step_s=(0.060, 0.012), act_s=(0.003, 0.002)),
+    # 256 states x 16 support actions through two energy nets
+    "eda": Section("eda", "EDAConfig", "EDAAlign", "offline", "align_steps", ("eda_critic", "eda_behavior"),
+                   step_s=(0.6, 0.02), act_s=(0.02, 0.01)),
+    # online rows (one update per 5 env steps; batch 256, T=20, the variant's particles). sac_online is
+    # the `sac` row's section (section `sac` is the dataset agent): trained by dpmd.train_online and saved
+    # as a `sac` agent. sdac's reference loss draws a second particle sample every other update.
+    "sac_online": Section("dpmd", "OnlineConfig", None, "online", step_s=(0.012, 0.004), act_s=(0.006, 0.003)),
+    "sdac": Section(**_DPMD, step_s=(1.6, 0.04)),
+    "dpmd": Section(**_DPMD, step_s=(0.9, 0.03)),
+    "dpmd_tilt": Section(**{**_DPMD, "act_s": (0.12, 0.03)}, top_keys=TILT, step_s=(25.0, 0.5)),
+    "dpmd_select": Section(**{**_DPMD, "act_s": (0.015, 0.004)}, step_s=(3.6, 0.06)),
+    "dpmd_fixnorm": Section(**_DPMD, step_s=(0.9, 0.03)),
+    "dpmd_model": Section(**{**_DPMD, "act_s": (0.05, 0.01)}, top_keys=TILT, step_s=(7.9, 0.2)),
+    "dpmd_plan": Section(**_DPMD, step_s=(1.1, 0.03)),
+    "dpmd_o2o": Section(**_DPMD, step_s=(0.3, 0.02)),
+}
+ROW_SECTIONS = {"sac": "sac_online"}  # a row whose section has another name
+SECTION_ROWS = {s: r for r, s in ROW_SECTIONS.items()}
 
 
 def section_of(row: str) -> str:
@@ -33,61 +96,66 @@ def section_of(row: str) -> str:
     return ROW_SECTIONS.get(row, row)
 
 
-# the critic and behaviour runs an offline row starts from (cached pretraining stages)
-PRETRAINED = {"dtql": ("dtql_critic", "dtql_behavior"), "eda": ("eda_critic", "eda_behavior")}
+def row_of(section: str) -> str:
+    return SECTION_ROWS.get(section, section)
 
-# summary-table rows: the evaluated policy of each of these runs (the 2-D bandit study runs the offline ones)
-OFFLINE_ROWS = ("bc", "iql", *OFFLINE)
-ROWS = (*OFFLINE_ROWS, *ONLINE)
 
-# params section -> (module in diffrl/algos/, config dataclass, agent class its stage builds and saves).
-# sac_online has no agent of its own: dpmd.train_online trains it and saves it as a `sac` agent.
-MODULES: dict[str, tuple[str, str, str | None]] = {
-    "sac": ("sac", "SACConfig", "SAC"),
-    **{c: ("iql", "IQLConfig", "IQL") for c in CRITICS},
-    "bc": ("bc", "BCConfig", "DiffusionBC"),
-    "dtql_behavior": ("dtql", "DTQLBehaviorConfig", "EDMBehavior"),
-    "eda_behavior": ("eda", "EDABehaviorConfig", "BottleneckBehavior"),
-    **{r: ("dql", "DQLConfig", "DiffusionQL") for r in DQL_VARIANTS},
-    "dtql": ("dtql", "DTQLConfig", "DTQL"),
-    "eda": ("eda", "EDAConfig", "EDAAlign"),
-    "sac_online": ("dpmd", "OnlineConfig", None),
-    **{v: ("dpmd", "OnlineConfig", "DiffusionOnline") for v in ONLINE_VARIANTS},
-}
+def of_kind(kind: str) -> tuple[str, ...]:
+    """The sections of one kind, in registry order (rows: their row names)."""
+    return tuple(row_of(s) for s, e in REGISTRY.items() if e.kind == kind)
+
+
+def stage_of(section: str) -> str:
+    """The stage that trains a section (e.g. critic_pretrain for eda_critic)."""
+    return KIND_STAGES[REGISTRY[section].kind]
+
+
+CRITICS = of_kind("critic")          # critic pretraining (IQL losses)
+BEHAVIORS = of_kind("behavior")      # behaviour pretraining
+OFFLINE = of_kind("offline")         # offline training on the dataset: the offline table rows
+ONLINE = of_kind("online")           # online training in the environment: the online table rows
+OFFLINE_ROWS = OFFLINE
+ROWS = (*OFFLINE, *ONLINE)           # summary-table rows
+ONLINE_VARIANTS = tuple(r for r in ONLINE if r != "sac")  # the SDAC/DPMD variants
+GUIDED = tuple(r for r in ONLINE if "tfg_lambda" in REGISTRY[section_of(r)].top_keys)
+PRETRAINED = {s: e.pretrained for s, e in REGISTRY.items() if e.pretrained}
+DQL_VARIANTS = {r: r if r != "dql" else "ql" for r in OFFLINE if REGISTRY[r].module == "dql"}  # row -> variant
 
 
 def module_of(section: str) -> str:
     """The dotted module implementing a section, e.g. module_of('qg') == 'diffrl.algos.dql'."""
-    return f"diffrl.algos.{MODULES[section][0]}"
-
-
-def online_alg(row: str) -> str:
-    """The `alg` an online row's section must have (its entry of diffrl.algos.dpmd.VARIANTS),
-    read from the row's module on use like SECTIONS and AGENTS."""
-    return importlib.import_module(module_of(section_of(row))).VARIANTS[row]["alg"]
+    return f"diffrl.algos.{REGISTRY[section].module}"
 
 
 class _ClassTable(Mapping):
     """section -> class, imported on first lookup (iterating the values imports every module)."""
 
-    def __init__(self, index: int):
-        self._index = index  # 1: config dataclass, 2: agent class
+    def __init__(self, field: str):
+        self._field = field  # "config": config dataclass, "agent": agent class
 
     def __getitem__(self, section: str) -> type:
-        name = MODULES[section][self._index]
+        name = getattr(REGISTRY[section], self._field)
         if name is None:
             raise KeyError(section)
         return getattr(importlib.import_module(module_of(section)), name)
 
     def __contains__(self, section) -> bool:  # without importing
-        return section in MODULES and MODULES[section][self._index] is not None
+        return section in REGISTRY and getattr(REGISTRY[section], self._field) is not None
 
     def __iter__(self) -> Iterator[str]:
-        return (s for s, entry in MODULES.items() if entry[self._index] is not None)
+        return (s for s, e in REGISTRY.items() if getattr(e, self._field) is not None)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
 
-SECTIONS: Mapping[str, type] = _ClassTable(1)  # params section -> its config dataclass
-AGENTS: Mapping[str, type] = _ClassTable(2)    # params section -> the agent class its stage trains
+SECTIONS: Mapping[str, type] = _ClassTable("config")  # params section -> its config dataclass
+AGENTS: Mapping[str, type] = _ClassTable("agent")     # params section -> the agent class its stage trains
+
+
+def extra_args(section: str, **available) -> dict:
+    """The constructor arguments the agent of `section` takes besides its config (the class's
+    `extra_args`, e.g. IQL's reward_scale), picked from the values a caller has; a callable value
+    is called only when the agent takes it (a stage reads only the budget keys it declares)."""
+    wanted = getattr(AGENTS[section], "extra_args", ())
+    return {k: available[k]() if callable(available[k]) else available[k] for k in wanted}

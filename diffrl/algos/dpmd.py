@@ -2,8 +2,10 @@
 mirror descent) with the fork's inference-time tilts, and the loop that also runs the fork's SAC
 baseline (alg = sac, diffrl.algos.sac). Math and reference hyperparameters:
 docs/algorithms.md, section "SDAC and DPMD (online)"; the reference implementation is
-pnielsen2/inference_mirror_descent at 833e14c. One file: config, agent, training loop, named
-variants; the world models of the model-based tilt live in `diffrl.algos.dpmd_models`. Where our
+pnielsen2/inference_mirror_descent at 833e14c. Here: the config, the agent (acting and its update)
+and the training loop; the tilts (guidance, MALA, particle selection, plans) live in
+`diffrl.algos.tilts`, the world models of the model-based tilts in `diffrl.algos.dpmd_models`, the
+named variants in params.yaml. Where our
 code offers an alternative to the reference, the reference is the default and the alternative a
 documented OnlineConfig field (named below).
 
@@ -70,7 +72,8 @@ Inference-time tilts (acting and the update's a'; evaluation only with eval_tilt
   predictor (DDPM) step with eps = grad E. With mala_steps > 0 the guidance enters only through
   MALA (tfg_lambda sets its lambda); without guidance (evaluation) MALA samples exp(-E).
 
-Published reference commands (fork README) and our named variants: `VARIANTS` below. Our default
+Published reference commands (fork README) and our named variants: the online sections of
+params.yaml (one per row, each listing what makes it that variant; docs/params.md). Our default
 is the FIXED q normalisation (fix_q_norm_bug=True) and single critic steps; the `dpmd` variant
 reproduces the reference command `--alg dpmd --num_particles 32` exactly, i.e. with both
 published bugs on (fix_q_norm_bug=False, dpmd_double_q_update=True), which is the code behind 9748;
@@ -83,7 +86,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,22 +94,22 @@ import torch
 import torch.nn as nn
 
 from diffrl.algos.dpmd_models import make_dynamics
+from diffrl.algos.tilts import INF, EnergyGradNet, TiltedSampler
 from diffrl.data import ReplayBuffer
 from diffrl.diffusion import DiffusionSchedule
-from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
+from diffrl.envs import curve_seed, env_state, evaluate, make_env, normalized_score, restore_env, train_env_seed
 from diffrl.fields import ConfigError, param
-from diffrl.nets import Critic, NoiseNet, SinusoidalEmbedding, ValueNet, soft_update
+from diffrl.nets import Critic, NoiseNet, ValueNet, soft_update
 from diffrl.runlog import NumericalError
 from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
 from diffrl.utils import save_checkpoint
-
-INF = float("inf")
 
 
 @dataclass
 class OnlineConfig:
     """SDAC / DPMD online hyperparameters (docs/algorithms.md, "SDAC and DPMD (online)"); defaults are
-    the published HalfCheetah settings, except that published bugs are off (see VARIANTS)."""
+    the published HalfCheetah settings, except that published bugs are off (the variants that reproduce a
+    published number turn them on in params.yaml)."""
     alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent; "
                      "sac: the fork's Gaussian SAC baseline (diffrl.algos.sac.SAC in this loop; reads hidden, layers, "
                      "num_envs, batch_size, buffer_size, warmup, gamma, tau, lr, reward_scale, init_alpha, alpha_lr, "
@@ -248,94 +251,8 @@ class OnlineConfig:
                               f"{self.lr_decay_begin}: make end >= begin")
 
 
-# Named variants: OnlineConfig overrides. Published numbers are HalfCheetah-v4, 1M env steps, 5 seeds.
-VARIANTS: dict[str, dict] = {
-    # --alg sac: the fork's Gaussian SAC baseline (11114, later fork), params.yaml section sac_online
-    # (section `sac` is the dataset agent). 3x256 GELU, 5 envs, one update per 5 env steps, reward
-    # scale 0.2, log alpha starting at 1, alpha lr 3e-4, target entropy -d; sac_* defaults are the fork's
-    "sac": {"alg": "sac", "init_alpha": math.e, "alpha_lr": 3e-4, "target_entropy_scale": -1.0},
-    # python scripts/train_mujoco.py --alg sdac
-    "sdac": {"alg": "sdac"},
-    # --alg dpmd --num_particles 32 (9748, SE 200): published code, both bugs on
-    "dpmd": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": False, "dpmd_double_q_update": True},
-    # ... --dpmd_constant_weight -tfg --tfg_lambda 128.0 --num_particles 32 --mala_steps 2 (10425, SE 372)
-    # (`-tfg` is no flag of that commit: the guidance is MALA's, whose gradient is per sample)
-    "dpmd_tilt": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": False, "dpmd_double_q_update": True,
-                  "dpmd_constant_weight": True, "tfg_lambda": 128.0, "mala_steps": 2},
-    # ... --dpmd_constant_weight --num_particles 128 --q_critic_agg mean --particle_selection_lambda 64 (10429)
-    "dpmd_select": {"alg": "dpmd", "num_particles": 128, "fix_q_norm_bug": False, "dpmd_double_q_update": True,
-                    "dpmd_constant_weight": True, "q_critic_agg": "mean", "particle_selection_lambda": 64.0},
-    # ... --num_particles 32 --fix_q_norm_bug (8995, SE 246)
-    "dpmd_fixnorm": {"alg": "dpmd", "num_particles": 32, "fix_q_norm_bug": True, "dpmd_double_q_update": True},
-    # ours (no published number): guidance and particle selection by the one-step model value
-    "dpmd_model": {"alg": "dpmd", "num_particles": 32, "dpmd_constant_weight": True, "tilt": "model",
-                   "tfg_lambda": 128.0},
-    # ours (no published number): 3-action plans selected by their model return
-    "dpmd_plan": {"alg": "dpmd", "num_particles": 32, "dpmd_constant_weight": True, "plan_horizon": 3},
-    # ours: DPMD fine-tuning of the Diffusion-QL policy and critic (offline_train dql of the same seed).
-    # Its networks and VP schedule are Diffusion-QL's (T=5, x_T ~ N(0, I)); rewards unscaled as the
-    # offline critic learned them; no random warm-up (the offline policy collects from the start).
-    "dpmd_o2o": {"alg": "dpmd", "num_particles": 32, "offline_init": "dql", "schedule": "vp", "T": 5,
-                 "init_scale": 1.0, "reward_scale": 1.0, "warmup": 0},
-}
-# variants whose sampling uses training-free guidance: the top-level params.yaml key tfg_lambda sets
-# their lambda, so changing it reruns exactly these
-GUIDED = tuple(name for name, v in VARIANTS.items() if v.get("tfg_lambda", 0) > 0)
-
-
-def variant_config(name: str, **overrides) -> OnlineConfig:
-    """OnlineConfig of a named variant, with further field overrides (e.g. a budget's warmup)."""
-    if name not in VARIANTS:
-        import difflib
-        close = difflib.get_close_matches(name, VARIANTS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown online variant '{name}'{hint}: choose one of {', '.join(VARIANTS)}")
-    valid = {f.name for f in fields(OnlineConfig)}
-    for k in overrides:
-        if k not in valid:
-            raise ConfigError(f"unknown OnlineConfig field '{k}'")
-    cfg = replace(OnlineConfig(), **{**VARIANTS[name], **overrides})
-    cfg.check()
-    return cfg
-
-
-# --------------------------------------------------------------------------- energy policy
-class EnergyNet(nn.Module):
-    """Scalar energy E_theta(a_t, t, s) (NoiseNet's time embedding and body, one output); calling
-    it returns eps_theta = grad_a E, so it is a drop-in eps-prediction net. When the caller has
-    gradients enabled the gradient is taken with create_graph (to train through it or to
-    differentiate it again); under no_grad it is computed locally and returned detached."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, t_dim: int = 16):
-        super().__init__()
-        self.time = nn.Sequential(SinusoidalEmbedding(t_dim), nn.Linear(t_dim, 2 * t_dim), nn.Mish(),
-                                  nn.Linear(2 * t_dim, t_dim))
-        dims = [act_dim + t_dim + obs_dim] + [hidden] * layers
-        body = [m for a, b in zip(dims[:-1], dims[1:]) for m in (nn.Linear(a, b), nn.Mish())]
-        self.net = nn.Sequential(*body, nn.Linear(hidden, 1))  # torch's Mish: twice differentiable
-
-    def energy(self, a_t, t, obs):
-        return self.net(torch.cat([a_t, self.time(t), obs], -1)).squeeze(-1)
-
-    def forward(self, a_t, t, obs):
-        graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            a = a_t if (graph and a_t.requires_grad) else a_t.detach().requires_grad_(True)
-            eps, = torch.autograd.grad(self.energy(a, t, obs).sum(), a, create_graph=graph)
-        return eps
-
-
-def select_particles(particles: torch.Tensor, values: torch.Tensor, lam: float, generator=None) -> torch.Tensor:
-    """particles (B, P, D), values (B, P) -> (B, D): argmax (lam = inf) or one ~ softmax(lam values)."""
-    if math.isinf(lam):
-        idx = values.argmax(1)
-    else:
-        idx = torch.multinomial(torch.softmax(lam * values, 1), 1, generator=generator).squeeze(1)
-    return particles[torch.arange(particles.shape[0], device=particles.device), idx]
-
-
 # --------------------------------------------------------------------------- agent
-class DiffusionOnline(nn.Module):
+class DiffusionOnline(TiltedSampler, nn.Module):
     """SDAC or DPMD agent (cfg.alg). Actions live in [-1, 1]^d; `act` maps them onto the env's box."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: OnlineConfig, device="cpu", action_low=None,
@@ -348,7 +265,7 @@ class DiffusionOnline(nn.Module):
         self.H = max(1, cfg.plan_horizon)
         self.seq_dim = act_dim * self.H  # the diffused vector: one action or an H-action plan
         if cfg.mala_steps > 0:
-            self.actor = EnergyNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
+            self.actor = EnergyGradNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
         else:
             self.actor = NoiseNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
@@ -421,162 +338,7 @@ class DiffusionOnline(nn.Module):
         f = (n - c.lr_decay_begin) / (c.lr_decay_end - c.lr_decay_begin)
         return c.policy_lr + f * (c.policy_lr_end - c.policy_lr)
 
-    # ----------------------------------------------------------------- tilt values
-    def q_agg(self, obs, act, critic=None, agg: str | None = None) -> torch.Tensor:
-        """Q aggregated over the twin heads: `agg` (min, mean, max), by default cfg.q_critic_agg."""
-        q = (critic or self.critic)(obs, act)
-        agg = agg or self.cfg.q_critic_agg
-        return q.min(0).values if agg == "min" else q.mean(0) if agg == "mean" else q.max(0).values
-
-    def tilt_value(self, obs, seq, generator=None, agg: str | None = None) -> torch.Tensor:
-        """The value V(s, a) every tilt, weight and particle choice uses (see the module docstring);
-        `agg` overrides the aggregation of the Q heads (the update's a' uses min)."""
-        cfg = self.cfg
-        if not self.use_models:
-            return self.q_agg(obs, seq, agg=agg)
-        if cfg.plan_horizon == 0:  # one-step model value
-            s2, r, p_term = self.model.predict(obs, seq, generator)
-            return cfg.reward_scale * r + cfg.gamma * (1 - p_term) * self.value(s2)
-        d, s, ret, disc = self.act_dim, obs, 0.0, 1.0
-        for k in range(self.H):
-            a = seq[:, k * d:(k + 1) * d]
-            if k == self.H - 1 and cfg.tilt == "q":
-                return ret + disc * self.q_agg(s, a, agg=agg)
-            s, r, p_term = self.model.predict(s, a, generator)
-            ret = ret + disc * cfg.reward_scale * r
-            disc = disc * cfg.gamma * (1 - p_term)
-        return ret + disc * self.value(s)
-
-    # ----------------------------------------------------------------- sampling
-    def _lambda_t(self, t: int) -> float:
-        """Guidance strength at level t (0 = clean end, T-1 = noisiest)."""
-        cfg = self.cfg
-        if cfg.guidance_schedule == "linear":  # the reference: lambda levels[max(t-1, 0)], levels 1 .. 1/(T-1)
-            return cfg.tfg_lambda * (1.0 - max(t - 1, 0) / max(cfg.T - 1, 1))
-        if cfg.guidance_schedule == "linear_noisy":
-            return cfg.tfg_lambda * (t + 1) / cfg.T
-        return cfg.tfg_lambda
-
-    def _guided_eps(self, net, x, tt, t: int, obs, lam: float, generator, agg):
-        """eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)), through eps_theta."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            eps = net(x, tt, obs)
-            v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator, agg)
-            g, = torch.autograd.grad(v.sum() * self._guide_scale, x)
-        return eps.detach() - lam * self.schedule.sqrt_1m_abar[t] * g
-
-    def _log_target(self, net, x, tt, t: int, obs, lam: float, generator, agg):
-        """MALA target log pi_t(x) = -E(s, x, t) + lam V(s, x0_hat(x)) per sample (the energy term
-        divided by sqrt(1-abar_t) with mala_sigma_energy); returns (logp, grad logp, eps = grad E)."""
-        scale = 1.0 / float(self.schedule.sqrt_1m_abar[t]) if self.cfg.mala_sigma_energy else 1.0
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            e = net.energy(x, tt, obs)
-            eps, = torch.autograd.grad(e.sum(), x, create_graph=lam > 0)
-            logp = -scale * e
-            if lam > 0:  # each sample's own gradient: no mean over the states
-                v = self.tilt_value(obs, self.schedule.predict_x0(x, tt, eps).clamp(-1, 1), generator, agg)
-                logp = logp + lam * v
-                g, = torch.autograd.grad(logp.sum(), x)
-            else:
-                g = -scale * eps
-        return logp.detach(), g.detach(), eps.detach()
-
-    def _mala_level(self, net, x, tt, t: int, obs, lam: float, generator, agg, chains: int):
-        """mala_steps Metropolis-adjusted Langevin steps at level t. Rows are laid out state-major
-        (row b * chains + p is particle chain p of state b): with mala_adaptation per_chain each
-        chain p has its own log step size, moved by the fraction of its proposals accepted."""
-        cfg, sch = self.cfg, self.schedule
-        logp, g, eps = self._log_target(net, x, tt, t, obs, lam, generator, agg)
-        per_chain = cfg.mala_adaptation == "per_chain"
-        log_step = torch.zeros(chains if per_chain else 1, device=x.device)  # reset per level
-        for _ in range(cfg.mala_steps):
-            h = (log_step.exp() * sch.betas[t]).clamp(1e-8, 0.5)
-            h = (h.repeat(x.shape[0] // chains) if per_chain else h).unsqueeze(-1)  # (N, 1)
-            z = torch.randn(x.shape, device=x.device, generator=generator)
-            y = x + h * g + (2 * h).sqrt() * z
-            logp_y, g_y, eps_y = self._log_target(net, y, tt, t, obs, lam, generator, agg)
-            fwd = -(y - x - h * g).pow(2).sum(-1) / (4 * h.squeeze(-1))
-            bwd = -(x - y - h * g_y).pow(2).sum(-1) / (4 * h.squeeze(-1))
-            acc = (logp_y - logp + bwd - fwd).clamp(max=0).exp().nan_to_num(0.0)
-            u = torch.rand(acc.shape, device=x.device, generator=generator)
-            keep = u < acc
-            x, g, eps = (torch.where(keep.unsqueeze(-1), new, old) for new, old in ((y, x), (g_y, g), (eps_y, eps)))
-            logp = torch.where(keep, logp_y, logp)
-            if per_chain:
-                rate = keep.float().view(-1, chains).mean(0)  # realised accept fraction of each chain
-            else:
-                rate = acc.mean().view(1)
-            self.last_mala_accept.append(rate.mean())
-            log_step = log_step + cfg.mala_adapt * (rate - cfg.mala_target_accept)
-        return x, eps
-
-    def denoise(self, obs: torch.Tensor, generator=None, net=None, guided: bool = True,
-                n_states: int | None = None, agg: str | None = None) -> torch.Tensor:
-        """One policy sample per row of obs, (N, seq_dim) in [-1, 1], with the configured tilt
-        (none if not `guided`; an energy net then samples exp(-E) with MALA). No gradients to the
-        parameters (sampling only). `n_states`: distinct states among the rows, laid out
-        state-major (rows = states x particle chains); per_sample_guidance=False scales the plain
-        guidance by 1 / n_states, as the published gradient of the mean over the state batch
-        (particles were vmapped) did. `agg` overrides the Q aggregation of the tilt."""
-        cfg, sch = self.cfg, self.schedule
-        net = net or self.actor_ema
-        lam_on = guided and cfg.tfg_lambda > 0
-        N = obs.shape[0]
-        n_states = n_states or N
-        self._guide_scale = 1.0 if cfg.per_sample_guidance else 1.0 / n_states
-        with torch.no_grad():
-            if not lam_on and cfg.mala_steps == 0:
-                return sch.sample(net, obs, self.seq_dim, generator, cfg.init_scale, clip=1.0)
-            self.last_mala_accept = []
-            init = cfg.mala_init_scale if cfg.mala_steps > 0 else cfg.init_scale
-            x = init * torch.randn((N, self.seq_dim), device=obs.device, generator=generator)
-            for t in reversed(range(sch.T)):
-                tt = torch.full((N,), t, device=obs.device, dtype=torch.long)
-                lam = self._lambda_t(t) if lam_on else 0.0
-                if cfg.mala_steps > 0:  # guidance only through MALA; then an unguided predictor step
-                    x, eps = self._mala_level(net, x, tt, t, obs, lam, generator, agg, N // n_states)
-                    x = sch.step(x, t, eps, generator)
-                    continue
-                for k in range(cfg.guidance_recurrence):
-                    x_prev = sch.step(x, t, self._guided_eps(net, x, tt, t, obs, lam, generator, agg), generator)
-                    if k < cfg.guidance_recurrence - 1:  # re-noise to level t: q(x_t | x_{t-1})
-                        z = torch.randn(x.shape, device=x.device, generator=generator)
-                        x = sch.alphas[t].sqrt() * x_prev + sch.betas[t].sqrt() * z
-                x = x_prev
-            return x.clamp(-1, 1)
-
-    def select(self, obs: torch.Tensor, particles: int, generator=None, net=None, agg: str | None = None):
-        """Best-of-particles: (B, seq_dim) chosen samples and their tilt values (B,). All B * particles
-        samples come from ONE sampler call on the repeated states. `agg` overrides the Q aggregation
-        of the tilt and of the choice."""
-        B = obs.shape[0]
-        o = obs.repeat_interleave(particles, 0) if particles > 1 else obs
-        x = self.denoise(o, generator, net, n_states=B, agg=agg)
-        with torch.no_grad():
-            v = self.tilt_value(o, x, generator, agg)
-        if particles == 1:
-            return x, v
-        v = v.view(B, particles)
-        lam = self.cfg.particle_selection_lambda
-        best = select_particles(x.view(B, particles, -1), v, lam, generator)
-        vbest = v.max(1).values if math.isinf(lam) else None
-        return best, vbest
-
-    @torch.no_grad()
-    def eval_actions(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
-        """The reference's evaluation action in [-1, 1]^d: num_particles samples of the EMA policy
-        WITHOUT tilt (an energy net samples exp(-E) with MALA), the one with the largest
-        min(Q1, Q2) (of its first action, for plans), no noise."""
-        B, P = obs.shape[0], self.cfg.num_particles
-        o = obs.repeat_interleave(P, 0) if P > 1 else obs
-        x = self.denoise(o, generator, self.actor_ema, guided=False, n_states=B)[:, :self.act_dim]
-        if P == 1:
-            return x
-        q = self.critic(o, x).min(0).values.view(B, P)
-        return select_particles(x.view(B, P, -1), q, INF)
-
+    # ----------------------------------------------------------------- acting
     def sample_actions(self, obs: torch.Tensor, generator=None, deterministic: bool = True, net=None):
         """Executed actions in [-1, 1]^d (the first action of a plan). deterministic: the evaluation
         action (`eval_actions`, or with eval_tilt the acting routine without noise); otherwise
@@ -747,8 +509,6 @@ class DiffusionOnline(nn.Module):
 
 
 # --------------------------------------------------------------------------- training loop
-EVAL_SEED = 100_000  # evaluation episodes use seeds EVAL_SEED + 1000 * seed + env_steps + i
-TRAIN_SEED = 10_000  # training env i starts from seed TRAIN_SEED + 100 * seed + i
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
@@ -777,7 +537,7 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     bootstrapped. Each iteration of num_envs env steps is followed by one update once warm-up is
     over and the buffer holds a batch. Every `eval_every` env steps (and at the end) the policy is
     evaluated deterministically (DiffusionOnline.eval_actions; SAC: tanh of the mean) on
-    `eval_episodes` separate episodes (seeds EVAL_SEED + 1000 seed + env_steps + i), with its own
+    `eval_episodes` separate episodes (seeds diffrl.envs.curve_seed(seed, env_steps) + i), with its own
     sampling generator, so evaluation never perturbs training.
 
     `log` (a diffrl.runlog.RunLog or alike) gets log(grad_step, metrics) after every update (size
@@ -816,7 +576,7 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
     gen = torch.Generator(device=device).manual_seed(seed)  # policy sampling and update noise
     buf_gen = torch.Generator().manual_seed(seed + 1)  # minibatch indices
     rng = np.random.default_rng(seed)  # warm-up actions
-    obs = np.stack([e.reset(seed=TRAIN_SEED + 100 * seed + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
+    obs = np.stack([e.reset(seed=train_env_seed(seed) + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
     ep_ret = np.zeros(cfg.num_envs)
     env_steps, grad_steps, wall_before = 0, 0, 0.0
     curve, train_eps = [], []
@@ -869,7 +629,7 @@ def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, de
                 log.log(grad_steps, metrics)
         last = env_steps >= steps
         if (_crossed(before, env_steps, eval_every) and not (last and not final_eval)) or (last and final_eval):
-            ev_seed = EVAL_SEED + 1000 * seed + env_steps
+            ev_seed = curve_seed(seed, env_steps)
             ev_gen = torch.Generator(device=device).manual_seed(ev_seed)
             agent.eval()
             returns = evaluate(lambda x: agent.act(x, generator=ev_gen, deterministic=True), env_name, eval_episodes,

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from diffrl.algos.bc import ema_update
-from diffrl.diffusion import DiffusionSchedule, vp_betas
+from diffrl.diffusion import DiffusionSchedule, dpm_solver_2m, vp_betas
 from diffrl.fields import ConfigError, param
 from diffrl.nets import Critic, NoiseNet, soft_update
 
@@ -157,29 +157,19 @@ class DPMSolver:
     def sample(self, eps_fn, obs, act_dim: int, generator=None, clip: float = 1.0):
         B = obs.shape[0]
         x = torch.randn((B, act_dim), device=obs.device, generator=generator)
-        x0_prev, h_prev = None, None
-        n = len(self.ts)
-        for i, t in enumerate(self.ts):
-            tt = torch.full((B,), t, device=obs.device, dtype=torch.long)
-            eps = eps_fn(x, tt, obs)
-            x0 = ((x - self.sigma[i] * eps) / self.alpha[i]).clamp(-clip, clip)
-            if i == n - 1:  # final step to sigma = 0: x = x0 prediction
-                return x0
-            h = self.lam[i + 1] - self.lam[i]
-            if x0_prev is None:
-                d = x0
-            else:
-                r = h_prev / h
-                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x = (self.sigma[i + 1] / self.sigma[i]) * x - self.alpha[i + 1] * math.expm1(-h) * d
-            x0_prev, h_prev = x0, h
-        return x  # not reached
+
+        def x0_fn(x, i):
+            tt = torch.full((B,), self.ts[i], device=obs.device, dtype=torch.long)
+            return ((x - self.sigma[i] * eps_fn(x, tt, obs)) / self.alpha[i]).clamp(-clip, clip)
+        # the model's times, then the clean data (sigma = 0): the final step returns the x0 prediction
+        return dpm_solver_2m(x, x0_fn, self.alpha + [1.0], self.sigma + [0.0], self.lam + [math.inf], to_clean=True)
 
 
 # --------------------------------------------------------------------------- agent
 class DiffusionQL(torch.nn.Module):
     """Diffusion-QL agent. `name` is "dql" for ql and "dql_<variant>" otherwise."""
     name = "dql"
+    extra_args = ("total_steps",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: DQLConfig, device="cpu", total_steps: int | None = None,
                  reward_scale: float = 1.0):
@@ -427,7 +417,7 @@ def online_finetune(agent: DiffusionQL, env_name: str, steps: int, buffer_size: 
     training episodes finished since the previous point, NaN if none).
     """
     from diffrl.data import ReplayBuffer
-    from diffrl.envs import make_env
+    from diffrl.envs import FINETUNE_CURVE_SEED, make_env
     from diffrl.train import eval_score
 
     device = agent.schedule.betas.device
@@ -460,7 +450,7 @@ def online_finetune(agent: DiffusionQL, env_name: str, steps: int, buffer_size: 
             if log is not None:
                 log.log(k, metrics)
         if k % eval_every == 0 or k == steps:
-            ret, score = eval_score(agent, env_name, eval_episodes, 2_000_000 + 1000 * seed + k)
+            ret, score = eval_score(agent, env_name, eval_episodes, FINETUNE_CURVE_SEED + 1000 * seed + k)
             agent.train()
             curve.append({"env_steps": k, "grad_steps": agent.step, "return": ret, "score": score,
                           "train_return": float(np.mean(finished)) if finished else float("nan")})

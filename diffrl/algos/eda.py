@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.diffusion import dpm_solver_2m
 from diffrl.fields import param
 from diffrl.nets import SinusoidalEmbedding
 
@@ -139,19 +140,9 @@ def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, orde
             x = (sg[j] / sg[i]) * x - al[j] * torch.expm1(-h) * x0
             i = j
         return done(x)
-    if method == "dpm++2m":
-        x0_prev = None
-        for i in range(n_int):
-            x0 = x0_of(x, i, eps_fn(x, tt(i)))
-            h = lams[i + 1] - lams[i]
-            if order == 1 or x0_prev is None:
-                d = x0
-            else:
-                r = (lams[i] - lams[i - 1]) / h
-                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-            x = (sg[i + 1] / sg[i]) * x - al[i + 1] * torch.expm1(-h) * d
-            x0_prev = x0
-        return done(x)
+    if method == "dpm++2m":  # the shared multistep update (diffrl.diffusion.dpm_solver_2m)
+        return done(dpm_solver_2m(x, lambda xc, i: x0_of(xc, i, eps_fn(xc, tt(i))), al, sg, lams,
+                                  first_order=order == 1))
     for i in range(n_int):  # single-step DPM-Solver (noise prediction)
         eps = eps_fn(x, tt(i))
         h = lams[i + 1] - lams[i]
@@ -195,7 +186,7 @@ class FourierEmbedding(nn.Module):
         return torch.cat([x.sin(), x.cos()], -1)
 
 
-class EnergyNet(nn.Module):
+class BottleneckEnergyNet(nn.Module):
     """f(a_t, t, s) = sum(MLPResNet(concat(Lin128(a_t), Lin32(emb t), Lin96(s)))) -> (B,).
 
     Time embedding "fourier" (released EDA): Fourier features (32, scale `fourier_scale`) of t ->
@@ -232,7 +223,7 @@ class EnergyNet(nn.Module):
         return self.out(self.act(self.blocks(self.inp(h)))).sum(-1)
 
 
-def energy_eps(net: EnergyNet, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, sigma: torch.Tensor,
+def energy_eps(net: BottleneckEnergyNet, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, sigma: torch.Tensor,
                create_graph: bool = False) -> torch.Tensor:
     """eps_theta = -sigma_t grad_a f(a_t, t, s); with create_graph the result is differentiable in the
     parameters (training), otherwise a_t is detached and only the gradient is returned (sampling)."""
@@ -280,7 +271,7 @@ class BottleneckBehavior(nn.Module):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.sde = VPSDE(cfg.beta0, cfg.beta1)
-        self.net = EnergyNet(obs_dim, act_dim, cfg.hidden, cfg.blocks, cfg.dropout, cfg.expansion, cfg.out_dim,
+        self.net = BottleneckEnergyNet(obs_dim, act_dim, cfg.hidden, cfg.blocks, cfg.dropout, cfg.expansion, cfg.out_dim,
                              time_embedding=cfg.time_embedding, fourier_scale=cfg.fourier_scale)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
@@ -313,7 +304,7 @@ class BottleneckBehavior(nn.Module):
         self.step += 1
         return {"bc_loss": loss.detach()}
 
-    def sample_with(self, net: EnergyNet, obs: torch.Tensor, generator=None) -> torch.Tensor:
+    def sample_with(self, net: BottleneckEnergyNet, obs: torch.Tensor, generator=None) -> torch.Tensor:
         """DPM-Solver samples of the model whose energy net is `net` (dropout off while sampling)."""
         c = self.cfg
         was = net.training
@@ -358,6 +349,7 @@ class EDAAlign(nn.Module):
     the previous stages' checkpoints; pi is initialised as an exact copy of mu's energy net, trained
     with dropout off. Both models and the critic are submodules (in this agent's state_dict)."""
     name = "eda"
+    extra_args = ("support_states",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior: BottleneckBehavior, critic: IQL,
                  device="cpu", support_states: int = 0):

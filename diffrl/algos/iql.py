@@ -46,6 +46,7 @@ class IQLConfig:
 
 class IQL(torch.nn.Module):
     name = "iql"
+    extra_args = ("reward_scale",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
     config_cls = IQLConfig
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device="cpu", reward_scale: float = 1.0):

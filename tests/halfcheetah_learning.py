@@ -1,4 +1,5 @@
-"""HalfCheetah-v5 learning tests: on a small locally generated "medium" dataset, Diffusion-QL and
+"""The HalfCheetah-v5 learning tests' shared setup (tests/test_halfcheetah_dql.py and
+tests/test_halfcheetah_eda.py, one file each so that they run on separate xdist workers): on a small locally generated "medium" dataset, Diffusion-QL and
 EDA beat plain diffusion BC (fixed seeds, asserted margin).
 
 Data: tests/data/halfcheetah_medium_small, built once by benchmarks/make_test_dataset.py with
@@ -9,7 +10,7 @@ locally generated, NOT D4RL data (tests/data/README.md).
 Training goes through the pipeline's own path (diffrl.offline.train_run: the agent classes, the
 shared loop, model.pt; EDA's three stages each load the previous one's model.pt) and evaluation
 through the evaluate stage's (load_agent, policy_fn, diffrl.envs.evaluate with 5 full 1000-step
-episodes side by side, seeds FINAL_SEED + 1000 seed). Configs are the params.yaml sections with only
+episodes side by side, seeds diffrl.envs.final_seed(seed)). Configs are the params.yaml sections with only
 size/budget fields changed (smaller nets, lr 1e-3, BC's and Diffusion-QL's EMA from step 500 every
 step, EDA's alignment batch 64 on 2000 support states), except for EDA (below); eta, tau, discount,
 T, grad-norm clip, candidate counts, temperatures, the released lr schedule and evaluation of the
@@ -47,17 +48,15 @@ MARGIN = 1.5 leaves >= 1.8 points of room on every seed tried for both. The test
 170 s (Diffusion-QL) and 180 s (EDA) on one core, the longest of the suite.
 """
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from diffrl import config
-from diffrl.data import load_offline
 from diffrl.envs import evaluate, normalized_score
 from diffrl.offline import load_agent, train_run
-from diffrl.train import FINAL_SEED, policy_fn
+from diffrl.envs import final_seed
+from diffrl.train import policy_fn
 from diffrl.utils import seed_everything
 
 DATA = Path(__file__).resolve().parent / "data" / "halfcheetah_medium_small"
@@ -80,23 +79,8 @@ SUPPORT_STATES = 2000  # EDA: states whose 16 behaviour samples are drawn before
 MARGIN = 1.5  # normalised-score points; see the module docstring for the measured gaps
 PARAMS = config.load(Path(__file__).resolve().parents[1] / "params.yaml")  # the rows' own sections
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def test_fixture_is_the_documented_generated_dataset():
-    info = json.loads((DATA / "info.json").read_text())
-    assert info["source"] == "generate" and info["quality"] == "medium" and info["env"] == ENV
-    assert "NOT D4RL" in info["note"]
-    data = load_offline(DATA, ENV)
-    assert len(data.episode_returns) == info["episodes"] == 20
-    assert len(data.obs) == info["transitions"] == 20_000
-    assert data.metadata["ref_min_score"] == pytest.approx(-280.178953)
-    assert data.metadata["ref_max_score"] == pytest.approx(12135.0)
-    score = normalized_score(ENV, data.episode_returns).mean()
-    assert score == pytest.approx(info["score_mean"], abs=1e-6)
-
-
-def _train(section: str, root: Path, pretrained: dict | None = None) -> Path:
+def train(section: str, root: Path, pretrained: dict | None = None) -> Path:
     seed_everything(SEED, True)
     cfg = dataclasses.replace(PARAMS[section], **CONFIGS[section])
     train_run(section, cfg, env_name=ENV, dataset_dir=str(DATA), out_dir=root / section, seed=SEED,
@@ -105,32 +89,13 @@ def _train(section: str, root: Path, pretrained: dict | None = None) -> Path:
     return root / section
 
 
-def _score(run_dir: Path) -> float:
+def score(run_dir: Path) -> float:
     agent, _ = load_agent(run_dir, "cpu")
-    ep_seed = FINAL_SEED + 1000 * SEED
+    ep_seed = final_seed(SEED)
     returns = evaluate(policy_fn(agent, ep_seed), ENV, EPISODES, ep_seed)
     return float(np.mean(normalized_score(ENV, returns)))
 
 
-@pytest.fixture(scope="module")
-def bc_score(tmp_path_factory):
-    return _score(_train("bc", tmp_path_factory.mktemp("bc")))
-
-
-@pytest.mark.learning
-def test_diffusion_ql_beats_diffusion_bc_on_generated_halfcheetah_medium(bc_score, tmp_path):
-    dql = _score(_train("dql", tmp_path))
-    print(f"normalised scores, seed {SEED}: bc {bc_score:.2f}, dql {dql:.2f} (margin {MARGIN})")
-    assert dql > bc_score + MARGIN, {"bc": bc_score, "dql": dql, "margin": MARGIN}
-
-
-@pytest.mark.learning
-def test_eda_beats_diffusion_bc_and_its_own_behaviour_model(bc_score, tmp_path):
-    """The three EDA stages chained as in the pipeline (each loads the previous one's model.pt)."""
-    critic, behavior = _train("eda_critic", tmp_path), _train("eda_behavior", tmp_path)
-    eda = _score(_train("eda", tmp_path, pretrained={"critic": critic, "behavior": behavior}))
-    mu = _score(behavior)
-    print(f"normalised scores, seed {SEED}: bc {bc_score:.2f}, eda behaviour {mu:.2f}, eda {eda:.2f} "
-          f"(margin {MARGIN})")
-    assert eda > bc_score + MARGIN, {"bc": bc_score, "eda": eda, "margin": MARGIN}
-    assert eda > mu + MARGIN, {"eda behaviour": mu, "eda": eda, "margin": MARGIN}
+def bc_baseline(root: Path) -> float:
+    """Diffusion BC's score, the baseline both tests beat by MARGIN."""
+    return score(train("bc", root))

@@ -1,0 +1,76 @@
+"""docs/extending.md is the recipe for a new algorithm: its module, one registry entry, one params
+section. This test applies the recipe's code blocks, as written in the doc, to a copy of the
+project and checks that both front ends build the new row's jobs and that its stages run."""
+import json
+import re
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, run
+
+ROW = "mlp_bc"
+
+
+def _blocks() -> dict[str, str]:
+    """The doc's code blocks: the module, the registry entry, the params section."""
+    text = (ROOT / "docs/extending.md").read_text()
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    yml = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    module = next(b for b in python if b.startswith(f"# diffrl/algos/{ROW}.py"))
+    entry = next(b for b in python if b.lstrip().startswith(f'"{ROW}": Section('))
+    return {"module": module, "entry": entry, "params": yml[0]}
+
+
+def _add_the_algorithm(project) -> None:
+    blocks = _blocks()
+    (project / f"diffrl/algos/{ROW}.py").write_text(blocks["module"])
+    registry = project / "diffrl/algos/__init__.py"
+    text = registry.read_text()
+    anchor = "    # online rows"  # the entry goes after the offline rows
+    assert text.count(anchor) == 1
+    registry.write_text(text.replace(anchor, blocks["entry"] + anchor))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params.update(yaml.safe_load(blocks["params"]))
+    params["algorithms"] = ["bc", ROW]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _job_counts(dry_run: str) -> dict[str, int]:
+    table = dry_run.split("Job stats:")[1].split("Reasons:")[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+
+
+@pytest.mark.pipeline
+def test_an_algorithm_added_as_docs_extending_md_says_joins_both_graphs_and_runs(project):
+    _add_the_algorithm(project)
+    seeds = len(yaml.safe_load((project / "params.yaml").read_text())["seeds"])
+
+    # Snakemake: its training and evaluation per seed and its bandit runs, next to bc's
+    out = run(["snakemake", "-n", "results/halfcheetah_summary.csv"], project)
+    counts = _job_counts(out.stdout)
+    assert counts["offline_train"] == 2 * seeds and counts["evaluate"] == 2 * seeds, counts
+    assert "critic_pretrain" not in counts and "behavior_pretrain" not in counts
+    out = run(["snakemake", "-n", "results/bandit_summary.csv"], project)
+    assert re.search(rf"wildcards: name=\w+, algo={ROW}\b", out.stdout)
+
+    # DVC: dvc.yaml generated from the same registry has its stages, with its code and budget key
+    dvc = yaml.safe_load(run([sys.executable, "-m", "diffrl.dag", "dvc"], project).stdout)["stages"]
+    train = dvc[f"offline_train_{ROW}"]
+    assert f"diffrl/algos/{ROW}.py" in train["deps"] and "diffrl/algos/dql.py" not in train["deps"]
+    assert {ROW, "budgets.${budget}.offline_steps"} <= {p for p in train["params"] if isinstance(p, str)}
+    assert f"evaluate_{ROW}" in dvc and f"bandit_train_{ROW}" in dvc
+
+    # its stages run: trained on the locally generated test dataset, evaluated, and on a toy set
+    shutil.copytree(ROOT / "tests/data/halfcheetah_medium_small", project / "data/halfcheetah/dataset")
+    smoke = ["--set", "budget=smoke", "--set", "device=cpu"]
+    run([sys.executable, "stages/train.py", "offline_train", "--algo", ROW, "--env", "halfcheetah", "--seed", "0",
+         *smoke], project)
+    run([sys.executable, "stages/evaluate.py", "--env", "halfcheetah", "--algo", ROW, "--seed", "0", *smoke], project)
+    result = json.loads((project / f"runs/halfcheetah/eval/{ROW}/seed0.json").read_text())
+    assert result["algorithm"] == ROW and result["grad_steps"] == 100 and len(result["episode_returns"]) == 1
+    run([sys.executable, "stages/toy_dataset.py", "--name", "8gaussians", *smoke], project)
+    run([sys.executable, "stages/bandit.py", "bandit_train", "--name", "8gaussians", "--algo", ROW, *smoke], project)
+    assert (project / f"runs/bandit/8gaussians/{ROW}.npz").stat().st_size > 0
