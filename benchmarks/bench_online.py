@@ -86,8 +86,8 @@ def one(variant, device, threads, env_name, iters, max_s, small):
         act = lambda o: agent.act(o, deterministic=True, generator=g)  # noqa: E731
         particles = 1
     else:
-        from diffrl.algos.dpmd import DiffusionOnline, train_online
-        from diffrl.online import variant_config
+        from diffrl.algos.dpmd import DiffusionOnline
+        from diffrl.online import train_online, variant_config
         cfg = variant_config(variant, **(SMALL if small else {}))
         cfg.warmup, cfg.buffer_size = 2 * cfg.batch_size, 100_000
         torch.manual_seed(0)

@@ -149,6 +149,12 @@ def algorithm_file(section: str) -> Path:
     return ROOT / "diffrl" / "algos" / f"{REGISTRY[section].module}.py"
 
 
+def algorithm_files(section: str) -> list[Path]:
+    """The algorithm modules a section's job runs: its own and those its entry names in `runs`."""
+    from diffrl.algos import REGISTRY
+    return [algorithm_file(section)] + [ROOT / "diffrl" / "algos" / f"{m}.py" for m in REGISTRY[section].runs]
+
+
 def row_sections(stage: str, offline_init: str = "", **wildcards) -> list[str]:
     """The params sections whose algorithm modules a dispatching job runs: the section it trains or
     loads, the pretrained parts that one starts from, and for an offline-to-online row the offline
@@ -175,7 +181,7 @@ def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
         from diffrl.algos import REGISTRY
         algorithms = frozenset(algorithm_file(s) for s in REGISTRY)
         files = closure([entry], stop=algorithms)
-        files |= closure([algorithm_file(s) for s in row_sections(stage, offline_init, **wildcards)])
+        files |= closure([f for s in row_sections(stage, offline_init, **wildcards) for f in algorithm_files(s)])
     else:
         files = closure([entry])
     return [entry_point(stage)] + sorted(rel(f) for f in files - {entry} if rel(f) not in NEVER_DEPS)

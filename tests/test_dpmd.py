@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffrl.algos.dpmd import DiffusionOnline, OnlineConfig, train_online
+from diffrl.algos.dpmd import DiffusionOnline, OnlineConfig
 from diffrl.algos.tilts import select_particles
 from diffrl.algos.dpmd_models import make_dynamics
 from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
 from diffrl.envs import make_env
-from diffrl.online import variant_config
+from diffrl.online import train_online, variant_config
 
 from conftest import ROOT
 
@@ -499,7 +499,7 @@ def test_noisy_actions_stay_unclipped():
 def test_fork_sac_log_prob_and_log_std_clip():
     """The fork's SAC: Gaussian log-prob of the pre-tanh sample (no tanh correction), log std
     clipped to [-20, 0.5], GELU; the dataset agent's defaults keep the tanh-corrected density."""
-    from diffrl.algos.dpmd import sac_config
+    from diffrl.online import sac_config
     from diffrl.algos.sac import SAC, SACConfig
     from diffrl.nets import TanhGaussianActor
     fork = sac_config(variant_config("sac", hidden=16))
@@ -533,7 +533,7 @@ def test_fork_sac_log_prob_and_log_std_clip():
 def test_fork_sac_row_trains_in_the_vector_env_loop(tmp_path):
     """The `sac` row runs in train_online: 5 envs, one update per 5 env steps, rewards scaled by
     0.2; its run saves and reloads as a SAC agent."""
-    from diffrl.algos.dpmd import sac_config
+    from diffrl.online import sac_config
     from diffrl.algos.sac import SAC
     from diffrl.offline import build_agent
     cfg = variant_config("sac", hidden=16, layers=1, warmup=100, batch_size=32)

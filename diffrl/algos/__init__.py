@@ -36,6 +36,7 @@ class Section:
     steps_key: str = ""              # the budget key of its gradient steps (offline, critic, behavior)
     pretrained: tuple[str, ...] = ()  # (critic, behaviour) sections an offline row starts from
     top_keys: tuple[str, ...] = ()   # top-level params.yaml keys it reads besides its section (tfg_lambda)
+    runs: tuple[str, ...] = ()       # other modules of diffrl/algos/ whose agent its stage runs
     # seconds per gradient step (offline) or per update (online): (one CPU core, one GPU); CPU figures
     # measured with benchmarks/bench_steps.py and bench_online.py (docs/benchmarks.md), GPU figures
     # conservative estimates for small MLPs. They size cluster requests (diffrl.resources).
@@ -75,9 +76,10 @@ REGISTRY: dict[str, Section] = {
     "eda": Section("eda", "EDAConfig", "EDAAlign", "offline", "align_steps", ("eda_critic", "eda_behavior"),
                    step_s=(0.6, 0.02), act_s=(0.02, 0.01)),
     # online rows (one update per 5 env steps; batch 256, T=20, the variant's particles). sac_online is
-    # the `sac` row's section (section `sac` is the dataset agent): trained by dpmd.train_online and saved
-    # as a `sac` agent. sdac's reference loss draws a second particle sample every other update.
-    "sac_online": Section("dpmd", "OnlineConfig", None, "online", step_s=(0.012, 0.004), act_s=(0.006, 0.003)),
+    # the `sac` row's section (section `sac` is the dataset agent): an OnlineConfig whose SAC agent
+    # (sac.py) the online loop trains and saves as a `sac` agent. sdac's reference loss draws a second particle sample every other update.
+    "sac_online": Section("dpmd", "OnlineConfig", None, "online", runs=("sac",), step_s=(0.012, 0.004),
+                          act_s=(0.006, 0.003)),
     "sdac": Section(**_DPMD, step_s=(1.6, 0.04)),
     "dpmd": Section(**_DPMD, step_s=(0.9, 0.03)),
     "dpmd_tilt": Section(**{**_DPMD, "act_s": (0.12, 0.03)}, top_keys=TILT, step_s=(25.0, 0.5)),

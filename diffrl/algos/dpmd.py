@@ -1,13 +1,13 @@
 """Online diffusion-policy RL: SDAC (reverse-sampling score matching) and DPMD (diffusion policy
-mirror descent) with the fork's inference-time tilts, and the loop that also runs the fork's SAC
-baseline (alg = sac, diffrl.algos.sac). Math and reference hyperparameters:
+mirror descent) with the fork's inference-time tilts. Math and reference hyperparameters:
 docs/algorithms.md, section "SDAC and DPMD (online)"; the reference implementation is
-pnielsen2/inference_mirror_descent at 833e14c. Here: the config, the agent (acting and its update)
-and the training loop; the tilts (guidance, MALA, particle selection, plans) live in
-`diffrl.algos.tilts`, the world models of the model-based tilts in `diffrl.algos.dpmd_models`, the
-named variants in params.yaml. Where our
-code offers an alternative to the reference, the reference is the default and the alternative a
-documented OnlineConfig field (named below).
+pnielsen2/inference_mirror_descent at 833e14c. Here: the config and the agent (acting and its
+update). The tilts (guidance, MALA, particle selection, plans) live in `diffrl.algos.tilts`, the
+world models of the model-based tilts in `diffrl.algos.dpmd_models`, the named variants in
+params.yaml, and the training loop, which also runs the fork's SAC baseline (alg = sac,
+diffrl.algos.sac), in `diffrl.online.train_online`. Where our code offers an alternative to the
+reference, the reference is the default and the alternative a documented OnlineConfig field
+(named below).
 
 Shared by both algorithms
 - Policy: eps_theta(a_t, t, s) (`diffrl.nets.NoiseNet`), linear beta schedule (T=20), x_T ~ 0.5 N(0, I),
@@ -79,15 +79,13 @@ reproduces the reference command `--alg dpmd --num_particles 32` exactly, i.e. w
 published bugs on (fix_q_norm_bug=False, dpmd_double_q_update=True), which is the code behind 9748;
 `dpmd_fixnorm` is that command with --fix_q_norm_bug (8995). Likewise `dpmd_tilt` and `dpmd_select`
 keep the published bugs of their reference commands. The `sac` row (section sac_online) is the
-fork's SAC (11114) in this loop.
+fork's SAC (11114) in the same loop.
 """
 from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,14 +93,9 @@ import torch.nn as nn
 
 from diffrl.algos.dpmd_models import make_dynamics
 from diffrl.algos.tilts import INF, EnergyGradNet, TiltedSampler
-from diffrl.data import ReplayBuffer
 from diffrl.diffusion import DiffusionSchedule
-from diffrl.envs import curve_seed, env_state, evaluate, make_env, normalized_score, restore_env, train_env_seed
 from diffrl.fields import ConfigError, param
 from diffrl.nets import Critic, NoiseNet, ValueNet, soft_update
-from diffrl.runlog import NumericalError
-from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
-from diffrl.utils import save_checkpoint
 
 
 @dataclass
@@ -111,7 +104,7 @@ class OnlineConfig:
     the published HalfCheetah settings, except that published bugs are off (the variants that reproduce a
     published number turn them on in params.yaml)."""
     alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent; "
-                     "sac: the fork's Gaussian SAC baseline (diffrl.algos.sac.SAC in this loop; reads hidden, layers, "
+                     "sac: the fork's Gaussian SAC baseline (diffrl.algos.sac.SAC in the online loop; reads hidden, layers, "
                      "num_envs, batch_size, buffer_size, warmup, gamma, tau, lr, reward_scale, init_alpha, alpha_lr, "
                      "target_entropy_scale and the sac_* keys)",
                      choices=("sdac", "dpmd", "sac"))
@@ -506,160 +499,3 @@ class DiffusionOnline(TiltedSampler, nn.Module):
             sd = sd.state_dict() if isinstance(sd, nn.Module) else sd
             for m in targets:
                 m.load_state_dict(sd)
-
-
-# --------------------------------------------------------------------------- training loop
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    return every > 0 and after // every > before // every
-
-
-def sac_config(cfg: OnlineConfig):
-    """The SACConfig of an alg = sac row (the fork's SAC settings live in its OnlineConfig)."""
-    from diffrl.algos.sac import SACConfig
-    return SACConfig(hidden=cfg.hidden, layers=cfg.layers, lr=cfg.lr, batch_size=cfg.batch_size, discount=cfg.gamma,
-                     tau=cfg.tau, init_temperature=cfg.init_alpha, target_entropy_scale=cfg.target_entropy_scale,
-                     buffer_size=cfg.buffer_size, activation=cfg.sac_activation, reward_scale=cfg.reward_scale,
-                     alpha_lr=cfg.alpha_lr, tanh_correction=cfg.sac_tanh_correction, log_std_min=cfg.sac_log_std_min,
-                     log_std_max=cfg.sac_log_std_max)
-
-
-def train_online(env_name: str, cfg: OnlineConfig, steps: int, seed: int = 0, device="cpu",
-                 eval_every: int = 50_000, eval_episodes: int = 20, log=None, init_agent=None,
-                 resume_path: str | Path | None = None, checkpoint_every: int = 0, final_eval: bool = True,
-                 max_episode_steps: int = 0):
-    """Train SDAC/DPMD (or, with cfg.alg = sac, the fork's SAC) online for `steps` env steps.
-
-    cfg.num_envs envs are stepped in a loop; the first cfg.warmup env steps use uniform-random
-    actions, then the EMA policy acts (best of particles, noise 0.1 alpha; SAC: a Gaussian sample).
-    Transitions store terminal = termination only, so truncated episodes (time limits) are
-    bootstrapped. Each iteration of num_envs env steps is followed by one update once warm-up is
-    over and the buffer holds a batch. Every `eval_every` env steps (and at the end) the policy is
-    evaluated deterministically (DiffusionOnline.eval_actions; SAC: tanh of the mean) on
-    `eval_episodes` separate episodes (seeds diffrl.envs.curve_seed(seed, env_steps) + i), with its own
-    sampling generator, so evaluation never perturbs training.
-
-    `log` (a diffrl.runlog.RunLog or alike) gets log(grad_step, metrics) after every update (size
-    its total as the number of updates) and log_eval(env_steps, score, return). `init_agent`: a
-    DiffusionOnline (used as is) or an object/dict with `actor`/`critic` weights (see
-    DiffusionOnline.load_pretrained) for offline-to-online runs; keep or zero cfg.warmup as wanted.
-    With `resume_path`, a checkpoint (model, optimisers, replay buffer, env and RNG states, counters)
-    is written every `checkpoint_every` env steps, and a run finding one there continues from it
-    bit-identically on CPU. final_eval=False leaves the evaluation at the last step to the caller
-    (the pipeline's evaluate stage); max_episode_steps > 0 cuts evaluation episodes (smoke).
-
-    Returns (agent, info): info = {curve: [{step: env_steps, return, score}] (evaluation episodes),
-    train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
-    env_steps, grad_steps, wall_s}.
-    """
-    if cfg.alg == "sac" and init_agent is not None:
-        raise ConfigError("alg sac has no offline initialisation: init_agent must be None")
-    device = torch.device(device)
-    envs = [make_env(env_name) for _ in range(cfg.num_envs)]
-    space = envs[0].action_space
-    obs_dim, act_dim = envs[0].observation_space.shape[0], space.shape[0]
-    if isinstance(init_agent, DiffusionOnline):
-        agent = init_agent.to(device)
-    else:
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left alone
-            torch.manual_seed(seed)
-            if cfg.alg == "sac":
-                from diffrl.algos.sac import SAC
-                agent = SAC(obs_dim, act_dim, sac_config(cfg), device)
-            else:
-                agent = DiffusionOnline(obs_dim, act_dim, cfg, device, space.low, space.high)
-        if init_agent is not None:
-            agent.load_pretrained(init_agent)
-    lo, hi = space.low.astype(np.float32), space.high.astype(np.float32)
-    buf = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer_size, steps + cfg.num_envs), device)
-    gen = torch.Generator(device=device).manual_seed(seed)  # policy sampling and update noise
-    buf_gen = torch.Generator().manual_seed(seed + 1)  # minibatch indices
-    rng = np.random.default_rng(seed)  # warm-up actions
-    obs = np.stack([e.reset(seed=train_env_seed(seed) + i)[0] for i, e in enumerate(envs)]).astype(np.float32)
-    ep_ret = np.zeros(cfg.num_envs)
-    env_steps, grad_steps, wall_before = 0, 0, 0.0
-    curve, train_eps = [], []
-    # a checkpoint left by a run with other settings is never resumed from
-    fingerprint = repr((env_name, cfg, steps, seed, eval_every, eval_episodes, init_agent is None))
-    ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
-    if ck is not None:
-        restore_training_state(agent, ck, buf)
-        gen.set_state(ck["rng"]["gen"])
-        buf_gen.set_state(ck["rng"]["buf_gen"])
-        rng.bit_generator.state = ck["rng"]["numpy_gen"]
-        torch.set_rng_state(ck["rng"]["torch"])
-        np.random.set_state(ck["rng"]["numpy"])
-        for e in envs:
-            e.close()
-        envs = [restore_env(s) for s in ck["envs"]]
-        obs, ep_ret = ck["obs"], ck["ep_ret"]
-        env_steps, grad_steps, wall_before = ck["env_steps"], ck["grad_steps"], ck["wall_s"]
-        curve, train_eps = ck["curve"], ck["train_episodes"]
-        print(f"resumed from {resume_path} at env step {env_steps}", flush=True)
-    t0 = time.perf_counter()
-    agent.train()
-    while env_steps < steps:
-        before = env_steps
-        if env_steps < cfg.warmup:
-            a = rng.uniform(-1, 1, (cfg.num_envs, act_dim)).astype(np.float32)
-        else:
-            with torch.no_grad():
-                o = torch.as_tensor(obs, device=device)
-                a = agent.sample_actions(o, gen, deterministic=False).cpu().numpy()
-        a_env = lo + (a + 1) * 0.5 * (hi - lo)
-        next_obs, rew, term = np.empty_like(obs), np.zeros(cfg.num_envs, np.float32), np.zeros(cfg.num_envs, np.float32)
-        reset_obs = obs.copy()
-        for i, e in enumerate(envs):
-            o2, r, terminated, truncated, _ = e.step(a_env[i])
-            next_obs[i], rew[i], term[i] = o2, r, float(terminated)
-            ep_ret[i] += r
-            reset_obs[i] = o2
-            if terminated or truncated:
-                train_eps.append({"step": env_steps + i + 1, "return": float(ep_ret[i])})
-                ep_ret[i] = 0.0
-                reset_obs[i] = e.reset()[0]
-        buf.add(obs=obs, action=a, reward=rew, next_obs=next_obs, terminal=term)
-        obs = reset_obs
-        env_steps += cfg.num_envs
-        if env_steps >= cfg.warmup and buf.size >= cfg.batch_size:
-            metrics = agent.update(buf.sample(cfg.batch_size, generator=buf_gen), generator=gen)
-            grad_steps += 1
-            if log is not None:
-                log.log(grad_steps, metrics)
-        last = env_steps >= steps
-        if (_crossed(before, env_steps, eval_every) and not (last and not final_eval)) or (last and final_eval):
-            ev_seed = curve_seed(seed, env_steps)
-            ev_gen = torch.Generator(device=device).manual_seed(ev_seed)
-            agent.eval()
-            returns = evaluate(lambda x: agent.act(x, generator=ev_gen, deterministic=True), env_name, eval_episodes,
-                               ev_seed, max_episode_steps)
-            agent.train()
-            ret, score = float(returns.mean()), float(normalized_score(env_name, returns).mean())
-            curve.append({"step": env_steps, "return": ret, "score": score})
-            if log is not None:
-                log.log_eval(env_steps, score, ret)
-        if resume_path is not None and _crossed(before, env_steps, checkpoint_every) and env_steps < steps:
-            # a NaN or Inf since the last checkpoint stops the run here: the last good checkpoint stays
-            if log is not None and hasattr(log, "check"):
-                log.check(grad_steps)
-            bad = first_non_finite(agent)
-            if bad is not None:
-                raise NumericalError(f"non-finite weights ({bad}) at env step {env_steps}: lower the learning "
-                                     f"rates; the last good checkpoint is kept ({resume_path})")
-            save_checkpoint(resume_path, {
-                **training_state(agent, buf), "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
-                "rng": {"gen": gen.get_state(), "buf_gen": buf_gen.get_state(), "numpy_gen": rng.bit_generator.state,
-                        "torch": torch.get_rng_state(), "numpy": np.random.get_state()},
-                "env_steps": env_steps, "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,
-                "fingerprint": fingerprint,
-                "wall_s": wall_before + time.perf_counter() - t0})
-    for e in envs:
-        e.close()
-    if log is not None and hasattr(log, "check"):
-        log.check(grad_steps)  # what was logged since the last flush
-    bad = first_non_finite(agent)
-    if bad is not None:  # never hand non-finite weights to the stage that saves the model
-        raise NumericalError(f"non-finite weights ({bad}) after env step {env_steps}: lower the learning rates")
-    return agent, {"curve": curve, "train_episodes": train_eps, "env_steps": env_steps, "grad_steps": grad_steps,
-                   "wall_s": wall_before + time.perf_counter() - t0}
