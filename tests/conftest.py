@@ -17,11 +17,14 @@ torch.set_num_threads(int(os.environ.get("DIFFRL_TEST_THREADS", "1" if WORKERS >
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 
 
-# The files that take minutes start first (xdist hands each worker two files to start with: the
-# first worker the end-to-end and EDA files, the second Diffusion-QL's and the next one), and the
-# short files fill in around them. xdist's `--dist loadfile` would otherwise order files by their number of tests and
-# start the one-test end-to-end file last, so the whole suite would wait for it.
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_halfcheetah_dql.py", "test_halfcheetah_eda.py")
+# Files go to the xdist workers longest first (measured CPU time, one core), so that the short ones
+# fill in at the end and neither worker waits for a long file started late. xdist hands each worker
+# two files to start with (the first the end-to-end and EDA files, the second Diffusion-QL's and
+# SDAC/DPMD's); its `--dist loadfile` would otherwise order files by their number of tests and start
+# the one-test end-to-end file last, so the whole suite would wait for it.
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_halfcheetah_dql.py", "test_halfcheetah_eda.py", "test_dpmd.py",
+                 "test_pipeline_graph.py", "test_learning.py", "test_reliability.py", "test_queue.py", "test_eda.py",
+                 "test_extending.py", "test_dql.py", "test_dtql.py", "test_cluster.py")
 
 
 def pytest_configure(config):
@@ -72,3 +75,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def halfcheetah_bc_score(tmp_path_factory):
+    """Diffusion BC's score on the small HalfCheetah dataset: the baseline of the HalfCheetah
+    learning tests (computed once per test file; the files run on separate xdist workers)."""
+    from halfcheetah_learning import bc_baseline
+    return bc_baseline(tmp_path_factory.mktemp("bc"))
