@@ -266,12 +266,12 @@ def validate(raw: dict, sections=None) -> dict:
             raise ConfigError(f"seeds: {seed!r} is not a non-negative integer")
     if len(set(out["seeds"])) != len(out["seeds"]) or not out["seeds"]:
         raise ConfigError("seeds must be a non-empty list of distinct integers, e.g. [0, 1, 2]")
-    from diffrl.algos import OFFLINE_ROWS, ROWS
+    from diffrl.algos import OFFLINE, ROWS
     for name, budget in out["budgets"].items():
         for row in budget.below_regime:
-            if row not in OFFLINE_ROWS:
+            if row not in OFFLINE:
                 raise ConfigError(f"budgets.{name}.below_regime: '{row}' is not an offline row"
-                                  f"{_suggest(str(row), OFFLINE_ROWS)}")
+                                  f"{_suggest(str(row), OFFLINE)}")
     for algo in out["algorithms"]:
         if algo not in ROWS:
             raise ConfigError(f"algorithms: unknown algorithm '{algo}'{_suggest(algo, ROWS)}")

@@ -199,7 +199,7 @@ def data_deps(stage: str, params: dict, folders: bool = False, offline_init: str
     """The outputs of other jobs a job reads. `folders`: for DVC, which cannot expand a list of
     params.yaml inside a stage's deps, the summaries depend on the folders holding those files.
     `offline_init` (default: its params value) is the offline row an online row starts from."""
-    from diffrl.algos import OFFLINE_ROWS, PRETRAINED
+    from diffrl.algos import OFFLINE, PRETRAINED
     w = wildcards
     if stage in TRAIN_STAGES:
         row = w[TRAIN_STAGES[stage]]
@@ -214,11 +214,11 @@ def data_deps(stage: str, params: dict, folders: bool = False, offline_init: str
             return [str(Path(eval_file(w["env"], a, 0)).parent) for a in params["algorithms"]]
         return [eval_file(w["env"], a, s) for a in params["algorithms"] for s in params["seeds"]]
     if stage == "bandit_plot":
-        return [bandit_file(w["name"], a) for a in OFFLINE_ROWS]
+        return [bandit_file(w["name"], a) for a in OFFLINE]
     if stage == "bandit_summary":
         if folders:
             return ["runs/bandit"]
-        return [bandit_file(n, a) for n in params["bandit_sets"] for a in OFFLINE_ROWS]
+        return [bandit_file(n, a) for n in params["bandit_sets"] for a in OFFLINE]
     return []
 
 
@@ -245,7 +245,7 @@ def stage_rows(params: dict) -> list[tuple[str, dict]]:
     the rows `algorithms` selects with the pretraining and offline runs they start from, their
     evaluations and tables, the toy sets and the bandit study (every offline row), as the
     Snakefile's `all` does. The matrix axes (AXES) multiply each family into jobs."""
-    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, OFFLINE_ROWS, ONLINE, PRETRAINED
+    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, PRETRAINED
     selected = list(params["algorithms"])
     trained = set()
     for row in selected:
@@ -260,7 +260,7 @@ def stage_rows(params: dict) -> list[tuple[str, dict]]:
     out += [("online_train", {"algo": s}) for s in ONLINE if s in trained]
     out += [("evaluate", {"algo": a}) for a in selected]
     out += [("summary", {})]
-    out += [("bandit_train", {"algo": a}) for a in OFFLINE_ROWS]
+    out += [("bandit_train", {"algo": a}) for a in OFFLINE]
     out += [("bandit_plot", {}), ("bandit_summary", {})]
     return out
 

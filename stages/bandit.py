@@ -36,9 +36,9 @@ def train(p, args):
 def _runs(p, name):
     """{algo: ({seed: actions}, data)} of every row on toy set `name`."""
     import numpy as np
-    from diffrl.algos import OFFLINE_ROWS
+    from diffrl.algos import OFFLINE
     out = {}
-    for algo in OFFLINE_ROWS:
+    for algo in OFFLINE:
         path = Path(bandit_file(name, algo))
         if not path.exists():
             raise FileNotFoundError(f"bandit run {path} is missing: run `snakemake {path}`")

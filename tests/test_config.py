@@ -93,10 +93,10 @@ def test_stage_entry_point_fails_fast_with_one_line(tmp_path):
 def test_every_offline_row_trains_its_final_policy_for_offline_steps():
     """A table compares equals: the final stage of bc, iql, the Diffusion-QL variants and DTQL reads
     offline_steps; EDA's alignment align_steps; pretraining-only runs their own keys."""
-    from diffrl.algos import OFFLINE_ROWS
+    from diffrl.algos import OFFLINE
     from diffrl.offline import budget_steps
     b = config.Budget(offline_steps=7, critic_steps=11, behavior_steps=13, energy_behavior_steps=17, align_steps=19)
-    assert {r: budget_steps(r, b) for r in OFFLINE_ROWS} == {**{r: 7 for r in OFFLINE_ROWS}, "eda": 19}
+    assert {r: budget_steps(r, b) for r in OFFLINE} == {**{r: 7 for r in OFFLINE}, "eda": 19}
     assert [budget_steps(s, b) for s in ("dtql_critic", "eda_critic", "dtql_behavior", "eda_behavior")] == [11, 11, 13, 17]
 
 

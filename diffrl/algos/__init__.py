@@ -21,7 +21,8 @@ import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-# kind -> the stage that trains a section of that kind (the dataset stage trains the `sac` section)
+# kind -> the stage that trains a section of that kind (the dataset stage trains the `sac` section);
+# offline and online sections are the rows of the summary tables
 KIND_STAGES = {"dataset": "dataset", "critic": "critic_pretrain", "behavior": "behavior_pretrain",
                "offline": "offline_train", "online": "online_train"}
 
@@ -32,7 +33,7 @@ class Section:
     module: str                      # file diffrl/algos/{module}.py implementing it
     config: str                      # its config dataclass (the params.yaml section's type)
     agent: str | None                # the agent class its stage builds and saves (None: saved as another's)
-    kind: str                        # a key of KIND_STAGES. offline and online sections are table rows
+    kind: str                        # a key of KIND_STAGES
     steps_key: str = ""              # the budget key of its gradient steps (offline, critic, behavior)
     pretrained: tuple[str, ...] = ()  # (critic, behaviour) sections an offline row starts from
     top_keys: tuple[str, ...] = ()   # top-level params.yaml keys it reads besides its section (tfg_lambda)
@@ -42,6 +43,11 @@ class Section:
     # conservative estimates for small MLPs. They size cluster requests (diffrl.resources).
     step_s: tuple[float, float] = (0.0, 0.0)
     act_s: tuple[float, float] = (0.0, 0.0)  # seconds to choose one action for one state (rows)
+
+    def __post_init__(self):
+        if self.kind not in KIND_STAGES:
+            raise ValueError(f"registry: kind {self.kind!r} of {self.module}.{self.config}: use one of "
+                             f"{', '.join(KIND_STAGES)}")
 
 
 _IQL = dict(module="iql", config="IQLConfig", agent="IQL")
@@ -75,9 +81,10 @@ REGISTRY: dict[str, Section] = {
     # 256 states x 16 support actions through two energy nets
     "eda": Section("eda", "EDAConfig", "EDAAlign", "offline", "align_steps", ("eda_critic", "eda_behavior"),
                    step_s=(0.6, 0.02), act_s=(0.02, 0.01)),
-    # online rows (one update per 5 env steps; batch 256, T=20, the variant's particles). sac_online is
-    # the `sac` row's section (section `sac` is the dataset agent): an OnlineConfig whose SAC agent
-    # (sac.py) the online loop trains and saves as a `sac` agent. sdac's reference loss draws a second particle sample every other update.
+    # online rows (one update per 5 env steps; batch 256, T=20, the variant's particles; sdac's reference
+    # loss draws a second particle sample every other update). sac_online is the `sac` row's section
+    # (section `sac` is the dataset agent): an OnlineConfig whose SAC agent (sac.py) the online loop
+    # trains and saves as a `sac` agent.
     "sac_online": Section("dpmd", "OnlineConfig", None, "online", runs=("sac",), step_s=(0.012, 0.004),
                           act_s=(0.006, 0.003)),
     "sdac": Section(**_DPMD, step_s=(1.6, 0.04)),
@@ -107,16 +114,10 @@ def of_kind(kind: str) -> tuple[str, ...]:
     return tuple(row_of(s) for s, e in REGISTRY.items() if e.kind == kind)
 
 
-def stage_of(section: str) -> str:
-    """The stage that trains a section (e.g. critic_pretrain for eda_critic)."""
-    return KIND_STAGES[REGISTRY[section].kind]
-
-
 CRITICS = of_kind("critic")          # critic pretraining (IQL losses)
 BEHAVIORS = of_kind("behavior")      # behaviour pretraining
-OFFLINE = of_kind("offline")         # offline training on the dataset: the offline table rows
+OFFLINE = of_kind("offline")         # trained on the dataset: the offline table rows
 ONLINE = of_kind("online")           # online training in the environment: the online table rows
-OFFLINE_ROWS = OFFLINE
 ROWS = (*OFFLINE, *ONLINE)           # summary-table rows
 ONLINE_VARIANTS = tuple(r for r in ONLINE if r != "sac")  # the SDAC/DPMD variants
 GUIDED = tuple(r for r in ONLINE if "tfg_lambda" in REGISTRY[section_of(r)].top_keys)
