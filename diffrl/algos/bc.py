@@ -1,4 +1,4 @@
-"""Diffusion behaviour cloning: the behaviour pretraining stage and the `bc` row.
+"""Diffusion behaviour cloning: the `bc` row.
 DDPM eps-prediction on dataset actions with the discrete VP schedule (T=5). As in the released
 Diffusion-QL code (bc_diffusion.py) the row is evaluated with one sample of the trained network;
 an EMA copy is kept as an option (`eval_ema`)."""

@@ -1,5 +1,5 @@
-"""Implicit Q-learning (Kostrikov et al. 2022): the critic pretraining stage, and the `iql` row
-through its advantage-weighted (AWR) policy. EDA and DTQL load this critic.
+"""Implicit Q-learning (Kostrikov et al. 2022): the `iql` row (the critic and its
+advantage-weighted (AWR) policy) and the critics that DTQL and EDA pretrain and load.
 
 Two details of the critic step differ between the released codes and are config fields:
 - `value_target`: V regresses on min Q of the target critic (IQL, EDA) or of the online critic
