@@ -1,5 +1,7 @@
 """End to end on a fresh copy: the smoke graph builds the summary table, a changed
-hyperparameter reruns only what reads it (Snakemake and DVC), and bad input fails fast."""
+hyperparameter reruns only what reads it (Snakemake and DVC), bad input fails fast, and the
+Snakemake report holds every result with its caption."""
+import json
 import re
 
 import pandas as pd
@@ -115,3 +117,51 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert ran == expected, (sorted(ran ^ expected), log[-3000:])
     shown = run(["dvc", "exp", "show", "--json"], project)
     assert "halfcheetah_metrics.json" in shown.stdout and "score_mean" in shown.stdout
+
+    # 5. the Snakemake report of the finished graph
+    check_report(project, CONFIG)
+
+
+# what each result's caption says first (workflow/report/*.rst), by report category and subcategory
+REPORT = {
+    "halfcheetah": {
+        "tables": {"results/halfcheetah_summary.csv": "Summary table of halfcheetah",
+                   "results/halfcheetah_summary.md": "Markdown twin of halfcheetah_summary.csv"},
+        "learning curves": {"results/halfcheetah_curves.csv": "The points of both learning-curve figures",
+                            "results/halfcheetah_curves.png": "Learning curves of the offline rows on halfcheetah",
+                            "results/halfcheetah_online_curves.png": "Learning curves of the online rows on halfcheetah"},
+        "final scores": {"results/halfcheetah_intervals.png": "Final scores on halfcheetah"},
+    },
+    "bandit study": {
+        "policy samples": {"results/bandit_8gaussians.png": "The 2-D bandit study on the toy set 8gaussians"},
+        "table": {"results/bandit_summary.csv": "The 2-D bandit study, one line per toy set"},
+    },
+}
+
+
+def check_report(project, config):
+    """`snakemake --report report.html` with the run's --config: one self-contained page holding every
+    result (metrics.json aside) in its environment's category, each with its caption and the labels
+    of the run (budget, seeds, steps as the jobs ran them), and the workflow description."""
+    run(["snakemake", "--report", "report.html", "--config", *config], project)
+    html = (project / "report.html").read_text()
+
+    def variable(name):  # the report's data, as its page script declares it (snakemake 9.27)
+        return json.loads(re.search(rf'^\s*var {name} = ({{.*}}|".*");$', html, re.M).group(1))
+
+    def text(caption):
+        return " ".join(re.sub(r"<[^>]+>", "", caption).split())
+    results, categories = variable("results"), variable("categories")
+    assert {c: {s: sorted(paths) for s, paths in subs.items()} for c, subs in categories.items()} == \
+        {c: {s: sorted(items) for s, items in subs.items()} for c, subs in REPORT.items()}, categories
+    assert "diffusion-policy RL results" in variable("workflow_desc")
+    for path, first_words in ((p, w) for subs in REPORT.values() for items in subs.values() for p, w in items.items()):
+        result, caption = results[path], text(results[path]["caption"])
+        assert caption.startswith(first_words), (path, caption)
+        assert "Budget smoke:" in caption and "Data:" in caption, (path, caption)
+        assert result["labels"]["budget"] == "smoke" and result["labels"]["seeds"] == "0", result["labels"]
+        assert result["data_uri"].startswith("data:image/png" if path.endswith(".png") else "data:text/"), path
+    summary = results["results/halfcheetah_summary.csv"]["caption"]
+    assert "offline rows 30 gradient steps (EDA: 1 alignment step); online rows 265 environment steps" in text(summary)
+    assert '<th class="head">score_iqm</th>' in summary and "<td>dpmd_o2o</td>" in summary  # the table itself
+    assert "results/halfcheetah_metrics.json" not in results
