@@ -77,7 +77,7 @@ def run_one(row: str, seed: int, args, params, work: Path) -> list[dict]:
     steps = args.align_steps if row == "eda" else args.steps
     out, info = train(row, steps, pretrained)
     agent, _ = load_agent(out)
-    ret, score = eval_score(agent, args.env, args.episodes, final_seed(seed))
+    ret, score = eval_score(agent, args.env, args.episodes, final_seed(seed), info["reference_scores"])
     points = info["curve"] + [{"step": steps, "return": ret, "score": score}]
     common = {"algorithm": row, "seed": seed, "final_stage_steps": steps, "critic_steps": critic_steps,
               "behavior_steps": behavior_steps, "wall_s": round(pre_wall + info["wall_s"], 1),

@@ -126,14 +126,53 @@ def load_offline(path: str | Path, env_name: str) -> OfflineData:
     return data
 
 
+def project_metadata() -> dict:
+    """This project's name, version, author email and code permalink: the installed package's
+    metadata, else pyproject.toml. The permalink is the first URL pyproject.toml declares, else
+    "name==version"; author_email is None unless pyproject.toml declares one."""
+    import importlib.metadata
+
+    try:
+        meta = importlib.metadata.metadata("diffrl")
+        name, version, email = meta["Name"], meta["Version"], meta.get("Author-email")
+        urls = [u.split(",", 1)[-1].strip() for u in meta.get_all("Project-URL") or []]
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        import tomllib
+        project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+        name, version = project["name"], project["version"]
+        email = ", ".join(a["email"] for a in project.get("authors", []) if "email" in a) or None
+        urls = list(project.get("urls", {}).values())
+    return {"name": name, "version": version, "author_email": email,
+            "code_permalink": urls[0] if urls else f"{name}=={version}"}
+
+
+def env_requirements(env_name: str) -> list[str]:
+    """Pinned pip requirements (the installed versions) needed to recreate the environment of a
+    dataset, in Minari's `requirements` format: gymnasium[mujoco] and mujoco for MuJoCo tasks."""
+    import importlib.metadata
+
+    import gymnasium as gym
+
+    gym_version = importlib.metadata.version("gymnasium")
+    if "mujoco" not in str(gym.spec(env_spec(env_name).gym_id).entry_point):
+        return [f"gymnasium=={gym_version}"]
+    return [f"gymnasium[mujoco]=={gym_version}", f"mujoco=={importlib.metadata.version('mujoco')}"]
+
+
 def write_minari(out_dir: Path, dataset_id: str, episodes: list[dict], env_name: str, algorithm: str,
-                 description: str) -> None:
+                 description: str, behavior_agent: dict | None = None) -> None:
     """Write episodes (dicts of observations[T+1], actions, rewards, terminations, truncations)
-    as a real Minari dataset at out_dir, with D4RL reference scores in its metadata."""
+    as a real Minari dataset at out_dir.
+
+    Its metadata holds D4RL's reference scores (ref_min_score, ref_max_score) of the environment,
+    this project as author and code permalink (project_metadata), the pinned requirements of the
+    environment (env_requirements), `algorithm` as algorithm_name, and `behavior_agent`: the
+    behaviour agent as {"algorithm": algorithm, **behavior_agent} (its score and training env steps)."""
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
     spec = env_spec(env_name)
+    project = project_metadata()
     root = (out_dir.parent / f".{out_dir.name}.minari-root").resolve()
     shutil.rmtree(root, ignore_errors=True)
     old = os.environ.get("MINARI_DATASETS_PATH")
@@ -145,11 +184,14 @@ def write_minari(out_dir: Path, dataset_id: str, episodes: list[dict], env_name:
                    for i, ep in enumerate(episodes)]
         import warnings
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            minari.create_dataset_from_buffers(
-                dataset_id, buffers, env=spec.gym_id, algorithm_name=algorithm, author="diffrl pipeline",
-                author_email="n/a", code_permalink="n/a", ref_min_score=spec.ref_min,
-                ref_max_score=spec.ref_max, description=description)
+            warnings.simplefilter("ignore")  # Minari warns about what is left out (eval_env, author_email)
+            ds = minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=spec.gym_id, algorithm_name=algorithm,
+                author=f"{project['name']} {project['version']}", author_email=project["author_email"],
+                code_permalink=project["code_permalink"],
+                ref_min_score=spec.ref_min, ref_max_score=spec.ref_max, description=description,
+                requirements=env_requirements(env_name))
+        ds.storage.update_metadata({"behavior_agent": {"algorithm": algorithm, **(behavior_agent or {})}})
         shutil.copytree(root / dataset_id, out_dir)
     finally:
         shutil.rmtree(root, ignore_errors=True)

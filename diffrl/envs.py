@@ -1,4 +1,4 @@
-"""Environments, D4RL-normalised scores and the one evaluator every algorithm uses."""
+"""Environments, normalised scores and the one evaluator every algorithm uses."""
 from __future__ import annotations
 
 import pickle
@@ -64,10 +64,30 @@ def make_env(name: str, max_episode_steps: int = 0) -> gym.Env:
     return gym.make(env_spec(name).gym_id, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
 
 
-def normalized_score(name: str, returns):
-    """D4RL normalised score 100 (R - R_min) / (R_max - R_min)."""
-    s = env_spec(name)
-    return 100.0 * (np.asarray(returns, dtype=np.float64) - s.ref_min) / (s.ref_max - s.ref_min)
+def reference_scores(name: str, metadata: dict | None = None) -> dict:
+    """The reference returns (R_min, R_max) that scores on env `name` are normalised with.
+
+    `metadata` is a Minari dataset's metadata or a run's saved copy of what this returns: its
+    ref_min_score and ref_max_score are used when it has both; otherwise (online rows, datasets
+    without them) the built-in D4RL table (EnvSpec.ref_min/ref_max). The one place the choice is
+    made. Returns {ref_min_score, ref_max_score, source}, source "dataset" or "D4RL table"."""
+    meta = metadata or {}
+    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
+    if lo is None or hi is None:
+        s = env_spec(name)
+        return {"ref_min_score": s.ref_min, "ref_max_score": s.ref_max, "source": "D4RL table"}
+    if not float(hi) > float(lo):
+        raise ValueError(f"reference scores ref_min_score={lo}, ref_max_score={hi} cannot normalise scores: "
+                         f"ref_max_score must be larger")
+    return {"ref_min_score": float(lo), "ref_max_score": float(hi), "source": meta.get("source", "dataset")}
+
+
+def normalized_score(name: str, returns, metadata: dict | None = None):
+    """D4RL-normalised score 100 (R - R_min) / (R_max - R_min), with the reference returns that
+    reference_scores(name, metadata) chooses (minari.get_normalized_score's formula, times 100)."""
+    ref = reference_scores(name, metadata)
+    lo, hi = ref["ref_min_score"], ref["ref_max_score"]
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - lo) / (hi - lo)
 
 
 def evaluate(act, name: str, episodes: int, seed: int, max_steps: int = 0) -> np.ndarray:

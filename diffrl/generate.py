@@ -70,8 +70,12 @@ def generate_dataset(env_name: str, quality: str, out_dir: Path, *, sac_cfg: SAC
     returns = np.array([float(e["rewards"].sum()) for e in eps])
     info.update(episodes=len(eps), transitions=int(sum(len(e["actions"]) for e in eps)),
                 return_mean=float(returns.mean()), score_mean=float(normalized_score(env_name, returns).mean()))
-    desc = (f"Locally generated {quality} data for {env_name} by the diffrl pipeline (SAC behaviour agent, "
-            f"{info['sac_env_steps']} env steps, agent score {info['agent_score']}). Not a D4RL dataset.")
-    write_minari(out_dir, f"local/{env_name}/{quality}-v0", eps, env_name, "SAC" if quality != "random" else "random",
-                 desc)
+    algorithm = "SAC" if quality != "random" else "random"
+    # the behaviour agent: its normalised evaluation score when training stopped and its training env steps
+    agent = {"score": info["agent_score"], "env_steps": info["sac_env_steps"], "seed": seed}
+    score = "none" if agent["score"] is None else f"{agent['score']:.2f}"
+    desc = (f"Locally generated {quality} data for {env_name} by the diffrl pipeline (behaviour agent {algorithm}, "
+            f"{agent['env_steps']} env steps, normalised score {score}; data mean score {info['score_mean']:.2f}). "
+            f"Not a D4RL dataset.")
+    write_minari(out_dir, f"local/{env_name}/{quality}-v0", eps, env_name, algorithm, desc, behavior_agent=agent)
     return info

@@ -3,7 +3,8 @@ a dataset with the shared loop, save the checkpoint the next stage loads, and lo
 
 A run folder holds model.pt (section, config, constructor arguments, weights; for DTQL and EDA
 also the critic and behaviour they started from) and train.json (learning curve, steps, wall
-time, what data and budget it used)."""
+time, what data and budget it used, and the dataset's reference scores that its scores are
+normalised with)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from diffrl.algos import AGENTS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS, extra_args
 from diffrl.data import ReplayBuffer, load_offline
+from diffrl.envs import reference_scores
 from diffrl.pipeline import steps_key
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint, write_json
@@ -81,6 +83,7 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
     if hasattr(cfg, "for_env"):  # per-task values (DTQL's alpha)
         cfg = cfg.for_env(env_name)
     data = load_offline(dataset_dir, env_name)
+    reference = reference_scores(env_name, data.metadata)  # what every score of this run is normalised with
     obs_dim, act_dim = data.obs.shape[1], data.action.shape[1]
     # IQL's locomotion reward scaling is a property of the dataset
     locomotion = getattr(cfg, "reward_scaling", "") == "locomotion"
@@ -99,13 +102,14 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
     info = train_offline(agent, buf, steps=steps, batch_size=cfg.batch_size, seed=seed, run_dir=out_dir,
                          env_name=env_name if section in ROWS else None, eval_every=eval_every,
                          curve_episodes=curve_episodes, resume_path=resume_path,
-                         checkpoint_every=max(1, eval_every or steps // 10), desc=f"{section} seed {seed}")
+                         checkpoint_every=max(1, eval_every or steps // 10), desc=f"{section} seed {seed}",
+                         reference=reference)
     pre_wall = sum(json.loads((Path(r) / "train.json").read_text()).get("wall_s", 0.0)
                    for r in (pretrained or {}).values())
     if section in DQL_VARIANTS:  # what the evaluate stage needs for Diffusion-QL's offline model selection
         info["selection"] = {"k": cfg.selection_k, "published": cfg.published_selection}
     info.update(section=section, env=env_name, seed=seed, env_steps=0, started=t0, pretraining_wall_s=pre_wall,
-                run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)})
+                reference_scores=reference, run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)})
     save_checkpoint(out_dir / MODEL_FILE, {"meta": meta, "parts": parts_meta, "obs_dim": obs_dim,
                                            "act_dim": act_dim, "state": agent.state_dict()})
     write_json(out_dir / "train.json", info)

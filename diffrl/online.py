@@ -9,7 +9,8 @@ Rows: the online rows of the registry (diffrl.algos.ONLINE), one OnlineConfig se
 each, which holds what makes the row that variant: `sac` (the fork's
 Gaussian SAC baseline; its section is `sac_online`, since `sac` is the dataset stage's agent) and
 the SDAC/DPMD variants. An offline-to-online row (offline_init set) starts from the policy and
-critic of an offline run.
+critic of an offline run, and normalises its scores with the reference scores that run recorded
+(its dataset's); the other rows with the built-in D4RL table (diffrl.envs.reference_scores).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import torch
 
 from diffrl.algos import GUIDED
 from diffrl.data import ReplayBuffer
-from diffrl.envs import curve_seed, env_state, evaluate, make_env, normalized_score, restore_env, train_env_seed
+from diffrl.envs import (curve_seed, env_state, evaluate, make_env, normalized_score, reference_scores, restore_env,
+                         train_env_seed)
 from diffrl.fields import ConfigError
 from diffrl.runlog import NumericalError, RunLog
 from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
@@ -83,21 +85,23 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
     run_info = {"budget": budget_name, "dataset": "online (environment interaction, no dataset)"}
     pre_wall = 0.0
     t0 = time.time()
-    init = None
+    init, reference = None, reference_scores(env_name)
     if cfg.offline_init:
         if offline_run is None:
             raise ConfigError(f"{row}.offline_init={cfg.offline_init!r} needs its offline run: "
                               f"run it through snakemake or dvc, which pass it")
         init, ck = load_agent(offline_run, device)
         check_offline_init(row, cfg, ck, offline_run)
-        pre_wall = read_json(Path(offline_run) / "train.json").get("wall_s", 0.0)
+        offline_info = read_json(Path(offline_run) / "train.json")
+        pre_wall = offline_info.get("wall_s", 0.0)
+        reference = reference_scores(env_name, offline_info.get("reference_scores"))
         run_info["dataset"] = f"online, starting from {offline_run}"
     updates = max(1, (steps - max(cfg.warmup, cfg.batch_size)) // cfg.num_envs + 1)
     log = RunLog(out_dir, updates, f"{row} seed {seed}")
     agent, info = train_online(env_name, cfg, steps, seed, device, eval_every=budget.online_eval_every,
                                eval_episodes=budget.curve_episodes, log=log, init_agent=init,
                                resume_path=resume_path, checkpoint_every=budget.online_eval_every,
-                               final_eval=False, max_episode_steps=budget.max_episode_steps)
+                               final_eval=False, max_episode_steps=budget.max_episode_steps, reference=reference)
     log.close()
     if cfg.alg == "sac":  # saved as the SAC agent it is (diffrl.offline.load_agent rebuilds it)
         meta = {"section": "sac", "config": dataclasses.asdict(sac_config(cfg)), "extra": {}}
@@ -110,7 +114,8 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
            "curve": info["curve"], "env_steps": int(info["env_steps"]), "grad_steps": int(info["grad_steps"]),
            # returns of TRAINING episodes (exploration noise on): labelled, never used as a score
            "train_episode_returns": info.get("train_episodes", []),
-           "wall_s": time.time() - t0, "pretraining_wall_s": pre_wall, "run_info": run_info}
+           "wall_s": time.time() - t0, "pretraining_wall_s": pre_wall, "reference_scores": reference,
+           "run_info": run_info}
     write_json(Path(out_dir) / "train.json", out)
     return out
 
@@ -142,7 +147,7 @@ def make_online_agent(cfg, obs_dim: int, act_dim: int, device, action_low, actio
 def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
                  eval_every: int = 50_000, eval_episodes: int = 20, log=None, init_agent=None,
                  resume_path: str | Path | None = None, checkpoint_every: int = 0, final_eval: bool = True,
-                 max_episode_steps: int = 0):
+                 max_episode_steps: int = 0, reference: dict | None = None):
     """Train SDAC/DPMD (or, with cfg.alg = sac, the fork's SAC) online for `steps` env steps.
 
     cfg.num_envs envs are stepped in a loop; the first cfg.warmup env steps use uniform-random
@@ -162,6 +167,7 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
     is written every `checkpoint_every` env steps, and a run finding one there continues from it
     bit-identically on CPU. final_eval=False leaves the evaluation at the last step to the caller
     (the pipeline's evaluate stage); max_episode_steps > 0 cuts evaluation episodes (smoke).
+    `reference`: the reference scores that scores are normalised with (None: the built-in table).
 
     Returns (agent, info): info = {curve: [{step: env_steps, return, score}] (evaluation episodes),
     train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
@@ -246,7 +252,7 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
             returns = evaluate(lambda x: agent.act(x, generator=ev_gen, deterministic=True), env_name, eval_episodes,
                                ev_seed, max_episode_steps)
             agent.train()
-            ret, score = float(returns.mean()), float(normalized_score(env_name, returns).mean())
+            ret, score = float(returns.mean()), float(normalized_score(env_name, returns, reference).mean())
             curve.append({"step": env_steps, "return": ret, "score": score})
             if log is not None:
                 log.log_eval(env_steps, score, ret)

@@ -26,13 +26,14 @@ def policy_fn(agent, seed: int):
     return lambda obs: agent.act(obs, generator=gen)
 
 
-def eval_score(agent, env_name: str, episodes: int, seed: int) -> tuple[float, float]:
-    """(mean return, mean normalised score) of `episodes` episodes from seed `seed`."""
+def eval_score(agent, env_name: str, episodes: int, seed: int, reference: dict | None = None) -> tuple[float, float]:
+    """(mean return, mean normalised score) of `episodes` episodes from seed `seed`; `reference`:
+    the reference scores to normalise with (diffrl.envs.reference_scores; None: the built-in table)."""
     was_training = agent.training
     agent.eval()
     returns = evaluate(policy_fn(agent, seed), env_name, episodes, seed)
     agent.train(was_training)
-    return float(returns.mean()), float(normalized_score(env_name, returns).mean())
+    return float(returns.mean()), float(normalized_score(env_name, returns, reference).mean())
 
 
 def _rng_state(gen: torch.Generator, sample_gen: torch.Generator) -> dict:
@@ -131,18 +132,19 @@ def load_resume(resume_path: Path, device, fingerprint: str):
 
 def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, seed: int, run_dir: Path,
                   env_name: str | None, eval_every: int, curve_episodes: int,
-                  resume_path: Path | None = None, checkpoint_every: int = 0, desc: str = "train") -> dict:
+                  resume_path: Path | None = None, checkpoint_every: int = 0, desc: str = "train",
+                  reference: dict | None = None) -> dict:
     """Train `agent` for `steps` gradient steps on minibatches of `buffer`.
 
     Every `eval_every` steps before the last the agent is evaluated for `curve_episodes` episodes
-    on fresh seeds; with the final evaluation (the evaluate stage) these points form the learning
-    curve, and its maximum is the best-during-training score (reported as such, never as the
-    final score). With
-    `resume_path`, the loop checkpoints every `checkpoint_every` steps (see checkpoint_interval)
-    and, if a checkpoint of the same settings is there, resumes from it (model, optimisers, RNG
-    states, step, curve). A checkpoint is only written after the losses and weights since the
-    last one were checked finite, so a NaN or Inf never replaces the last good checkpoint; it
-    stops the run with NumericalError naming the quantity and the step.
+    on fresh seeds, its scores normalised with `reference` (the dataset's reference scores:
+    diffrl.envs.reference_scores); with the final evaluation (the evaluate stage) these points
+    form the learning curve, and its maximum is the best-during-training score (reported as such,
+    never as the final score). With `resume_path`, the loop checkpoints every `checkpoint_every`
+    steps (see checkpoint_interval) and, if a checkpoint of the same settings is there, resumes
+    from it (model, optimisers, RNG states, step, curve). A checkpoint is only written after the
+    losses and weights since the last one were checked finite, so a NaN or Inf never replaces the
+    last good checkpoint; it stops the run with NumericalError naming the quantity and the step.
     Curve points of agents that report a `bc_loss` also hold its mean since the previous point
     (and the result its final value, `final_bc_loss`) for offline model selection.
     Agents with a `prepare(buffer, generator)` method derive what they need from the data first
@@ -182,7 +184,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
         if "bc_loss" in metrics:
             bc_sum, bc_n = bc_sum + metrics["bc_loss"].detach(), bc_n + 1
         if env_name is not None and step % eval_every == 0 and step < steps:
-            ret, score = eval_score(agent, env_name, curve_episodes, curve_seed(seed, step))
+            ret, score = eval_score(agent, env_name, curve_episodes, curve_seed(seed, step), reference)
             curve.append({"step": step, "return": ret, "score": score})
             if bc_n:
                 curve[-1]["bc_loss"] = float(bc_sum) / bc_n

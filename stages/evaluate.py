@@ -3,7 +3,9 @@
 Writes runs/{env}/eval/{algo}/seed{seed}.json: the final score (fresh evaluation episodes,
 separate seeds from training), raw returns, and the best-during-training score taken from the
 run's learning curve (labelled as such: it is selected on evaluation episodes; the reference's
-results tool reports each seed's best checkpoint, so online rows are compared on both).
+results tool reports each seed's best checkpoint, so online rows are compared on both). Scores
+are normalised with the reference scores the run recorded in its train.json (an offline run's
+dataset's; diffrl.envs.reference_scores), the built-in D4RL table where it recorded none.
 Online rows act through their agent's `act`: for SDAC/DPMD the reference protocol (EMA policy
 without tilt, argmax of min(Q1, Q2) over num_particles, no noise; eval_tilt: true evaluates
 under the tilt), for the SAC row tanh of the Gaussian mean."""
@@ -18,7 +20,7 @@ from diffrl.pipeline import eval_file, log_file, run_dir  # noqa: E402
 
 def main(p, args):
     import numpy as np
-    from diffrl.envs import evaluate, final_seed, normalized_score
+    from diffrl.envs import evaluate, final_seed, normalized_score, reference_scores
     from diffrl.offline import load_agent
     from diffrl.train import policy_fn
     from diffrl.utils import pick_device, read_json, seed_everything, write_json
@@ -30,7 +32,8 @@ def main(p, args):
     ep_seed = final_seed(args.seed)
     cap = p.budget.max_episode_steps
     returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed, cap)
-    scores = normalized_score(args.env, returns)
+    reference = reference_scores(args.env, train.get("reference_scores"))
+    scores = normalized_score(args.env, returns, reference)
     # the learning curve ends with this final evaluation; its x axis is gradient steps for offline
     # rows and environment steps for online ones
     online = bool(train.get("online", False))
@@ -45,7 +48,7 @@ def main(p, args):
         # wall time of the row: its own training plus the pretraining runs it started from
         "wall_s": float(train.get("wall_s", 0.0)) + float(train.get("pretraining_wall_s", 0.0)),
         "run_info": train.get("run_info", {}), "online": online, "step_unit": "env" if online else "grad",
-        "max_episode_steps": int(cap),
+        "max_episode_steps": int(cap), "reference_scores": reference,
     }
     selection = train.get("selection")
     if selection and "final_bc_loss" in train and all("bc_loss" in c for c in curve[:-1]):

@@ -57,7 +57,7 @@ from diffrl.envs import evaluate, normalized_score
 from diffrl.offline import load_agent, train_run
 from diffrl.envs import final_seed
 from diffrl.train import policy_fn
-from diffrl.utils import seed_everything
+from diffrl.utils import read_json, seed_everything
 
 DATA = Path(__file__).resolve().parent / "data" / "halfcheetah_medium_small"
 ENV = "halfcheetah"
@@ -93,7 +93,8 @@ def score(run_dir: Path) -> float:
     agent, _ = load_agent(run_dir, "cpu")
     ep_seed = final_seed(SEED)
     returns = evaluate(policy_fn(agent, ep_seed), ENV, EPISODES, ep_seed)
-    return float(np.mean(normalized_score(ENV, returns)))
+    reference = read_json(run_dir / "train.json")["reference_scores"]  # the dataset's (diffrl.envs.reference_scores)
+    return float(np.mean(normalized_score(ENV, returns, reference)))
 
 
 def bc_baseline(root: Path) -> float:
