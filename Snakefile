@@ -83,3 +83,10 @@ rule all:
         [bandit_plot_file(n) for n in P["bandit_sets"]],
         "results/bandit_summary.csv",
     default_target: True
+
+
+onstart:
+    # the cost plan (diffrl.plan), after the DAG is known and before the first job; it stops the run
+    # here when the estimate exceeds max_hours
+    from diffrl.plan import on_snakemake_start
+    on_snakemake_start(workflow, P, OVERRIDES)

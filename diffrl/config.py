@@ -98,6 +98,9 @@ class Params:
     algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms and online variants)")
     tfg_lambda: float = param(128.0, "training-free guidance strength of the guided online variants "
                               "(dpmd_tilt, dpmd_model): `dvc exp run -S tfg_lambda=64` reruns exactly those", low=0)
+    max_hours: float = param(6.0, "stop a run whose estimated wall time (the cost plan printed before the first "
+                             "job, diffrl.plan) exceeds this many hours; caps the default target, and an explicit "
+                             "target when given on the command line", low=0, low_open=True)
     toy_sets: list = param(["8gaussians", "rings"], "2-D toy bandit datasets the toy stage builds")
     bandit_sets: list = param(["8gaussians", "rings"], "toy datasets of the bandit study (every algorithm on each)")
     dataset: DatasetConfig = param(DatasetConfig(), "offline data")

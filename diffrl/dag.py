@@ -348,9 +348,21 @@ def dvc_stage(stage: str, params: dict, row: dict) -> tuple[str, list[str]]:
     return name, lines
 
 
+# The cost plan (diffrl.plan), first in dvc.yaml so that `dvc repro` and `dvc exp run` run it before any
+# other stage: it prints the plan and fails when the estimate exceeds max_hours. It reruns whenever
+# params.yaml or the code changes, that is whenever another stage may, and writes nothing.
+PLAN_STAGE = """\
+  plan:
+    cmd: python -m diffrl.plan --dvc
+    deps:
+      - params.yaml
+      - diffrl
+      - stages"""
+
+
 def dvc_yaml(params: dict) -> str:
     """The text of dvc.yaml for validated params (diffrl.config.load)."""
-    blocks = [dvc_stage(stage, params, row)[1] for stage, row in stage_rows(params)]
+    blocks = [[PLAN_STAGE]] + [dvc_stage(stage, params, row)[1] for stage, row in stage_rows(params)]
     return HEADER + "stages:\n" + "\n\n".join("\n".join(b) for b in blocks) + "\n"
 
 

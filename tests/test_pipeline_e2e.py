@@ -48,8 +48,10 @@ ROWS = ["bc", "iql", "dql", "qg", "edp", "eg_ood", "dtql", "eda", "sac", *ONLINE
 
 
 def test_smoke_graph_incremental_reruns_and_dvc(project):
-    # 1. the whole graph (all targets) on 2 cores
-    run(["snakemake", "--cores", "2", "--config", *CONFIG], project)
+    # 1. the whole graph (all targets) on 2 cores, its cost plan printed before the first job
+    out = run(["snakemake", "--cores", "2", "--config", *CONFIG], project)
+    first_job = re.search(r"^(local)?rule \w+:", out.stderr, re.M)
+    assert "cost plan: budget `smoke`" in out.stderr[:first_job.start()], out.stderr[:3000]
     table = pd.read_csv(project / "results/halfcheetah_summary.csv")
     assert list(table.columns) == COLUMNS
     assert list(table["algorithm"]) == ROWS
@@ -113,8 +115,13 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     expected = {f"offline_train_iql@halfcheetah-{s}" for s in (0,)} | {"summary@halfcheetah"}
     expected |= {f"evaluate_{a}@halfcheetah-{s}" for a in ("iql", "dpmd_tilt", "dpmd_model") for s in (0,)}
     expected |= {f"online_train_{a}@halfcheetah-{s}" for a in ("dpmd_tilt", "dpmd_model") for s in (0,)}
-    expected |= {"bandit_train_iql@8gaussians", "bandit_plot@8gaussians", "bandit_summary"}
+    expected |= {"bandit_train_iql@8gaussians", "bandit_plot@8gaussians", "bandit_summary", "plan"}
     assert ran == expected, (sorted(ran ^ expected), log[-3000:])
+    assert log.index("Running stage 'plan'") == log.index("Running stage '") and "cost plan:" in log  # first
+    # over max_hours, the plan stage fails first and DVC runs nothing else
+    capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "iql.expectile=0.7"], project, check=False)
+    assert capped.returncode != 0 and "exceeds max_hours=0.0001" in capped.stdout + capped.stderr
+    assert set(re.findall(r"Running stage '([^']+)'", capped.stdout + capped.stderr)) == {"plan"}
     shown = run(["dvc", "exp", "show", "--json"], project)
     assert "halfcheetah_metrics.json" in shown.stdout and "score_mean" in shown.stdout
 

@@ -15,6 +15,7 @@ import yaml
 from diffrl import config, dag
 from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, ROWS
 from diffrl.pipeline import STAGES, declared_values
+from diffrl.plan import dvc_jobs, dvc_name
 
 from conftest import ROOT, run
 
@@ -67,8 +68,7 @@ def test_dvc_and_snakemake_build_the_same_jobs():
     expected = {}
     for stage, w in jobs:
         row = {k: v for k, v in w.items() if k not in dag.AXES[stage]}
-        key = dag.stage_name(stage, row) + ("@" + "-".join(str(w[a]) for a in dag.AXES[stage]) if dag.AXES[stage]
-                                            else "")
+        key = dvc_name(stage, w)
         init = dag.offline_init_of(PARAMS, w["algo"]) if stage == "online_train" else ""
         expected[key] = {
             "cmd": dag.command(stage, **w), "outs": sorted(dag.outputs(stage, **w)),
@@ -78,7 +78,9 @@ def test_dvc_and_snakemake_build_the_same_jobs():
         }
     with Repo(str(ROOT)) as repo:
         stages = {st.name: st for st in repo.index.stages}
-        assert set(stages) == set(expected)
+        assert set(stages) == set(expected) | {"plan"}
+        # the cost plan runs before every other stage (DVC runs the first stage without deps on others first)
+        assert [st.name for st in repo.index.stages][0] == "plan" and stages.pop("plan").cmd.endswith("--dvc")
         for name, st in stages.items():
             e = expected[name]
             assert st.cmd == e["cmd"], name
@@ -203,10 +205,11 @@ def test_snakemake_reruns_what_a_change_affects(project):
 
 
 @pytest.mark.pipeline
-def test_dvc_status_lists_only_what_a_change_affects(project):
+def test_dvc_status_lists_only_what_a_change_affects(project, monkeypatch):
     """With dvc.lock in place (stand-in outputs, `dvc commit`): editing dpmd.py changes the online
     rows and their evaluations only; editing budgets.paper changes nothing while budget is quick;
-    budgets.quick.offline_steps changes the runs that train a final offline policy."""
+    budgets.quick.offline_steps changes the runs that train a final offline policy. The cost plan's
+    jobs to run (diffrl.plan.dvc_jobs) are exactly those `dvc status` lists."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params.update(seeds=[0], algorithms=["bc", "iql", "dtql", "sac", "dpmd", "dpmd_o2o"], toy_sets=["8gaussians"],
                   bandit_sets=["8gaussians"])
@@ -216,8 +219,18 @@ def test_dvc_status_lists_only_what_a_change_affects(project):
     run(["dvc", "commit", "-f", "-q"], project)
 
     def changed():
-        return set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+        """The jobs `dvc status` lists (the plan stage aside: it reruns whenever params.yaml or the code
+        changed). The cost plan counts them as jobs to run, and besides them only jobs downstream of
+        one (`dvc repro` reruns those when their inputs change; `dvc status` does not list them)."""
+        status = set(json.loads(run(["dvc", "status", "--json"], project).stdout)) - {"plan"}
+        jobs = dvc_jobs(config.load(project / "params.yaml"))
+        names = [dvc_name(j.stage, j.wildcards) for j in jobs]
+        planned = {n for n, j in zip(names, jobs) if not j.cached}
+        assert status <= planned, sorted(status - planned)
+        assert all(any(names[d] in planned for d in j.deps) for n, j in zip(names, jobs) if n in planned - status)
+        return status
 
+    monkeypatch.chdir(project)
     assert changed() == set()
     with open(project / "diffrl/algos/dpmd.py", "a") as f:
         f.write("\n# an edit\n")
@@ -301,3 +314,34 @@ def test_hopper_and_walker2d_go_through_the_same_graph():
 def test_every_stage_has_a_command_axes_and_outputs(stage):
     assert dag.entry_point(stage).startswith("stages/") and (ROOT / dag.entry_point(stage)).is_file()
     assert set(dag.command_fields(stage)) - set(dag.AXES[stage]) <= {"algo", "critic", "behavior"}
+
+
+# --------------------------------------------------------------------------- the cost plan
+def test_makespan_schedules_the_jobs_on_the_workers():
+    """Three independent 10 s jobs and one 5 s job after the first: 15 s on one worker per 10 s job
+    would be wrong; list scheduling gives 30 + 5 s on one worker, 10 + 10 (+5 parallel) on two."""
+    from diffrl.plan import PARALLEL_SLOWDOWN, Job, makespan
+    jobs = [Job("offline_train", {}, False, [], 10.0), Job("offline_train", {}, False, [], 10.0),
+            Job("offline_train", {}, False, [], 10.0), Job("evaluate", {}, False, [0], 5.0),
+            Job("evaluate", {}, True, [], 99.0)]  # cached: costs nothing
+    assert makespan(jobs, 1) == pytest.approx(35.0)
+    assert makespan(jobs, 2) == pytest.approx(20.0 * PARALLEL_SLOWDOWN)
+    assert makespan(jobs, 8) == pytest.approx(15.0 * PARALLEL_SLOWDOWN)
+
+
+@pytest.mark.pipeline
+def test_the_default_target_stops_before_any_job_when_the_plan_exceeds_max_hours(project):
+    """At the quick budget with the online rows, the bare `snakemake` stops with the cost line (one
+    line: the estimate, the cap, the slowest rows, the ways out) and creates nothing; an explicit
+    target is not capped unless max_hours is given on the command line."""
+    out = run(["snakemake", "--cores", "2"], project, check=False)
+    assert out.returncode != 0
+    err = out.stderr.strip().splitlines()
+    assert "cost plan: budget `quick`" in out.stderr and "dpmd_tilt" in err[-1]
+    assert err[-1].startswith("error: the estimated wall time") and "max_hours=6" in err[-1] and "algorithms=" in err[-1]
+    assert not (project / "runs").exists() and not (project / "data").exists()
+    plan = [sys.executable, "-m", "diffrl.plan", "results/halfcheetah_summary.csv"]
+    assert "total: " in run(plan, project).stderr  # the plan alone: printed, nothing run
+    capped = run([*plan, "--config", "max_hours=1"], project, check=False)
+    assert capped.returncode != 0 and "exceeds max_hours=1" in capped.stderr
+    assert not (project / "runs").exists()
