@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from diffrl.pipeline import (STAGES, TRAIN_STAGES, bandit_file, bandit_plot_file, budget_keys, dataset_dir,
-                             eval_file, run_dir, stage_keys, summary_files, toy_file)
+                             eval_file, row_curve_file, run_dir, stage_keys, summary_files, toy_file)
 
 ROOT = Path(__file__).resolve().parents[1]
 NEVER_DEPS = {"diffrl/resources.py"}  # sizes cluster requests only: changing it must rerun nothing
@@ -327,21 +327,16 @@ def dvc_stage(stage: str, params: dict, row: dict) -> tuple[str, list[str]]:
         lines += [f"      - {k}" for k in keys]
     outs = outputs(stage, **values)
     if stage in ("summary", "bandit_plot", "bandit_summary"):
-        # small result files kept in git (not in the DVC cache); the metrics and curves also feed
-        # `dvc exp show` and `dvc plots`
+        # small result files kept in git (not in the DVC cache); the metrics feed `dvc exp show`, the
+        # per-row curves and the intervals the top-level `plots:` (dvc_plots)
         metrics = [o for o in outs if o.endswith("_metrics.json")]
-        plots = [o for o in outs if o.endswith("_curves.csv")]
         lines.append("    outs:")
         for o in outs:
-            if o not in metrics + plots:
+            if o not in metrics:
                 lines += [f"      - {o}:", "          cache: false"]
         if metrics:
             lines.append("    metrics:")
             lines += [f"      - {o}:\n          cache: false" for o in metrics]
-        if plots:
-            lines.append("    plots:")
-            lines += [f"      - {o}:\n          cache: false\n          x: step\n          y: score\n"
-                      f"          template: linear" for o in plots]
     else:
         lines.append("    outs:")
         lines += [f"      - {o}" for o in outs]
@@ -360,10 +355,30 @@ PLAN_STAGE = """\
       - stages"""
 
 
+def dvc_plots(params: dict) -> list[str]:
+    """dvc.yaml's top-level `plots:`: per environment, one line per selected row (its mean score over
+    seeds) against gradient steps for the offline rows and environment steps for the online rows,
+    and the IQM intervals; `dvc plots show`, `dvc plots diff` draw them."""
+    from diffrl.algos import OFFLINE, ONLINE
+    lines = ["plots:"]
+    for env in params["envs"]:
+        for kind, rows, unit in (("offline", OFFLINE, "gradient steps"), ("online", ONLINE, "environment steps")):
+            selected = [r for r in params["algorithms"] if r in rows]
+            if not selected:
+                continue
+            lines += [f"  - {env} {kind} rows:", "      template: linear", "      x: step", "      y:"]
+            lines += [f"        {row_curve_file(env, r)}: score" for r in selected]
+            lines += [f"      title: '{env}, {kind} rows: normalised score, mean over seeds'",
+                      f"      x_label: {unit}", "      y_label: normalised score"]
+        lines.append(f"  - results/{env}_intervals.png")
+    return lines
+
+
 def dvc_yaml(params: dict) -> str:
     """The text of dvc.yaml for validated params (diffrl.config.load)."""
     blocks = [[PLAN_STAGE]] + [dvc_stage(stage, params, row)[1] for stage, row in stage_rows(params)]
-    return HEADER + "stages:\n" + "\n\n".join("\n".join(b) for b in blocks) + "\n"
+    return (HEADER + "stages:\n" + "\n\n".join("\n".join(b) for b in blocks) + "\n\n"
+            + "\n".join(dvc_plots(params)) + "\n")
 
 
 def main(argv: list[str]) -> int:

@@ -136,11 +136,16 @@ def resume_file(section: str, env: str, seed) -> str:
 
 
 SUMMARY_OUTPUTS = ("summary.csv", "summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png",
-                   "intervals.png")
+                   "intervals.png", "plots")   # plots: a folder, one mean curve per row (`dvc plots show`)
 
 
 def summary_files(env: str) -> list[str]:
     return [f"results/{env}_{name}" for name in SUMMARY_OUTPUTS]
+
+
+def row_curve_file(env: str, row: str) -> str:
+    """A row's learning curve, mean over seeds, in the summary's `plots` folder."""
+    return f"results/{env}_plots/{row}.csv"
 
 
 def declared_values(stage: str, validated: dict, raw: dict, **wildcards) -> str:

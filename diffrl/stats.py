@@ -101,6 +101,17 @@ def curves_frame(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
+def mean_curves(curves: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per row: step, mean score over seeds, its 95% half-width (normal approximation, 1.96 SE; 0
+    with one seed) and the number of seeds at that step."""
+    out = {}
+    for algo, g in curves.groupby("algorithm", sort=False):
+        stats = g.groupby("step")["score"].agg(["mean", "std", "count"]).reset_index()
+        stats["half"] = (1.96 * stats["std"] / np.sqrt(stats["count"])).fillna(0)
+        out[algo] = stats.rename(columns={"mean": "score", "count": "seeds"})[["step", "score", "half", "seeds"]]
+    return out
+
+
 def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient steps") -> None:
     """Mean normalised score over seeds against steps, one line per row, with a 95% band
     (normal approximation, 1.96 SE) where there is more than one seed."""
@@ -108,11 +119,9 @@ def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for algo, g in curves.groupby("algorithm", sort=False):
-        stats = g.groupby("step")["score"].agg(["mean", "std", "count"]).reset_index()
-        half = (1.96 * stats["std"] / np.sqrt(stats["count"])).fillna(0)
-        ax.plot(stats["step"], stats["mean"], marker="." if len(stats) < 4 else None, label=algo)
-        ax.fill_between(stats["step"], stats["mean"] - half, stats["mean"] + half, alpha=0.2)
+    for algo, stats in mean_curves(curves).items():
+        ax.plot(stats["step"], stats["score"], marker="." if len(stats) < 4 else None, label=algo)
+        ax.fill_between(stats["step"], stats["score"] - stats["half"], stats["score"] + stats["half"], alpha=0.2)
     if curves.empty:
         ax.text(0.5, 0.5, "no rows of this kind in `algorithms`", ha="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)

@@ -1,22 +1,25 @@
 """Stage `summary`: multi-seed statistics of every row for one environment.
 
-Writes results/{env}_summary.csv and .md, results/{env}_metrics.json (for `dvc exp show`),
-results/{env}_curves.csv (for `dvc plots`), PNG learning curves (offline rows against gradient
-steps, online rows against environment steps) and IQM intervals. Every
-declared run must be there: a missing or failed seed stops the stage with its name."""
+Writes results/{env}_summary.csv and .md, results/{env}_metrics.json (each row's score IQM, its
+interval and mean, for `dvc exp show`), results/{env}_curves.csv (every evaluation point of every
+run), results/{env}_plots/ROW.csv (each row's curve, mean over seeds, for `dvc plots show`), PNG
+learning curves (offline rows against gradient steps, online rows against environment steps) and
+IQM intervals. Every declared run must be there: a missing or failed seed stops the stage with its
+name."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffrl import stage  # noqa: E402
-from diffrl.pipeline import eval_file, log_file, summary_files  # noqa: E402
+from diffrl.pipeline import eval_file, log_file, row_curve_file, summary_files  # noqa: E402
 
 
 def main(p, args):
     import json
 
-    from diffrl.stats import curves_frame, markdown, plot_curves, plot_intervals, probability_of_improvement, summarize
+    from diffrl.stats import (curves_frame, markdown, mean_curves, plot_curves, plot_intervals,
+                              probability_of_improvement, summarize)
     from diffrl.utils import atomic_path, write_json
 
     algos, seeds, st = p["algorithms"], p["seeds"], p["stats"]
@@ -37,16 +40,21 @@ def main(p, args):
     if caps:
         header += f"; evaluation episodes capped at {max(caps)} steps (smoke: not comparable with full episodes)"
     curves = curves_frame(results)
-    csv, md, metrics, curves_csv, curves_png, online_png, intervals_png = summary_files(args.env)
+    csv, md, metrics, curves_csv, curves_png, online_png, intervals_png, plots = summary_files(args.env)
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     with atomic_path(md) as tmp:
         tmp.write_text(markdown(table, poi, st.baseline, header))
-    write_json(metrics, {row["algorithm"]: {k: (None if v != v else v) for k, v in row.items() if k != "algorithm"}
-                         for row in table.to_dict("records")}
-               | {"probability_of_improvement": {k: v[0] for k, v in poi.items()}})
+    # a few numbers per row, so that `dvc exp show` stays readable; summary.csv holds the rest
+    write_json(metrics, {row["algorithm"]: {"iqm": row["score_iqm"], "ci_low": row["iqm_ci_low"],
+                                            "ci_high": row["iqm_ci_high"], "mean": row["score_mean"]}
+                         for row in table.to_dict("records")})
     with atomic_path(curves_csv) as tmp:
         curves.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(plots) as tmp:
+        tmp.mkdir()
+        for algo, stats in mean_curves(curves).items():
+            stats.to_csv(tmp / Path(row_curve_file(args.env, algo)).name, index=False, float_format="%.4f")
     with atomic_path(curves_png) as tmp:
         plot_curves(curves[curves.step_unit == "grad"], tmp, header.lstrip("# "), "gradient steps (offline rows)")
     with atomic_path(online_png) as tmp:

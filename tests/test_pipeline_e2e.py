@@ -66,6 +66,13 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert (online["env_steps"] == 265).all() and (online["grad_steps"] > 0).all()
     for name in ("summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png", "intervals.png"):
         assert (project / f"results/halfcheetah_{name}").stat().st_size > 0
+    # one mean curve per row for `dvc plots show`, a few numbers per row for `dvc exp show`
+    assert sorted(p.stem for p in (project / "results/halfcheetah_plots").iterdir()) == sorted(ROWS)
+    curve = pd.read_csv(project / "results/halfcheetah_plots/dpmd.csv")
+    assert list(curve.columns) == ["step", "score", "half", "seeds"] and curve["step"].iloc[-1] == 265
+    metrics = json.loads((project / "results/halfcheetah_metrics.json").read_text())
+    assert list(metrics) == ROWS and all(set(m) == {"iqm", "ci_low", "ci_high", "mean"} for m in metrics.values())
+    assert metrics["bc"]["iqm"] == pytest.approx(rows.loc["bc", "score_iqm"], abs=1e-4)
     assert "capped at 20 steps" in (project / "results/halfcheetah_summary.md").read_text()
     assert (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text().strip()
 
@@ -118,12 +125,17 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     expected |= {"bandit_train_iql@8gaussians", "bandit_plot@8gaussians", "bandit_summary", "plan"}
     assert ran == expected, (sorted(ran ^ expected), log[-3000:])
     assert log.index("Running stage 'plan'") == log.index("Running stage '") and "cost plan:" in log  # first
+    shown = run(["dvc", "exp", "show", "--json"], project)
+    assert "halfcheetah_metrics.json" in shown.stdout and '"iqm"' in shown.stdout
+    # dvc.yaml's plots: one line per row (offline rows against gradient steps, online against env steps)
+    plots = run(["dvc", "plots", "show", "--json"], project).stdout
+    assert "halfcheetah offline rows" in plots and "halfcheetah online rows" in plots
+    assert all(f"results/halfcheetah_plots/{r}.csv" in plots for r in ROWS)
     # over max_hours, the plan stage fails first and DVC runs nothing else
     capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "iql.expectile=0.7"], project, check=False)
     assert capped.returncode != 0 and "exceeds max_hours=0.0001" in capped.stdout + capped.stderr
     assert set(re.findall(r"Running stage '([^']+)'", capped.stdout + capped.stderr)) == {"plan"}
-    shown = run(["dvc", "exp", "show", "--json"], project)
-    assert "halfcheetah_metrics.json" in shown.stdout and "score_mean" in shown.stdout
+    run(["git", "checkout", "params.yaml"], project)
 
     # 5. the Snakemake report of the finished graph
     check_report(project, CONFIG)

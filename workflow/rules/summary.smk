@@ -45,7 +45,8 @@ def report_labels(kind, env):
 
 
 # summary_files() name -> (caption, subcategory, result label, rows it covers); a name not listed
-# (metrics.json, read by `dvc exp show`) stays out of the report
+# (metrics.json, read by `dvc exp show`; plots/, the per-row curves `dvc plots show` draws) stays out
+# of the report
 SUMMARY_REPORT = {
     "summary.csv": ("summary_csv.rst", "tables", "summary (CSV)", "final"),
     "summary.md": ("summary_md.rst", "tables", "summary and probability of improvement (Markdown)", "final"),
@@ -62,7 +63,7 @@ def summary_outputs(env):
     out = []
     for name, path in zip(SUMMARY_OUTPUTS, summary_files(env)):
         if name not in SUMMARY_REPORT:
-            out.append(path)
+            out.append(directory(path) if name == "plots" else path)
             continue
         caption, subcategory, result, kind = SUMMARY_REPORT[name]
         out.append(report(path, caption=f"../report/{caption}", category="{env}", subcategory=subcategory,
