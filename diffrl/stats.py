@@ -134,6 +134,9 @@ def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient 
     plt.close(fig)
 
 
+OFF_SCALE = -100.0   # normalised scores below this are drawn at the axis edge by plot_intervals
+
+
 def plot_intervals(table: pd.DataFrame, path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -143,6 +146,18 @@ def plot_intervals(table: pd.DataFrame, path, title: str) -> None:
     ax.errorbar(table["score_iqm"], y, xerr=[table["score_iqm"] - table["iqm_ci_low"],
                                             table["iqm_ci_high"] - table["score_iqm"]], fmt="o", capsize=4)
     ax.set_yticks(y, table["algorithm"])
+    # a row far below any policy (e.g. actions outside the box paying a huge control cost) would
+    # squash every other interval into a dot: keep the axis on the rest and name it at the edge
+    off = table["score_iqm"] < OFF_SCALE
+    if off.any() and not off.all():
+        inside = table[~off]
+        lo = min(float(inside["iqm_ci_low"].min()), 0.0)
+        hi = max(float(inside["iqm_ci_high"].max()), 0.0)
+        pad = 0.08 * (hi - lo) + 1.0
+        ax.set_xlim(lo - pad, hi + pad)
+        for i in np.flatnonzero(off.to_numpy()):
+            ax.annotate(f"\u2190 {table['score_iqm'].iloc[i]:.3g} (off scale)", (lo - pad, y[i]),
+                        xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_xlabel("IQM normalised score (95% stratified-bootstrap CI)")
     ax.set_title(textwrap.fill(title, 80), fontsize=8)
     fig.tight_layout()

@@ -134,3 +134,25 @@ def test_fast_mish_matches_torch_mish():
     y2 = torch.nn.functional.mish(x2)
     (g2,) = torch.autograd.grad(y2.sum(), x2)
     assert torch.allclose(y, y2, atol=1e-10) and torch.allclose(g, g2, atol=1e-10)
+
+
+def test_interval_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
+    """A row far below every policy (EDA's unclipped actions: -5e5) is named at the axis edge
+    instead of squashing the other intervals into dots."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from diffrl import stats
+    table = pd.DataFrame({"algorithm": ["bc", "dql", "eda"], "score_iqm": [25.0, 20.0, -5e5],
+                          "iqm_ci_low": [23.0, 17.0, -6e5], "iqm_ci_high": [26.0, 22.0, -4e5]})
+    seen = {}
+    close = plt.close
+    plt.close = lambda fig: (seen.update(fig=fig), close(fig))  # keep the figure for inspection
+    try:
+        stats.plot_intervals(table, tmp_path / "i.png", "t")
+    finally:
+        plt.close = close
+    ax = seen["fig"].axes[0]
+    lo, hi = ax.get_xlim()
+    assert -10 < lo < 0 and 26 < hi < 40
+    assert any("off scale" in t.get_text() for t in ax.texts)
