@@ -104,3 +104,87 @@ def test_params_reference_is_generated_from_the_dataclasses_and_params_yaml():
     """docs/params.md is `python -m diffrl.params_doc` output: regenerate it after changing a key."""
     from diffrl.params_doc import render
     assert (ROOT / "docs/params.md").read_text() == render(yaml.safe_load((ROOT / "params.yaml").read_text()))
+
+
+# --------------------------------------------------------------------------- the JSON Schema
+def _snakemake_config(*entries, configfile=None):
+    """The merged config and overrides the Snakefile builds from `--config ENTRY...` (parsed and
+    merged over params.yaml as Snakemake 9 does) and `--configfile`."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+    raw = config.read_params(ROOT / "params.yaml")
+    if configfile:
+        update_config(raw, yaml.safe_load((ROOT / configfile).read_text()))
+    update_config(raw, parse_config(list(entries)))
+    return config.snakemake_config(raw, ROOT / "params.yaml")
+
+
+def _schema_errors(merged):
+    import json
+    import jsonschema
+    from diffrl.schema import PATH, numbers
+    schema = json.loads((ROOT / PATH).read_text())
+    return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(numbers(merged))]
+
+
+def test_params_schema_is_generated_from_the_dataclasses():
+    """workflow/schemas/params.schema.json is `python -m diffrl.schema` output: regenerate it after
+    changing a config field or a registry section."""
+    import jsonschema
+    from diffrl.schema import PATH, render, schema
+    assert (ROOT / PATH).read_text() == render()
+    jsonschema.Draft202012Validator.check_schema(schema())
+    iql = schema()["$defs"]["IQLConfig"]["properties"]["expectile"]
+    assert iql["exclusiveMinimum"] == 0 and iql["exclusiveMaximum"] == 1 and iql["description"]
+
+
+@pytest.mark.parametrize("entries, configfile", [
+    ((), None),
+    (("budget=smoke", "algorithms=[bc, iql]", "iql={expectile: 0.8}", "budgets={smoke: {offline_steps: 30}}"), None),
+    (("iql={lr: 1e-4}", "dpmd={particle_selection_lambda: inf}", "seeds=[3, 4]", "deterministic=false"), None),
+    (("tfg_lambda=64",), ".test/config.yaml"),
+])
+def test_snakemake_validate_accepts_what_diffrl_accepts(entries, configfile):
+    """The Snakefile's second check, Snakemake's validate() with the schema, passes the repository's
+    params.yaml, typical --config overrides (their numbers arrive as strings: '1e-4' stays one in
+    YAML) and the test config."""
+    from snakemake.utils import validate
+    from diffrl.schema import PATH, numbers
+    merged, _ = _snakemake_config(*entries, configfile=configfile)
+    config.validate(merged)
+    validate(numbers(merged), str(ROOT / PATH), set_default=False)
+    assert _schema_errors(merged) == []
+
+
+@pytest.mark.parametrize("entry, message, schema_message", [
+    ("iql={expectile: 1.5}", "iql.expectile=1.5 is out of range", "greater than or equal to the maximum of 1"),
+    ("budgets={smoke: {critic_steps: 0}}", "budgets.smoke.critic_steps=0 is out of range", "less than the minimum of 1"),
+    ("stats={confidence: 1}", "stats.confidence=1.0 is out of range", "greater than or equal to the maximum of 1"),
+    ("iql={lr: abc}", "iql.lr='abc' is not a number", "'abc' is not of type 'number'"),
+    ("deterministic=1", "deterministic=1 is not a boolean", "1 is not of type 'boolean'"),
+    ("seeds=[0, 0]", "distinct", "non-unique elements"),
+    ("budget=smok", "did you mean 'smoke'", "'smok' is not one of"),
+    ("iql={expectle: 0.8}", "did you mean 'iql.expectile'", "'expectle' was unexpected"),
+    ("envs=[halfcheeta]", "did you mean 'halfcheetah'", "'halfcheeta' is not one of"),
+])
+def test_bad_values_fail_diffrl_first_and_the_schema_too(entry, message, schema_message):
+    merged, _ = _snakemake_config(entry)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        config.validate(merged)
+    assert any(schema_message in e for e in _schema_errors(merged)), _schema_errors(merged)
+
+
+def test_a_stale_schema_fails_in_one_line_naming_the_fix(tmp_path):
+    import json
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+    from diffrl.schema import PATH, numbers, stale
+    schema = json.loads((ROOT / PATH).read_text())
+    del schema["$defs"]["IQLConfig"]["properties"]["lr"]  # as if IQLConfig had gained `lr` since
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    merged, _ = _snakemake_config()
+    with pytest.raises(WorkflowError) as e:
+        validate(numbers(merged), str(tmp_path / "schema.json"), set_default=False)
+    line = stale(e.value)
+    assert "\n" not in line and "Additional properties are not allowed ('lr' was unexpected)" in line
+    assert line.endswith(f"python -m diffrl.schema > {PATH}")

@@ -36,6 +36,8 @@ def _add_the_algorithm(project) -> None:
     params.update(yaml.safe_load(blocks["params"]))
     params["algorithms"] = ["bc", ROW]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the schema of params.yaml lists the sections: regenerated as the doc says
+    (project / "workflow/schemas/params.schema.json").write_text(run([sys.executable, "-m", "diffrl.schema"], project).stdout)
 
 
 def _job_counts(dry_run: str) -> dict[str, int]:

@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from diffrl.stats import COLUMNS
 
@@ -28,28 +29,16 @@ def job_counts(text):
     return counts
 
 
-# The smoke graph with fewer steps and one seed: this test checks the mechanics of the graph
-# (every stage, caching, reruns, both front ends), the learning tests check the algorithms. One seed
-# keeps it within the suite's time (each job is mostly process start-up); the summary's statistics
-# over several seeds are checked by hand in tests/test_core.py, and several seeds' jobs in the
-# dry-run tests of tests/test_pipeline_graph.py.
-TINY = {"sac_steps": 1200, "sac_warmup": 1000, "sac_eval_every": 1200, "dataset_episodes": 3, "critic_steps": 40,
-        "behavior_steps": 40, "energy_behavior_steps": 2, "offline_steps": 30, "align_steps": 1,
-        "align_support_states": 32, "eval_every": 1000, "curve_episodes": 1, "eval_episodes": 1, "toy_samples": 500,
-        "toy_steps": 20,
-        "online_steps": 265, "online_warmup": 260, "online_eval_every": 100000, "max_episode_steps": 20}
-# the online variants with narrow nets and 2 particles (dpmd_o2o keeps Diffusion-QL's width: it loads it)
+# The smoke graph with fewer steps and one seed, merged over params.yaml: .test/config.yaml says why
+TEST_CONFIG = ["--configfile", ".test/config.yaml"]
+# the online variants (.test/config.yaml narrows their nets to 32 units and 2 particles)
 ONLINE = ["sdac", "dpmd", "dpmd_tilt", "dpmd_select", "dpmd_fixnorm", "dpmd_model", "dpmd_plan"]
-SMALL = {"hidden": 32, "num_particles": 2}
-CONFIG = ["budget=smoke", "seeds=[0]", "toy_sets=[8gaussians]", "bandit_sets=[8gaussians]",
-          "budgets={smoke: {%s}}" % ", ".join(f"{k}: {v}" for k, v in TINY.items()),
-          *[f"{v}={{hidden: 32, num_particles: 2}}" for v in ONLINE], "dpmd_o2o={num_particles: 2}"]
 ROWS = ["bc", "iql", "dql", "qg", "edp", "eg_ood", "dtql", "eda", "sac", *ONLINE, "dpmd_o2o"]
 
 
 def test_smoke_graph_incremental_reruns_and_dvc(project):
     # 1. the whole graph (all targets) on 2 cores, its cost plan printed before the first job
-    out = run(["snakemake", "--cores", "2", "--config", *CONFIG], project)
+    out = run(["snakemake", "--cores", "2", *TEST_CONFIG], project)
     first_job = re.search(r"^(local)?rule \w+:", out.stderr, re.M)
     assert "cost plan: budget `smoke`" in out.stderr[:first_job.start()], out.stderr[:3000]
     table = pd.read_csv(project / "results/halfcheetah_summary.csv")
@@ -77,16 +66,16 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text().strip()
 
     # 2. nothing to do after a full run; one changed hyperparameter reruns only its stages
-    out = run(["snakemake", "-n", "--config", *CONFIG], project)
+    out = run(["snakemake", "-n", *TEST_CONFIG], project)
     assert "Nothing to be done" in out.stdout + out.stderr
-    out = run(["snakemake", "-n", "--config", *CONFIG, "iql={expectile: 0.8}"], project)
+    out = run(["snakemake", "-n", *TEST_CONFIG, "--config", "iql={expectile: 0.8}"], project)
     counts = job_counts(out.stdout)
     # the IQL seeds, their evaluations, the table, and IQL's bandit runs with what reads them
     assert counts == {"offline_train": 1, "evaluate": 1, "summary": 1, "bandit_train": 1, "bandit_plot": 1,
                       "bandit_summary": 1, "all": 1, "total": 7}, counts
     assert len(re.findall(r"wildcards: env=halfcheetah, algo=iql, seed=", out.stdout)) == 2  # train, evaluate
     # tfg_lambda reruns exactly the guided variants (dpmd_tilt, dpmd_model), their evaluations and the table
-    out = run(["snakemake", "-n", "--config", *CONFIG, "tfg_lambda=64"], project)
+    out = run(["snakemake", "-n", *TEST_CONFIG, "--config", "tfg_lambda=64"], project)
     assert job_counts(out.stdout) == {"online_train": 2, "evaluate": 2, "summary": 1, "all": 1, "total": 6}, out.stdout
     assert set(re.findall(r"wildcards: env=halfcheetah, algo=(\w+), seed=\d", out.stdout)) == {"dpmd_tilt", "dpmd_model"}
     bandit = pd.read_csv(project / "results/bandit_summary.csv")
@@ -100,14 +89,9 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert sorted(p.name for p in (project / "runs/halfcheetah/iql").iterdir()) == before
 
     # 4. DVC adopts the same outputs, then `dvc exp run -S` reruns only what reads the key
+    # (params.yaml with .test/config.yaml merged in as Snakemake merged it)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["budget"] = "smoke"
-    params["seeds"] = [0]
-    params["toy_sets"] = params["bandit_sets"] = ["8gaussians"]
-    params["budgets"]["smoke"].update(TINY)
-    for v in ONLINE:
-        params[v].update(SMALL)
-    params["dpmd_o2o"]["num_particles"] = 2
+    update_config(params, yaml.safe_load((project / ".test/config.yaml").read_text()))
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "commit", "-f", "-q"], project)
     run(["git", "add", "-A"], project)
@@ -138,7 +122,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     run(["git", "checkout", "params.yaml"], project)
 
     # 5. the Snakemake report of the finished graph
-    check_report(project, CONFIG)
+    check_report(project, TEST_CONFIG)
 
 
 # what each result's caption says first (workflow/report/*.rst), by report category and subcategory
@@ -159,10 +143,10 @@ REPORT = {
 
 
 def check_report(project, config):
-    """`snakemake --report report.html` with the run's --config: one self-contained page holding every
+    """`snakemake --report report.html` with the run's config: one self-contained page holding every
     result (metrics.json aside) in its environment's category, each with its caption and the labels
     of the run (budget, seeds, steps as the jobs ran them), and the workflow description."""
-    run(["snakemake", "--report", "report.html", "--config", *config], project)
+    run(["snakemake", "--report", "report.html", *config], project)
     html = (project / "report.html").read_text()
 
     def variable(name):  # the report's data, as its page script declares it (snakemake 9.27)

@@ -1,25 +1,7 @@
 # The 2-D bandit study: every offline algorithm (its pretraining included) on each toy set,
 # one job per (toy set, algorithm) covering all seeds. Its figures and table are results of the
-# report (`snakemake --report report.html`), in the category "bandit study".
-
-
-def bandit_labels(name):
-    """The report labels of a bandit result (toy set `name`, or every set of bandit_sets): budget,
-    seeds, steps and data from the validated params, as report_labels (summary.smk) does."""
-    budget = P["budgets"][P["budget"]]
-    return {
-        "toy set": name,
-        "budget": P["budget"],
-        "seeds": ", ".join(map(str, P["seeds"])),
-        "steps": f"{budget.toy_steps} gradient steps per stage (EDA: {budget.energy_behavior_steps} energy "
-                 f"behaviour, {budget.align_steps} alignment)",
-        "data": f"{budget.toy_samples} samples per toy set",
-    }
-
-
-def bandit_plot_labels(wildcards):
-    return bandit_labels(wildcards.name)
-
+# report (`snakemake --report report.html`), in the category "bandit study", labelled by
+# bandit_labels (common.smk).
 
 rule bandit_train:
     output: bandit_file("{name}", "{algo}")
@@ -28,6 +10,7 @@ rule bandit_train:
         declared=lambda wc: declared("bandit_train", algo=wc.algo),
         set=lambda wc: overrides("bandit_train", algo=wc.algo),
     log: log_file("bandit_train", "{name}", "{algo}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("bandit_train", P)
     shell: shell_command("bandit_train")
@@ -42,6 +25,7 @@ rule bandit_plot:
         declared=declared("bandit_plot"),
         set=overrides("bandit_plot"),
     log: log_file("bandit_plot", "{name}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("bandit_plot", P)
     shell: shell_command("bandit_plot")
@@ -56,6 +40,7 @@ rule bandit_summary:
         declared=declared("bandit_summary"),
         set=overrides("bandit_summary"),
     log: log_file("bandit_summary", "all")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("bandit_summary", P)
     shell: shell_command("bandit_summary")

@@ -7,6 +7,7 @@ rule dataset:
         declared=declared("dataset"),
         set=overrides("dataset"),
     log: log_file("dataset", "{env}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("dataset", P)
     shell: shell_command("dataset")
@@ -19,6 +20,7 @@ rule toy_dataset:
         declared=declared("toy_dataset"),
         set=overrides("toy_dataset"),
     log: log_file("toy_dataset", "{name}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("toy_dataset", P)
     shell: shell_command("toy_dataset")

@@ -7,6 +7,7 @@ rule evaluate:
         declared=declared("evaluate"),
         set=overrides("evaluate"),
     log: log_file("evaluate", "{env}", "{algo}", "seed{seed}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("evaluate", P)
     shell: shell_command("evaluate")

@@ -10,6 +10,7 @@ rule online_train:
         set=lambda wc: overrides("online_train", algo=wc.algo),
     log: log_file("online_train", "{env}", "{algo}", "seed{seed}")
     wildcard_constraints: algo="|".join(ONLINE)
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("online_train", P)
     shell: shell_command("online_train")

@@ -10,6 +10,7 @@ rule critic_pretrain:
         declared=lambda wc: declared("critic_pretrain", critic=wc.critic),
         set=lambda wc: overrides("critic_pretrain", critic=wc.critic),
     log: log_file("critic_pretrain", "{env}", "{critic}", "seed{seed}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("critic_pretrain", P)
     shell: shell_command("critic_pretrain")
@@ -22,6 +23,7 @@ rule behavior_pretrain:
         declared=lambda wc: declared("behavior_pretrain", behavior=wc.behavior),
         set=lambda wc: overrides("behavior_pretrain", behavior=wc.behavior),
     log: log_file("behavior_pretrain", "{env}", "{behavior}", "seed{seed}")
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("behavior_pretrain", P)
     shell: shell_command("behavior_pretrain")
@@ -35,6 +37,7 @@ rule offline_train:
         set=lambda wc: overrides("offline_train", algo=wc.algo),
     log: log_file("offline_train", "{env}", "{algo}", "seed{seed}")
     wildcard_constraints: algo="|".join(OFFLINE)
+    conda: "../envs/diffrl.yaml"
     threads: 1
     resources: **job_resources("offline_train", P)
     shell: shell_command("offline_train")
