@@ -60,7 +60,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     curve = pd.read_csv(project / "results/halfcheetah_plots/dpmd.csv")
     assert list(curve.columns) == ["step", "score", "half", "seeds"] and curve["step"].iloc[-1] == 265
     metrics = json.loads((project / "results/halfcheetah_metrics.json").read_text())
-    assert list(metrics) == ROWS and all(set(m) == {"iqm", "ci_low", "ci_high", "mean"} for m in metrics.values())
+    assert sorted(metrics) == sorted(ROWS) and all(set(m) == {"iqm", "ci_low", "ci_high", "mean"} for m in metrics.values())
     assert metrics["bc"]["iqm"] == pytest.approx(rows.loc["bc", "score_iqm"], abs=1e-4)
     assert "capped at 20 steps" in (project / "results/halfcheetah_summary.md").read_text()
     assert (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text().strip()
@@ -114,7 +114,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     # dvc.yaml's plots: one line per row (offline rows against gradient steps, online against env steps)
     plots = run(["dvc", "plots", "show", "--json"], project).stdout
     assert "halfcheetah offline rows" in plots and "halfcheetah online rows" in plots
-    assert all(f"results/halfcheetah_plots/{r}.csv" in plots for r in ROWS)
+    assert all(f'"filename": "{r}.csv"' in plots for r in ROWS)  # a line per row file
     # over max_hours, the plan stage fails first and DVC runs nothing else
     capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "iql.expectile=0.7"], project, check=False)
     assert capped.returncode != 0 and "exceeds max_hours=0.0001" in capped.stdout + capped.stderr
