@@ -158,7 +158,8 @@ def on_snakemake_start(workflow, params: dict, overrides: list[str]) -> None:
     jobs = snakemake_jobs(dag, set(STAGES))
     gpu, name = device_of(params)
     cores = workflow.resource_settings.cores or 1
-    workers = min(cores, int(workflow.global_resources.get("gpu", cores))) if gpu else cores
+    gpus = getattr(workflow.global_resources.get("gpu"), "value", None)  # a Resource in Snakemake 9; None: unset
+    workers = min(cores, int(gpus)) if gpu and gpus else cores
     estimate(jobs, params, gpu)
     table, wall, slow = report(jobs, params, workers, name or f"{cores} CPU core(s)")
     print(table, file=sys.stderr, flush=True)
