@@ -32,10 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 JOB_OVERHEAD_S = 8.0    # one job's start-up on top of its compute (interpreter, torch, MuJoCo, data loading)
-# Jobs side by side on a 2-core machine each ran this much slower than alone (the quick table's
-# per-row training times against the single-core step costs, docs/budgets.md); applied when the
-# plan runs more than one job at a time.
-PARALLEL_SLOWDOWN = 1.45
 PLAN_ONLY_ENV = "DIFFRL_PLAN_ONLY"   # set by `python -m diffrl.plan`: the Snakefile prints the plan and stops
 WAYS_OUT = ("pick rows (--config 'algorithms=[bc, iql]' or -S 'algorithms=[bc, iql]'), run on a GPU "
             "(device=cuda), use the SLURM profile (--profile workflow/profiles/slurm), or raise max_hours")
@@ -71,9 +67,8 @@ def estimate(jobs: list[Job], params: dict, gpu: int) -> None:
 
 def makespan(jobs: list[Job], workers: int) -> float:
     """Wall time of running the uncached jobs on `workers` slots, each as soon as its inputs exist,
-    longest first among the ready ones (list scheduling); the slowdown of jobs side by side included."""
+    longest first among the ready ones (list scheduling)."""
     todo = {i for i, j in enumerate(jobs) if not j.cached}
-    factor = PARALLEL_SLOWDOWN if workers > 1 else 1.0
     waiting = {i: {d for d in jobs[i].deps if d in todo} for i in todo}
     ready = [(-jobs[i].seconds, i) for i in todo if not waiting[i]]
     heapq.heapify(ready)
@@ -82,7 +77,7 @@ def makespan(jobs: list[Job], workers: int) -> float:
     while ready or running:
         while ready and len(running) < workers:
             _, i = heapq.heappop(ready)
-            heapq.heappush(running, (now + jobs[i].seconds * factor, i))
+            heapq.heappush(running, (now + jobs[i].seconds, i))
         now, done = heapq.heappop(running)
         for i in todo:
             if done in waiting[i]:
