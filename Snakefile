@@ -14,6 +14,10 @@ from snakemake.utils import validate
 
 from diffrl import config as params_lib
 from diffrl import schema as schema_lib
+from diffrl.scheduler import clear_stale_lock, record_owner
+
+if workflow.is_main_process:
+    clear_stale_lock()  # the lock of a killed run, when safe (diffrl/scheduler.py), before this run takes its own
 
 configfile: "params.yaml"
 
@@ -60,7 +64,9 @@ rule all:
 
 
 onstart:
-    # the cost plan (diffrl.plan), after the DAG is known and before the first job; it stops the run
-    # here when the estimate exceeds max_hours
+    # this run holds the lock now: record it, so that a rerun after a SIGKILL can tell the lock is
+    # stale (diffrl/scheduler.py); then the cost plan (diffrl.plan), after the DAG is known and
+    # before the first job, which stops the run here when the estimate exceeds max_hours
     from diffrl.plan import on_snakemake_start
+    record_owner()
     on_snakemake_start(workflow, P, OVERRIDES)

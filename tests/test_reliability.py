@@ -55,7 +55,8 @@ def test_sigkilled_stage_resumes_and_ends_bit_identical(project):
     run([*smk, "data/halfcheetah/dataset"], project)
     env = {**ENV1, "DIFFRL_CHECKPOINT_EVERY": "100"}
 
-    # 1. start the stage through snakemake; SIGKILL the stage process after its first checkpoint
+    # 1. start the stage through snakemake; after its first checkpoint SIGKILL the stage and the
+    #    scheduler, as a preempted node does (Snakemake's lock is left behind)
     sm = subprocess.Popen([*smk, TARGET], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
     try:
@@ -67,19 +68,25 @@ def test_sigkilled_stage_resumes_and_ends_bit_identical(project):
         stage = [p for p in psutil.Process(sm.pid).children(recursive=True)
                  if "stages/train.py" in " ".join(p.cmdline())]
         assert len(stage) == 1, stage
+        sm.send_signal(signal.SIGKILL)
         stage[0].send_signal(signal.SIGKILL)
         log = sm.communicate(timeout=120)[0]
     finally:
         if sm.poll() is None:
             sm.kill()
-    assert sm.returncode != 0, "the stage finished before it was killed:\n" + log[-2000:]
+    assert sm.returncode == -signal.SIGKILL, log[-2000:]
+    assert list((project / ".snakemake/locks").glob("*.lock")), "the killed scheduler left no lock"
     killed_at = torch.load(project / RESUME, weights_only=False)["step"]
     assert 100 <= killed_at < 1000 and killed_at % 100 == 0
 
-    # 2. nothing looks finished: no output folder, Snakemake schedules the job again
+    # 2. nothing looks finished: no output folder, Snakemake schedules the job again; the first
+    #    Snakemake after the kill removes the stale lock (its owner is gone: diffrl/scheduler.py),
+    #    so no `snakemake --unlock` is needed
     assert not (project / TARGET).exists()
     dry = run(["snakemake", "-n", "--config", *CONFIG, "--", TARGET], project)
     assert "offline_train" in dry.stdout and "Nothing to be done" not in dry.stdout + dry.stderr
+    assert "removed the lock of a killed Snakemake run" in dry.stderr
+    assert not list((project / ".snakemake/locks").glob("*.lock"))
 
     # 3. the rerun resumes from the checkpoint, finishes, and removes it
     run([*smk, TARGET], project, env=env)
@@ -303,3 +310,34 @@ def test_summary_fails_when_a_declared_run_is_missing(project):
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert "1 declared run(s) have no evaluation" in lines[0] and "runs/halfcheetah/eval/iql/seed1.json" in lines[0]
     assert (results / "halfcheetah_summary.csv").read_text() == "earlier table\n"
+
+
+# --------------------------------------------------------------------------- a killed scheduler's lock
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("case", ["owner gone", "owner alive", "lock taken since", "other host", "no record"])
+def test_only_a_lock_whose_owner_is_gone_is_removed(tmp_path, monkeypatch, case):
+    """diffrl.scheduler.clear_stale_lock removes Snakemake's lock only when the run recorded as its
+    owner ran on this host, no longer exists, and recorded itself after the lock was taken."""
+    import socket
+
+    from diffrl import scheduler
+    monkeypatch.chdir(tmp_path)
+    locks = tmp_path / ".snakemake/locks"
+    locks.mkdir(parents=True)
+    for name in ("0.input.lock", "0.output.lock"):
+        (locks / name).write_text("x")
+        os.utime(locks / name, (time.time() - 60, time.time() - 60))
+    pid = os.getppid() if case == "owner alive" else _dead_pid()
+    host = "elsewhere" if case == "other host" else socket.gethostname()
+    if case != "no record":
+        (tmp_path / scheduler.OWNER).write_text(json.dumps({"host": host, "pid": pid, "time": time.time()}))
+    if case == "lock taken since":
+        os.utime(locks / "0.input.lock", (time.time() + 60, time.time() + 60))
+    removed = scheduler.clear_stale_lock()
+    assert removed == (case == "owner gone")
+    assert bool(list(locks.glob("*.lock"))) == (case != "owner gone")
