@@ -27,7 +27,7 @@ from diffrl.envs import (curve_seed, env_state, evaluate, make_env, normalized_s
                          train_env_seed)
 from diffrl.fields import ConfigError
 from diffrl.runlog import NumericalError, RunLog
-from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
+from diffrl.train import first_non_finite, load_resume, restore_training_state, save_resume, training_state
 from diffrl.utils import read_json, save_checkpoint, write_json
 
 MODEL_FILE = "model.pt"
@@ -264,7 +264,7 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at env step {env_steps}: lower the learning "
                                      f"rates; the last good checkpoint is kept ({resume_path})")
-            save_checkpoint(resume_path, {
+            save_resume(resume_path, {
                 **training_state(agent, buf), "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
                 "rng": {"gen": gen.get_state(), "buf_gen": buf_gen.get_state(), "numpy_gen": rng.bit_generator.state,
                         "torch": torch.get_rng_state(), "numpy": np.random.get_state()},

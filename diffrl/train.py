@@ -2,6 +2,8 @@
 periodically (the learning curve), checkpoint for resume, and write the final model."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import random
 import sys
@@ -113,19 +115,42 @@ def first_non_finite(agent) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """A hash of the diffrl package's source files: a resume checkpoint written by other code (an
+    edit anywhere in diffrl since the run was interrupted) is never resumed from."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def save_resume(resume_path: Path, payload: dict) -> None:
+    """Write a resume checkpoint (every training loop's), stamped with the code version."""
+    save_checkpoint(resume_path, {**payload, "code_version": code_version()})
+
+
 def load_resume(resume_path: Path, device, fingerprint: str):
     """The resume checkpoint at resume_path, or None when there is none or it cannot be used (the
-    reason on stderr): unreadable, or written with other settings than `fingerprint` says."""
+    reason on stderr, one line naming the file): unreadable (truncated, corrupted), written with
+    other settings than `fingerprint` says, or written by other code."""
     if not Path(resume_path).exists():
         return None
     try:
         ck = load_checkpoint(resume_path, device)
+        if not isinstance(ck, dict):
+            raise RuntimeError(f"checkpoint {resume_path} holds no training state")
     except (RuntimeError, FileNotFoundError) as e:
         print(f"warning: {e}; starting from step 0", file=sys.stderr, flush=True)
         return None
     if ck.get("fingerprint") != fingerprint:
         print(f"warning: resume checkpoint {resume_path} was written with other settings (a changed "
               f"hyperparameter, budget or dataset); starting from step 0", file=sys.stderr, flush=True)
+        return None
+    if ck.get("code_version") != code_version():
+        print(f"warning: resume checkpoint {resume_path} was written by another version of the code; "
+              f"starting from step 0", file=sys.stderr, flush=True)
         return None
     return ck
 
@@ -197,7 +222,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at step {step}: lower the learning rate or "
                                      f"check the data; the last good checkpoint is kept ({resume_path})")
-            save_checkpoint(resume_path, {**training_state(agent),
+            save_resume(resume_path, {**training_state(agent),
                                           "rng": _rng_state(gen, sample_gen), "step": step, "curve": curve,
                                           "fingerprint": fingerprint, "bc_loss_acc": (bc_sum, bc_n),
                                           "wall_s": wall_before + time.perf_counter() - t0})

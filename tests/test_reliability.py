@@ -112,7 +112,12 @@ def test_sigkilled_stage_resumes_and_ends_bit_identical(project):
     assert ta == tb
 
 
-def test_stale_resume_checkpoint_of_other_settings_is_not_used(tmp_path, one_thread):
+@pytest.mark.parametrize("damage", ["other settings", "truncated", "not a checkpoint", "other code version"])
+def test_a_resume_checkpoint_that_cannot_be_trusted_is_not_used(tmp_path, one_thread, capsys, monkeypatch, damage):
+    """A resume checkpoint written with other settings, truncated, replaced by other bytes, or
+    written by another version of the code: the run warns in one line naming the file, starts from
+    step 0 and ends equal to a fresh run (never resumes from it, never crashes)."""
+    from diffrl import train as train_mod
     resume = tmp_path / "resume.pt"
     buf = ReplayBuffer.from_arrays(toy_dataset("8gaussians", 200, 0))
 
@@ -139,11 +144,20 @@ def test_stale_resume_checkpoint_of_other_settings_is_not_used(tmp_path, one_thr
         train_offline(agent, buf, steps=30, batch_size=32, seed=0, run_dir=None, env_name=None, eval_every=10,
                       curve_episodes=1, resume_path=resume, checkpoint_every=10)
     assert torch.load(resume, weights_only=False)["step"] == 10
-    # another learning rate: the checkpoint is ignored and the run equals a fresh one
-    other = train(3e-4, 30)
+    lr = 3e-4 if damage == "other settings" else 1e-3
+    if damage == "truncated":
+        resume.write_bytes(resume.read_bytes()[:300])
+    elif damage == "not a checkpoint":
+        resume.write_bytes(b"\x00garbage" * 50)
+    elif damage == "other code version":
+        monkeypatch.setattr(train_mod, "code_version", lambda: "0123456789abcdef")
+    capsys.readouterr()
+    resumed = train(lr, 30)
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and str(resume) in warnings[0] and "starting from step 0" in warnings[0], warnings
     resume.unlink(missing_ok=True)
-    fresh = train(3e-4, 30)
-    assert all(torch.equal(x, y) for x, y in zip(other.state_dict().values(), fresh.state_dict().values()))
+    fresh = train(lr, 30)
+    assert all(torch.equal(x, y) for x, y in zip(resumed.state_dict().values(), fresh.state_dict().values()))
 
 
 # --------------------------------------------------------------------------- determinism

@@ -114,8 +114,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     one there continues from it bit-identically on CPU.
     """
     from diffrl.runlog import NumericalError
-    from diffrl.train import first_non_finite, load_resume, restore_training_state, training_state
-    from diffrl.utils import save_checkpoint
+    from diffrl.train import first_non_finite, load_resume, restore_training_state, save_resume, training_state
 
     env = make_env(env_name)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -187,7 +186,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at env step {step}: lower sac.lr; the last "
                                      f"good checkpoint is kept ({resume_path})")
-            save_checkpoint(resume_path, {
+            save_resume(resume_path, {
                 **training_state(agent, buf), "env": env_state(env), "obs": obs, "info": info,
                 "episodes": episodes, "episode": cur, "step": step, "fingerprint": fingerprint,
                 "rng": {"gen": gen.get_state(), "numpy_gen": rng.bit_generator.state,
