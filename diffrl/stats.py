@@ -119,9 +119,19 @@ def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for algo, stats in mean_curves(curves).items():
+    means = mean_curves(curves)
+    for algo, stats in means.items():
         ax.plot(stats["step"], stats["score"], marker="." if len(stats) < 4 else None, label=algo)
         ax.fill_between(stats["step"], stats["score"] - stats["half"], stats["score"] + stats["half"], alpha=0.2)
+    if means:
+        points = pd.concat([m.assign(algorithm=a) for a, m in means.items()])
+        off = points["score"] < OFF_SCALE
+        if off.any() and not off.all():  # keep the axis on the rows within scale, name the others
+            ax.set_ylim(*_axis_limits(points.loc[~off, "score"] - points.loc[~off, "half"],
+                                      points.loc[~off, "score"] + points.loc[~off, "half"]))
+            low = points[off].groupby("algorithm", sort=False)["score"].min()
+            ax.text(0.01, 0.01, "off scale: " + ", ".join(f"{a} (down to {v:.3g})" for a, v in low.items()),
+                    transform=ax.transAxes, fontsize=7, va="bottom")
     if curves.empty:
         ax.text(0.5, 0.5, "no rows of this kind in `algorithms`", ha="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
@@ -134,7 +144,14 @@ def plot_curves(curves: pd.DataFrame, path, title: str, xlabel: str = "gradient 
     plt.close(fig)
 
 
-OFF_SCALE = -100.0   # normalised scores below this are drawn at the axis edge by plot_intervals
+OFF_SCALE = -100.0   # normalised scores below this are named at the axis edge, not drawn to scale
+
+
+def _axis_limits(lows, highs) -> tuple[float, float]:
+    """Axis limits covering [min(lows), max(highs)] and 0, with a margin."""
+    lo, hi = min(float(np.min(lows)), 0.0), max(float(np.max(highs)), 0.0)
+    pad = 0.08 * (hi - lo) + 1.0
+    return lo - pad, hi + pad
 
 
 def plot_intervals(table: pd.DataFrame, path, title: str) -> None:
@@ -150,13 +167,10 @@ def plot_intervals(table: pd.DataFrame, path, title: str) -> None:
     # squash every other interval into a dot: keep the axis on the rest and name it at the edge
     off = table["score_iqm"] < OFF_SCALE
     if off.any() and not off.all():
-        inside = table[~off]
-        lo = min(float(inside["iqm_ci_low"].min()), 0.0)
-        hi = max(float(inside["iqm_ci_high"].max()), 0.0)
-        pad = 0.08 * (hi - lo) + 1.0
-        ax.set_xlim(lo - pad, hi + pad)
+        lo, hi = _axis_limits(table.loc[~off, "iqm_ci_low"], table.loc[~off, "iqm_ci_high"])
+        ax.set_xlim(lo, hi)
         for i in np.flatnonzero(off.to_numpy()):
-            ax.annotate(f"\u2190 {table['score_iqm'].iloc[i]:.3g} (off scale)", (lo - pad, y[i]),
+            ax.annotate(f"\u2190 {table['score_iqm'].iloc[i]:.3g} (off scale)", (lo, y[i]),
                         xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_xlabel("IQM normalised score (95% stratified-bootstrap CI)")
     ax.set_title(textwrap.fill(title, 80), fontsize=8)

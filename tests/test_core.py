@@ -156,3 +156,24 @@ def test_interval_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
     lo, hi = ax.get_xlim()
     assert -10 < lo < 0 and 26 < hi < 40
     assert any("off scale" in t.get_text() for t in ax.texts)
+
+
+def test_curve_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
+    """The learning-curve figure names a row far below every policy instead of drawing it to scale."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from diffrl import stats
+    curves = pd.DataFrame({"algorithm": ["bc", "bc", "eda"], "seed": [0, 0, 0], "step_unit": "grad",
+                           "step": [100, 200, 200], "score": [10.0, 20.0, -1.6e5], "return": 0.0})
+    seen = {}
+    close = plt.close
+    plt.close = lambda fig: (seen.update(fig=fig), close(fig))
+    try:
+        stats.plot_curves(curves, tmp_path / "c.png", "t")
+    finally:
+        plt.close = close
+    ax = seen["fig"].axes[0]
+    lo, hi = ax.get_ylim()
+    assert -10 < lo < 0 and 20 < hi < 30
+    assert any("off scale: eda" in t.get_text() for t in ax.texts)
