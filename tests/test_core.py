@@ -136,23 +136,28 @@ def test_fast_mish_matches_torch_mish():
     assert torch.allclose(y, y2, atol=1e-10) and torch.allclose(g, g2, atol=1e-10)
 
 
+def _drawn_axes(plot, *args):
+    """The axes a diffrl.stats plot function drew (its figure kept past plt.close for inspection)."""
+    import matplotlib.pyplot as plt
+    seen = {}
+    close = plt.close
+    plt.close = lambda fig: (seen.update(fig=fig), close(fig))
+    try:
+        plot(*args)
+    finally:
+        plt.close = close
+    return seen["fig"].axes[0]
+
+
 def test_interval_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
     """A row far below every policy (EDA's unclipped actions: -5e5) is named at the axis edge
     instead of squashing the other intervals into dots."""
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     from diffrl import stats
     table = pd.DataFrame({"algorithm": ["bc", "dql", "eda"], "score_iqm": [25.0, 20.0, -5e5],
                           "iqm_ci_low": [23.0, 17.0, -6e5], "iqm_ci_high": [26.0, 22.0, -4e5]})
-    seen = {}
-    close = plt.close
-    plt.close = lambda fig: (seen.update(fig=fig), close(fig))  # keep the figure for inspection
-    try:
-        stats.plot_intervals(table, tmp_path / "i.png", "t")
-    finally:
-        plt.close = close
-    ax = seen["fig"].axes[0]
+    ax = _drawn_axes(stats.plot_intervals, table, tmp_path / "i.png", "t")
     lo, hi = ax.get_xlim()
     assert -10 < lo < 0 and 26 < hi < 40
     assert any("off scale" in t.get_text() for t in ax.texts)
@@ -160,20 +165,12 @@ def test_interval_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
 
 def test_curve_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
     """The learning-curve figure names a row far below every policy instead of drawing it to scale."""
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     from diffrl import stats
     curves = pd.DataFrame({"algorithm": ["bc", "bc", "eda"], "seed": [0, 0, 0], "step_unit": "grad",
                            "step": [100, 200, 200], "score": [10.0, 20.0, -1.6e5], "return": 0.0})
-    seen = {}
-    close = plt.close
-    plt.close = lambda fig: (seen.update(fig=fig), close(fig))
-    try:
-        stats.plot_curves(curves, tmp_path / "c.png", "t")
-    finally:
-        plt.close = close
-    ax = seen["fig"].axes[0]
+    ax = _drawn_axes(stats.plot_curves, curves, tmp_path / "c.png", "t")
     lo, hi = ax.get_ylim()
     assert -10 < lo < 0 and 20 < hi < 30
     assert any("off scale: eda" in t.get_text() for t in ax.texts)
