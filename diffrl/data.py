@@ -2,9 +2,12 @@
 one replay buffer that every algorithm samples from (offline data is loaded into it too)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +87,51 @@ class DatasetError(RuntimeError):
 
 def dataset_file(path: str | Path) -> Path:
     return Path(path) / "data" / "main_data.hdf5"
+
+
+def file_sizes(path: str | Path) -> dict[str, int]:
+    """Every file under a dataset folder and its size in bytes (recorded in its info.json)."""
+    path = Path(path)
+    return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name != "info.json"}
+
+
+def dataset_damage(path: str | Path) -> str | None:
+    """Why the dataset folder `path` is half-written or damaged, or None if it looks whole: its
+    info.json (written last) is missing or unreadable, or a file it records is missing or has
+    another size. A cheap check (sizes, no hashing), run before every Snakemake run."""
+    path = Path(path)
+    info = path / "info.json"
+    try:
+        recorded = json.loads(info.read_text()).get("files", {})
+    except FileNotFoundError:
+        return f"{info} is missing (the dataset was not finished)"
+    except (ValueError, AttributeError, OSError):
+        return f"{info} is unreadable"
+    if not dataset_file(path).exists():
+        return f"{dataset_file(path)} is missing"
+    now = file_sizes(path)
+    for name, size in recorded.items():
+        if now.get(name) != size:
+            return (f"{path / name} is missing" if name not in now else
+                    f"{path / name} has {now[name]} bytes where {size} were written (truncated or overwritten)")
+    return None
+
+
+def set_aside_if_damaged(path: str | Path) -> Path | None:
+    """Move a damaged dataset folder aside (nothing is deleted) so that the run rebuilds it; one
+    warning line names the file and the folder it was moved to. Returns that folder, or None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    why = dataset_damage(path)
+    if why is None:
+        return None
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    print(f"warning: dataset {path} is damaged ({why}): moved it to {aside} and rebuilding it",
+          file=sys.stderr, flush=True)
+    return aside
 
 
 def load_offline(path: str | Path, env_name: str) -> OfflineData:

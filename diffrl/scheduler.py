@@ -1,67 +1,136 @@
-"""Recovering from a killed Snakemake: the lock it leaves behind is removed when that is safe.
+"""Surviving a killed scheduler: its lock is removed when that is safe, and its jobs stop with it.
 
 Snakemake locks the working directory (.snakemake/locks/) for the length of a run and removes the
 lock when it exits. A scheduler killed with SIGKILL (a preempted node, an out-of-memory kill)
-cannot, and the next run stops with "Directory cannot be locked". The Snakefile's `onstart`, which
-runs after Snakemake has taken its lock, records who holds it (`record_owner`: host, pid, time);
-before the next run takes its lock, `clear_stale_lock` removes the lock files when
+cannot, and the next run would stop with "Directory cannot be locked". So every Snakemake that
+parses the Snakefile registers itself before it can take the lock (`register_run`: one file per
+process in .snakemake/diffrl_runs/ with host, pid and the process's start time), and before the
+next run takes its lock, `clear_stale_lock` removes the lock files when every run that registered
+before the lock was taken (the only runs that can hold it) ran on this host and no longer exists.
+A lock with no such registration, or with one from another host or still alive, is left alone and
+Snakemake's own message stands (docs/troubleshooting.md: `snakemake --unlock` once no other
+Snakemake runs in this directory).
 
-- the recorded owner ran on this host and its process no longer exists, and
-- no lock file is newer than that record (so the lock is the recorded run's, not one taken since
-  by a run that has not reached its `onstart` yet).
-
-Otherwise it leaves the lock alone and Snakemake's own message stands (docs/troubleshooting.md:
-`snakemake --unlock` once no other Snakemake runs in this directory). Either way, the rerun
-resumes every interrupted training job from its last checkpoint (runs/.resume/; the profile's
+A scheduler killed alone leaves its jobs running; a rerun would start the same jobs beside them.
+`stop_with_scheduler`, started by every stage (diffrl.stage), watches the processes between the
+job and its scheduler (the shell Snakemake or DVC started it with, and the scheduler itself) and
+ends the job, as a SIGKILL of the whole process group would, within a second of any of them
+dying. That is safe because a stage writes its outputs and resume checkpoints atomically: a job
+stopped at any instant leaves its last checkpoint and nothing that looks finished. The rerun
+resumes every interrupted training job from its checkpoint (runs/.resume/; the profile's
 `rerun-incomplete: true` reruns the jobs the killed run left unfinished).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
+
 LOCKS = Path(".snakemake/locks")
-OWNER = Path(".snakemake/diffrl_lock_owner.json")
+RUNS = Path(".snakemake/diffrl_runs")
+SCHEDULERS = ("snakemake", "dvc")  # an ancestor running one of these programs schedules the job
+POLL_S = 0.5
 
 
-def record_owner() -> None:
-    """Called from `onstart`, while this process holds the lock."""
-    OWNER.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OWNER.with_name(f".{OWNER.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}))
-    tmp.replace(OWNER)
-
-
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> float | None:
+    """The start time of process `pid`, or None if there is none (a reused pid has another)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process with that pid
-        return True
-    return True
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:  # another user's process: alive, start time unknown
+        return -1.0
+
+
+def _alive(pid: int, started: float) -> bool:
+    now = _started(pid)
+    return now is not None and (now == -1.0 or abs(now - started) < 0.01)
+
+
+def register_run() -> None:
+    """Called at Snakefile parse time in the main process, before Snakemake takes its lock."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    me = RUNS / f"{socket.gethostname()}-{os.getpid()}.json"
+    tmp = me.with_name(f".{me.name}.tmp")
+    tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()),
+                               "time": time.time()}))
+    tmp.replace(me)
+    atexit.register(me.unlink, missing_ok=True)  # a normal exit, failed or not, needs no record
+
+
+def _registrations() -> list[tuple[Path, dict]]:
+    out = []
+    for f in RUNS.glob("*.json") if RUNS.is_dir() else []:
+        try:
+            r = json.loads(f.read_text())
+            out.append((f, {"host": str(r["host"]), "pid": int(r["pid"]), "started": float(r["started"]),
+                            "time": float(r["time"])}))
+        except (ValueError, KeyError, TypeError, OSError):
+            continue  # half-written or foreign: it names no process
+    return out
 
 
 def clear_stale_lock() -> bool:
     """Remove the lock of a killed run when it is safe (module docstring); True if removed."""
+    host, regs = socket.gethostname(), _registrations()
+    dead = [(f, r) for f, r in regs if r["host"] == host and r["pid"] != os.getpid()
+            and not _alive(r["pid"], r["started"])]
     locks = list(LOCKS.glob("*.lock")) if LOCKS.is_dir() else []
-    if not locks or not OWNER.is_file():
+    if not locks:
+        for f, _ in dead:  # no lock to explain: the dead runs' records serve nothing
+            f.unlink(missing_ok=True)
         return False
-    try:
-        owner = json.loads(OWNER.read_text())
-        host, pid, since = owner["host"], int(owner["pid"]), OWNER.stat().st_mtime
-    except (ValueError, KeyError, TypeError, OSError):
-        return False
-    if host != socket.gethostname() or pid == os.getpid() or _alive(pid):
-        return False
-    if any(lock.stat().st_mtime > since for lock in locks):
-        return False
+    taken = min(lock.stat().st_mtime for lock in locks)
+    before = [r for _, r in regs if r["time"] <= taken + 1.0 and r["pid"] != os.getpid()]  # 1 s: coarse mtimes
+    dead_ids = {(r["host"], r["pid"]) for _, r in dead}
+    if not before or any((r["host"], r["pid"]) not in dead_ids for r in before):
+        return False  # no run can be named as the lock's owner, or one that may own it may be alive
     for lock in locks:
         lock.unlink(missing_ok=True)
-    print(f"note: removed the lock of a killed Snakemake run (pid {pid} on {host}); interrupted jobs rerun "
+    for f, _ in dead:
+        f.unlink(missing_ok=True)
+    pids = ", ".join(str(r["pid"]) for r in before)
+    print(f"note: removed the lock of a killed Snakemake run (pid {pids} on {host}); interrupted jobs rerun "
           f"and resume from their checkpoints", file=sys.stderr, flush=True)
     return True
+
+
+def _scheduler_chain() -> list[tuple[int, float]]:
+    """(pid, start time) of every ancestor of this process up to its scheduler; [] without one."""
+    chain = []
+    try:
+        proc = psutil.Process().parent()
+        while proc is not None and proc.pid > 1:
+            chain.append((proc.pid, proc.create_time()))
+            if any(Path(arg).name in SCHEDULERS for arg in proc.cmdline()[:3]):  # snakemake, python -m dvc, ...
+                return chain
+            proc = proc.parent()
+    except (psutil.Error, OSError):
+        pass
+    return []  # started by hand, by a test, or by a scheduler this module does not know: no watch
+
+
+def stop_with_scheduler() -> None:
+    """End this job within POLL_S of its scheduler (or the shell between) dying (module docstring)."""
+    chain = _scheduler_chain()
+    if not chain:
+        return
+
+    def watch():
+        while True:
+            time.sleep(POLL_S)
+            for pid, started in chain:
+                if not _alive(pid, started):
+                    print(f"note: the process that started this job (pid {pid}) is gone: stopping; the rerun "
+                          f"resumes from the last checkpoint", file=sys.__stderr__, flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stop-with-scheduler", daemon=True).start()

@@ -3,12 +3,14 @@
 A stage is `python stages/NAME.py --env E [--seed S] [--set key=value ...]`. It validates
 params.yaml (plus overrides) before doing any work, sees only the keys it declared in
 diffrl.pipeline (STAGES and budget_keys), tees its output to its log file, and turns known
-failures into one line naming the key or file and the fix (exit code 2).
+failures (bad params or data, NaNs, an output it cannot write) into one line naming the key
+or file and the fix (exit code 2), and stops when its scheduler is killed (diffrl/scheduler.py).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from diffrl.config import ConfigError, StageParams  # noqa: F401 (re-exported fo
 from diffrl.data import DatasetError
 from diffrl.pipeline import budget_keys, stage_keys
 from diffrl.runlog import NumericalError
+from diffrl.scheduler import stop_with_scheduler
+from diffrl.utils import OutputWriteError
 
 
 class _Tee:
@@ -25,8 +29,12 @@ class _Tee:
 
     def write(self, s):
         for st in self.streams:
-            st.write(s)
-            st.flush()
+            try:
+                st.write(s)
+                st.flush()
+            except OSError:  # the log file's disk is full: keep the terminal, lose only the log
+                if st is not self.streams[0]:
+                    self.streams = tuple(x for x in self.streams if x is not st)
         return len(s)
 
     def flush(self):
@@ -57,6 +65,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) -> None:
     """Validate params, open the log, run `main(params, args)`; map known failures to one line."""
+    stop_with_scheduler()  # a job whose scheduler was killed stops too (diffrl/scheduler.py)
     try:
         keys = stage_keys(stage, **wildcards)
         # only the algorithm sections this job reads are validated, so it imports only their modules
@@ -66,16 +75,28 @@ def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) 
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
+    try:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a")
+    except OSError as e:
+        print(f"error: {OutputWriteError(Path(log_path), e.strerror or str(e))}", file=sys.stderr)
+        sys.exit(2)
+    with log:
         sys.stdout = _Tee(sys.__stdout__, log)
         sys.stderr = _Tee(sys.__stderr__, log)
         try:
             from diffrl.utils import set_threads
             set_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
             main(params, args)
-        except (ConfigError, DatasetError, NumericalError, FileNotFoundError) as e:
+        except (ConfigError, DatasetError, NumericalError, FileNotFoundError, OutputWriteError) as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except sqlite3.OperationalError as e:  # dvclive opens DVC's state database before any output
+            if "disk" not in str(e) and "full" not in str(e):
+                raise
+            from dvc.dirs import site_cache_dir
+            print(f"error: {OutputWriteError(Path(site_cache_dir()), f'sqlite: {e}')} (DVC's state database)",
+                  file=sys.stderr)
             sys.exit(2)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

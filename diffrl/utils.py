@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -79,15 +80,49 @@ def _remove_stale_temporaries(path: Path) -> None:
                     p.unlink(missing_ok=True)
 
 
+class OutputWriteError(OSError):
+    """An output could not be written (disk full, quota, file size limit, read-only or denied
+    folder); the message names the output and the fix."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cannot write {path}: {reason}: free space there (or make it writable) and rerun; "
+                         f"nothing that looks finished was left")
+        self.path, self.reason = path, reason
+
+
+# errors that say the disk, not the computation, failed; EACCES/EPERM count when they name the output
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_DENIED = {errno.EACCES, errno.EPERM}
+
+
+def _write_failure(e: BaseException | None, path: Path) -> str | None:
+    """Why `e` means that `path` could not be written, or None when it is another failure. The
+    OSError may sit behind another exception (torch.save raises RuntimeError when its file's
+    write fails)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
+            named = str(e.filename or "").startswith(str(path.parent))
+            if e.errno in _FULL_OR_READ_ONLY or (e.errno in _DENIED and named):
+                return os.strerror(e.errno)
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary sibling path; rename it onto `path` only if the block finishes.
 
     A killed or failed stage leaves no file or directory that looks finished, and a previous
-    good output stays in place until the new one is complete.
+    good output stays in place until the new one is complete. A write that fails for lack of
+    space or permission raises OutputWriteError naming `path` (the stages print it as one line).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputWriteError(path, _write_failure(e, path) or e.strerror or str(e)) from e
     _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     if tmp.is_dir():
@@ -96,11 +131,16 @@ def atomic_path(path: str | Path):
         tmp.unlink()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if isinstance(e, OutputWriteError) and tmp in e.path.parents:  # a file inside: name this output
+            raise OutputWriteError(path, e.reason) from e
+        reason = _write_failure(e, path)
+        if reason:
+            raise OutputWriteError(path, reason) from e
         raise
     if path.is_dir() and not path.is_symlink():
         old = path.with_name(f".{path.name}.old{os.getpid()}")
@@ -125,10 +165,10 @@ def read_json(path: str | Path):
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write a checkpoint atomically and durably: a crash at any point leaves the previous file."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)  # through a Python file, so a failed write raises the OSError behind it
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

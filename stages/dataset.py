@@ -9,7 +9,7 @@ from diffrl.pipeline import dataset_dir, log_file, resume_file  # noqa: E402
 
 
 def main(p, args):
-    from diffrl.data import fetch_minari
+    from diffrl.data import fetch_minari, file_sizes
     from diffrl.generate import generate_dataset
     from diffrl.runlog import RunLog
     from diffrl.utils import atomic_path, pick_device, seed_everything, write_json
@@ -38,6 +38,7 @@ def main(p, args):
                 print(f"warning: the SAC agent reached score {info['agent_score']:.1f} < target "
                       f"{ds.medium_target_score} within {b.sac_steps} steps; the dataset is labelled with "
                       f"the score it has", file=sys.stderr)
+        info["files"] = file_sizes(tmp)  # lets every later run detect a truncated copy (data.dataset_damage)
         write_json(tmp / "info.json", info)
     resume.unlink(missing_ok=True)
     print(f"wrote {out}: {info}")

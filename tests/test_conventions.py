@@ -1,5 +1,5 @@
-"""The Snakemake workflow conventions (docs/conventions.md): `snakemake --lint` finds nothing, and
-the rules' software environment pins what pyproject.toml pins."""
+"""The Snakemake workflow conventions (docs/conventions.md): `snakemake --lint` finds nothing, the
+default profile applies, and the rules' software environment pins what pyproject.toml pins."""
 import subprocess
 import tomllib
 
@@ -8,9 +8,11 @@ import yaml
 from conftest import ROOT
 
 
-def test_snakemake_lint_is_clean():
+def test_snakemake_lint_is_clean_and_the_default_profile_applies():
     out = subprocess.run(["snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "Lints for" not in out.stdout + out.stderr, out.stdout + out.stderr
+    # Snakemake applies workflow/profiles/default only to a Snakefile in workflow/ (rerun-incomplete, ...)
+    assert "Using workflow specific profile workflow/profiles/default" in out.stdout + out.stderr
 
 
 def test_every_rule_runs_in_the_environment_pinned_like_pyproject():

@@ -169,6 +169,11 @@ def _make_outputs(root: Path, params: dict, mtime: float | None = None) -> None:
                 p.mkdir(parents=True, exist_ok=True)
                 (p / "stand_in").write_text(out)
                 paths.append(p / "stand_in")
+                if stage == "dataset":  # what a whole dataset has (diffrl.data.dataset_damage)
+                    (p / "data").mkdir()
+                    (p / "data/main_data.hdf5").write_text(out)
+                    (p / "info.json").write_text("{}")
+                    paths += [p / "data/main_data.hdf5", p / "data", p / "info.json"]
             paths.append(p)
     t = time.time() + 10 if mtime is None else mtime
     for p in paths:

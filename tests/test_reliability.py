@@ -2,6 +2,7 @@
 that looks finished, reruns are deterministic, NaNs stop a run without replacing the last good
 checkpoint, and bad input fails in one line (naming the key or file and the fix) without
 deleting anything computed earlier."""
+import errno
 import json
 import os
 import shutil
@@ -294,6 +295,107 @@ def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
     assert _snapshot(project / "runs") == before
 
 
+# --------------------------------------------------------------------------- outputs that cannot be written
+def _file_size_limit(limit: int):
+    """A process whose files cannot grow past `limit` bytes: its writes fail as on a full disk."""
+    import resource
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of the default kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_files
+
+
+@pytest.mark.parametrize("where", ["the run folder", "DVC's state"])
+def test_a_stage_that_cannot_write_its_output_fails_in_one_line_and_leaves_nothing_finished(project, where):
+    """Disk full (here a 100 kB file size limit, which needs no privileges; a full disk, a quota or a
+    read-only folder fail the same way): one line naming what could not be written, exit 2, no
+    output folder, no temporary, and an earlier good output of another run untouched. In a DVC
+    project the first large write is dvclive's DVC state database (under DVC's site cache); outside
+    one it is the run's checkpoint."""
+    if where == "the run folder":  # no git, no DVC: dvclive opens no DVC state
+        shutil.rmtree(project / ".git")
+        shutil.rmtree(project / ".dvc")
+    ds = project / "data/halfcheetah/dataset"
+    write_minari(ds, "local/halfcheetah/test-v0", _episodes(17, 6), "halfcheetah", "random", "test")
+    earlier = project / "runs/halfcheetah/bc/seed0"
+    earlier.mkdir(parents=True)
+    (earlier / "model.pt").write_bytes(b"earlier result")
+    cmd = [sys.executable, "stages/train.py", "offline_train", "--algo", "iql", "--env", "halfcheetah", "--seed", "0",
+           "--set", "budget=smoke", "--set", "iql={hidden: 64, policy_hidden: 64}"]
+    out = subprocess.run(cmd, cwd=project, env=ENV1, capture_output=True, text=True, timeout=300,
+                         preexec_fn=_file_size_limit(100_000))
+    lines = error_lines(out)
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    named = "error: cannot write runs/" if where == "the run folder" else "error: cannot write /"
+    assert lines[0].startswith(named) and "free space there" in lines[0], lines[0]
+    assert ("File too large" if where == "the run folder" else "(DVC's state database)") in lines[0], lines[0]
+    assert not (project / "runs/halfcheetah/iql/seed0").exists()
+    assert not [p for p in (project / "runs").rglob(".*tmp*")], "a temporary was left"
+    assert (earlier / "model.pt").read_bytes() == b"earlier result"
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES])
+def test_a_failed_write_names_the_output_and_keeps_the_previous_one(tmp_path, err):
+    """diffrl.utils.atomic_path: a write failing for lack of space or permission inside the block
+    becomes OutputWriteError naming the output (a folder's, not its temporary's), the temporary is
+    removed and the previous output stays."""
+    from diffrl.utils import OutputWriteError, atomic_path, save_checkpoint
+    out = tmp_path / "runs/iql/seed0"
+    out.mkdir(parents=True)
+    (out / "model.pt").write_text("previous")
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **k):
+        raise OSError(err, os.strerror(err), f.name)
+    with pytest.raises(OutputWriteError) as e:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            torch.save = failing_save
+            try:
+                save_checkpoint(tmp / "model.pt", {"x": 1})
+            finally:
+                torch.save = real_save
+    assert str(e.value).startswith(f"cannot write {out}: {os.strerror(err)}") and "\n" not in str(e.value)
+    assert (out / "model.pt").read_text() == "previous"
+    assert [p.name for p in out.parent.iterdir()] == ["seed0"]
+    with pytest.raises(OSError) as e:  # another OSError (not about writing the output) passes unchanged
+        with atomic_path(out) as tmp:
+            raise OSError(errno.ECONNRESET, "reset")
+    assert type(e.value) is ConnectionResetError
+
+
+# --------------------------------------------------------------------------- a damaged dataset
+@pytest.mark.parametrize("damage", ["truncated", "info.json missing", "file missing"])
+def test_a_damaged_dataset_is_set_aside_and_rebuilt_with_one_warning(project, damage):
+    """A half-written or damaged dataset (truncated file, no info.json, a file missing) is found
+    before the next Snakemake run: one warning names the file, the folder is moved aside (nothing
+    deleted) and the run rebuilds it; an intact dataset is left alone."""
+    smk = ["snakemake", "--cores", "1", "--config", *CONFIG, "--"]
+    run([*smk, "data/halfcheetah/dataset"], project)
+    ds = project / "data/halfcheetah/dataset"
+    h5 = ds / "data/main_data.hdf5"
+    good = h5.read_bytes()
+    assert json.loads((ds / "info.json").read_text())["files"]["data/main_data.hdf5"] == len(good)
+    dry = run(["snakemake", "-n", "--config", *CONFIG, "--", "data/halfcheetah/dataset"], project)
+    assert "warning" not in dry.stderr and "Nothing to be done" in dry.stdout + dry.stderr
+    if damage == "truncated":
+        h5.write_bytes(good[: len(good) // 2])
+    elif damage == "info.json missing":
+        (ds / "info.json").unlink()
+    else:
+        (ds / "data/metadata.json").unlink()
+    out = run([*smk, "data/halfcheetah/dataset"], project)
+    warnings = [l for l in error_lines(out) if l.startswith("warning")]
+    assert len(warnings) == 1 and "warning: dataset data/halfcheetah/dataset is damaged" in warnings[0], warnings
+    named = {"truncated": "main_data.hdf5 has", "info.json missing": "info.json is missing",
+             "file missing": "metadata.json is missing"}[damage]
+    assert named in warnings[0]
+    aside = list((project / "data/halfcheetah").glob("dataset.damaged-*"))
+    assert len(aside) == 1 and aside[0].name in warnings[0]
+    assert h5.read_bytes() == good  # rebuilt, the same bytes (seeded)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["iql.temperature=-1"], "iql.temperature=-1.0 is out of range: it must be > 0"),
     (["sac.init_temperature=0"], "sac.init_temperature=0.0 is out of range: it must be > 0"),
@@ -333,25 +435,69 @@ def _dead_pid() -> int:
     return p.pid
 
 
-@pytest.mark.parametrize("case", ["owner gone", "owner alive", "lock taken since", "other host", "no record"])
+CASES = ["owner gone", "owner alive", "one of two alive", "registered after the lock", "other host", "no registration"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_only_a_lock_whose_owner_is_gone_is_removed(tmp_path, monkeypatch, case):
-    """diffrl.scheduler.clear_stale_lock removes Snakemake's lock only when the run recorded as its
-    owner ran on this host, no longer exists, and recorded itself after the lock was taken."""
+    """diffrl.scheduler.clear_stale_lock removes Snakemake's lock only when every run registered
+    before the lock was taken (each registers before it can lock) ran on this host and is gone."""
     import socket
 
     from diffrl import scheduler
     monkeypatch.chdir(tmp_path)
-    locks = tmp_path / ".snakemake/locks"
+    locks, runs = tmp_path / scheduler.LOCKS, tmp_path / scheduler.RUNS
     locks.mkdir(parents=True)
+    runs.mkdir(parents=True)
+    taken = time.time() - 60
     for name in ("0.input.lock", "0.output.lock"):
         (locks / name).write_text("x")
-        os.utime(locks / name, (time.time() - 60, time.time() - 60))
-    pid = os.getppid() if case == "owner alive" else _dead_pid()
-    host = "elsewhere" if case == "other host" else socket.gethostname()
-    if case != "no record":
-        (tmp_path / scheduler.OWNER).write_text(json.dumps({"host": host, "pid": pid, "time": time.time()}))
-    if case == "lock taken since":
-        os.utime(locks / "0.input.lock", (time.time() + 60, time.time() + 60))
+        os.utime(locks / name, (taken, taken))
+
+    def register(pid, host=socket.gethostname(), at=taken - 5):
+        started = psutil.Process(pid).create_time() if psutil.pid_exists(pid) else 0.0
+        (runs / f"{host}-{pid}.json").write_text(json.dumps({"host": host, "pid": pid, "started": started,
+                                                             "time": at}))
+    if case in ("owner gone", "one of two alive"):
+        register(_dead_pid())
+    if case in ("owner alive", "one of two alive"):
+        register(os.getppid())
+    if case == "registered after the lock":
+        register(_dead_pid(), at=taken + 30)
+    if case == "other host":
+        register(_dead_pid(), host="elsewhere")
     removed = scheduler.clear_stale_lock()
     assert removed == (case == "owner gone")
     assert bool(list(locks.glob("*.lock"))) == (case != "owner gone")
+    if case == "owner gone":  # the dead run's registration goes with its lock
+        assert not list(runs.glob("*.json"))
+
+
+def test_a_job_stops_when_its_scheduler_is_killed(tmp_path):
+    """diffrl.scheduler.stop_with_scheduler: a job whose scheduler (here a program named snakemake)
+    is SIGKILLed ends within a second, as a kill of the whole group would end it; a
+    job started by hand (no scheduler above it) is not watched."""
+    job = ("from diffrl.scheduler import stop_with_scheduler, _scheduler_chain; import time; "
+           "print(len(_scheduler_chain()), flush=True); stop_with_scheduler(); time.sleep(30)")
+    scheduler = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
+                 "print(p.pid, flush=True); p.wait()")
+    (tmp_path / "snakemake").write_text(scheduler.replace("sys.argv[1]", "sys.argv[2]"))
+    sched = subprocess.Popen([sys.executable, str(tmp_path / "snakemake"), "--cores", job], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        child = psutil.Process(int(sched.stdout.readline()))
+        assert sched.stdout.readline().strip() == "1"  # the chain up to the scheduler: the scheduler itself
+        time.sleep(0.5)
+        assert child.is_running()
+        sched.kill()
+        sched.wait()
+        t = time.time()
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.time() - t < 5:
+            time.sleep(0.05)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the job outlived its scheduler"
+        assert time.time() - t < 2
+    finally:
+        sched.kill()
+    alone = subprocess.run([sys.executable, "-c", job.replace("time.sleep(30)", "pass")], capture_output=True,
+                           text=True, timeout=60)
+    assert alone.stdout.strip() == "0", alone.stdout + alone.stderr
