@@ -15,7 +15,8 @@ A scheduler killed alone leaves its jobs running; a rerun would start the same j
 `stop_with_scheduler`, started by every stage (diffrl.stage), watches the processes between the
 job and its scheduler (the shell Snakemake or DVC started it with, and the scheduler itself) and
 ends the job, as a SIGKILL of the whole process group would, within a second of any of them
-dying. That is safe because a stage writes its outputs and resume checkpoints atomically: a job
+dying, or at once when the scheduler that started it (named in its environment: Snakemake's pid,
+or DVC's DVC_STAGE) is no longer among its ancestors when it starts. That is safe because a stage writes its outputs and resume checkpoints atomically: a job
 stopped at any instant leaves its last checkpoint and nothing that looks finished. The rerun
 resumes every interrupted training job from its checkpoint (runs/.resume/; the profile's
 `rerun-incomplete: true` reruns the jobs the killed run left unfinished).
@@ -38,6 +39,7 @@ LOCKS = Path(".snakemake/locks")
 RUNS = Path(".snakemake/diffrl_runs")
 SCHEDULERS = ("snakemake", "dvc")  # an ancestor running one of these programs schedules the job
 POLL_S = 0.5
+SCHEDULER_ENV = "DIFFRL_SCHEDULER"
 
 
 def _started(pid: int) -> float | None:
@@ -64,6 +66,9 @@ def register_run() -> None:
                                "time": time.time()}))
     tmp.replace(me)
     atexit.register(me.unlink, missing_ok=True)  # a normal exit, failed or not, needs no record
+    # the jobs inherit who started them, so a job whose scheduler died before the job could look
+    # for it stops at once (stop_with_scheduler); a job on another host ignores it
+    os.environ[SCHEDULER_ENV] = f"{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}"
 
 
 def _registrations() -> list[tuple[Path, dict]]:
@@ -103,24 +108,42 @@ def clear_stale_lock() -> bool:
     return True
 
 
-def _scheduler_chain() -> list[tuple[int, float]]:
-    """(pid, start time) of every ancestor of this process up to its scheduler; [] without one."""
+def _scheduler_chain() -> tuple[list[tuple[int, float]], str | None]:
+    """(pid, start time) of every ancestor of this process up to its scheduler, and the scheduler
+    this job was started by but that is no longer among its ancestors (it died before the job got
+    here: stop at once), or None. ([], None): started by hand, by a test or by a scheduler this
+    module does not know, so nothing to watch."""
+    mine = os.environ.get(SCHEDULER_ENV, "").split(":")  # host:pid:start of the Snakemake that started us
+    env_pid = int(mine[1]) if len(mine) == 3 and mine[0] == socket.gethostname() else None
     chain = []
     try:
         proc = psutil.Process().parent()
         while proc is not None and proc.pid > 1:
             chain.append((proc.pid, proc.create_time()))
-            if any(Path(arg).name in SCHEDULERS for arg in proc.cmdline()[:3]):  # snakemake, python -m dvc, ...
-                return chain
+            if proc.pid == env_pid or any(Path(arg).name in SCHEDULERS for arg in proc.cmdline()[:3]):
+                return chain, None
             proc = proc.parent()
     except (psutil.Error, OSError):
-        pass
-    return []  # started by hand, by a test, or by a scheduler this module does not know: no watch
+        return [], None
+    if env_pid is not None:
+        return [], f"Snakemake (pid {env_pid})"
+    if os.environ.get("DVC_STAGE"):  # DVC sets it for every stage command it runs
+        return [], f"DVC (stage {os.environ['DVC_STAGE']})"
+    return [], None
+
+
+def _stop(who: str) -> None:
+    print(f"note: {who}, which started this job, is gone: stopping; the rerun resumes from the last checkpoint",
+          file=sys.__stderr__, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def stop_with_scheduler() -> None:
-    """End this job within POLL_S of its scheduler (or the shell between) dying (module docstring)."""
-    chain = _scheduler_chain()
+    """End this job within POLL_S of its scheduler (or the shell between) dying (module docstring);
+    at once when the scheduler died while the job was starting."""
+    chain, gone = _scheduler_chain()
+    if gone:
+        _stop(gone)
     if not chain:
         return
 
@@ -129,8 +152,6 @@ def stop_with_scheduler() -> None:
             time.sleep(POLL_S)
             for pid, started in chain:
                 if not _alive(pid, started):
-                    print(f"note: the process that started this job (pid {pid}) is gone: stopping; the rerun "
-                          f"resumes from the last checkpoint", file=sys.__stderr__, flush=True)
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    _stop(f"the process pid {pid}")
 
     threading.Thread(target=watch, name="stop-with-scheduler", daemon=True).start()

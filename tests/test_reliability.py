@@ -473,31 +473,47 @@ def test_only_a_lock_whose_owner_is_gone_is_removed(tmp_path, monkeypatch, case)
         assert not list(runs.glob("*.json"))
 
 
-def test_a_job_stops_when_its_scheduler_is_killed(tmp_path):
-    """diffrl.scheduler.stop_with_scheduler: a job whose scheduler (here a program named snakemake)
-    is SIGKILLed ends within a second, as a kill of the whole group would end it; a
-    job started by hand (no scheduler above it) is not watched."""
-    job = ("from diffrl.scheduler import stop_with_scheduler, _scheduler_chain; import time; "
-           "print(len(_scheduler_chain()), flush=True); stop_with_scheduler(); time.sleep(30)")
-    scheduler = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
-                 "print(p.pid, flush=True); p.wait()")
-    (tmp_path / "snakemake").write_text(scheduler.replace("sys.argv[1]", "sys.argv[2]"))
+def _ended(proc: psutil.Process, within: float) -> bool:
+    t = time.time()
+    while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and time.time() - t < within:
+        time.sleep(0.05)
+    return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("when", ["while the job runs", "before the job looks"])
+def test_a_job_stops_when_its_scheduler_is_killed(tmp_path, when):
+    """diffrl.scheduler.stop_with_scheduler: a job whose scheduler (here a program named snakemake,
+    which registers itself as Snakemake does) is SIGKILLed ends within a second, as a kill of the
+    whole group would end it; also when the scheduler died while the job was still starting."""
+    delay = 1.5 if when == "before the job looks" else 0
+    job = (f"import time; time.sleep({delay}); from diffrl.scheduler import stop_with_scheduler, _scheduler_chain; "
+           "print(len(_scheduler_chain()[0]), flush=True); stop_with_scheduler(); time.sleep(30)")
+    scheduler = ("import os, subprocess, sys; from diffrl.scheduler import SCHEDULER_ENV, _started; import socket; "
+                 "os.environ[SCHEDULER_ENV] = f'{socket.gethostname()}:{os.getpid()}:{_started(os.getpid())}'; "
+                 "p = subprocess.Popen([sys.executable, '-c', sys.argv[2]]); print(p.pid, flush=True); p.wait()")
+    (tmp_path / "snakemake").write_text(scheduler)
     sched = subprocess.Popen([sys.executable, str(tmp_path / "snakemake"), "--cores", job], stdout=subprocess.PIPE,
-                             text=True)
+                             stderr=subprocess.PIPE, text=True)
     try:
         child = psutil.Process(int(sched.stdout.readline()))
-        assert sched.stdout.readline().strip() == "1"  # the chain up to the scheduler: the scheduler itself
-        time.sleep(0.5)
-        assert child.is_running()
+        if when == "while the job runs":
+            assert sched.stdout.readline().strip() == "1"  # the chain up to the scheduler: the scheduler itself
+            time.sleep(0.5)
+            assert child.is_running()
         sched.kill()
         sched.wait()
-        t = time.time()
-        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE and time.time() - t < 5:
-            time.sleep(0.05)
-        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, "the job outlived its scheduler"
-        assert time.time() - t < 2
+        assert _ended(child, 1.5 + delay), "the job outlived its scheduler"
     finally:
         sched.kill()
-    alone = subprocess.run([sys.executable, "-c", job.replace("time.sleep(30)", "pass")], capture_output=True,
-                           text=True, timeout=60)
-    assert alone.stdout.strip() == "0", alone.stdout + alone.stderr
+
+
+def test_a_job_without_a_scheduler_is_not_watched_and_one_whose_dvc_is_gone_stops():
+    job = "from diffrl.scheduler import stop_with_scheduler, _scheduler_chain; print(_scheduler_chain()); " \
+          "stop_with_scheduler(); print('ran on', flush=True)"
+    alone = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, timeout=60)
+    assert alone.stdout.split("\n")[:2] == ["([], None)", "ran on"], alone.stdout + alone.stderr
+    env = {k: v for k, v in os.environ.items() if k != "DIFFRL_SCHEDULER"}
+    orphan = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, timeout=60,
+                            env={**env, "DVC_STAGE": "offline_train_iql@halfcheetah-0"})
+    assert orphan.returncode == -signal.SIGKILL and "ran on" not in orphan.stdout, orphan.stdout + orphan.stderr
+    assert "DVC (stage offline_train_iql@halfcheetah-0), which started this job, is gone" in orphan.stderr
