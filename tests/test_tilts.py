@@ -33,12 +33,7 @@ from test_pipeline_graph import _make_outputs, job_stats, snakemake_dry_run
 GOLDEN = Path(__file__).resolve().parent / "data" / "online_tilt_samples.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the recorded samples were computed on one thread
 
 
 # --------------------------------------------------------------------------- the online rows' numbers
