@@ -51,7 +51,8 @@ class TiltRowConfig(TiltConfig):
 
 
 def schedule_of(abar: torch.Tensor, device) -> DiffusionSchedule:
-    """The discrete schedule whose cumulative products are `abar` (level 0 the cleanest, float64)."""
+    """The discrete schedule on `device` whose cumulative products are `abar` (level 0 the cleanest)."""
+    abar = abar.detach().double().cpu()  # DiffusionSchedule derives its coefficients on the CPU
     return DiffusionSchedule(1 - abar / torch.cat([abar.new_ones(1), abar[:-1]]), device)
 
 
