@@ -291,6 +291,11 @@ def validate(raw: dict, sections=None) -> dict:
         if "tfg_lambda" in (raw.get(row) or {}):
             raise ConfigError(f"{row}.tfg_lambda: the guided variants ({', '.join(GUIDED)}) take their guidance "
                               f"strength from the top-level key: set tfg_lambda: {raw[row]['tfg_lambda']} instead")
+    from diffrl.algos import TILT_BASES
+    for row in out["algorithms"]:
+        if row in TILT_BASES and TILT_BASES[row] not in out["algorithms"]:
+            raise ConfigError(f"algorithms: {row} is scored against its base row {TILT_BASES[row]} (probability of "
+                              f"improvement), which is not in algorithms {out['algorithms']}: add it")
     if out["stats"].baseline not in out["algorithms"]:
         raise ConfigError(f"stats.baseline='{out['stats'].baseline}' is not in algorithms "
                           f"{out['algorithms']}: pick one of them")

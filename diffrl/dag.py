@@ -157,9 +157,10 @@ def algorithm_files(section: str) -> list[Path]:
 
 def row_sections(stage: str, offline_init: str = "", **wildcards) -> list[str]:
     """The params sections whose algorithm modules a dispatching job runs: the section it trains or
-    loads, the pretrained parts that one starts from, and for an offline-to-online row the offline
-    run it starts from (`offline_init`, its section's value)."""
-    from diffrl.algos import PRETRAINED, section_of
+    loads, the pretrained parts that one starts from, for an offline-to-online row the offline run it
+    starts from (`offline_init`, its section's value), and for a tilted row's evaluation the runs it
+    loads (its base row's and its critic row's)."""
+    from diffrl.algos import PRETRAINED, evaluated_runs, section_of
     row = wildcards[DISPATCH[stage]]
     if stage == "online_train":
         sections = [section_of(row)]
@@ -167,7 +168,8 @@ def row_sections(stage: str, offline_init: str = "", **wildcards) -> list[str]:
             sections += [offline_init, *PRETRAINED.get(offline_init, ())]
         return sections
     # the trained or evaluated run is saved under the row's name (the online `sac` row as a `sac` agent)
-    return [row, *PRETRAINED.get(row, ())]
+    runs = evaluated_runs(row) if stage == "evaluate" else (row,)
+    return list(dict.fromkeys([row, *(s for r in runs for s in (r, *PRETRAINED.get(r, ())))]))
 
 
 def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
@@ -208,7 +210,8 @@ def data_deps(stage: str, params: dict, folders: bool = False, offline_init: str
         init = offline_init_of(params, w["algo"]) if offline_init is None else offline_init
         return [run_dir(w["env"], init, w["seed"])] if init else []
     if stage == "evaluate":
-        return [run_dir(w["env"], w["algo"], w["seed"])]
+        from diffrl.algos import evaluated_runs
+        return [run_dir(w["env"], r, w["seed"]) for r in evaluated_runs(w["algo"])]
     if stage == "summary":
         if folders:
             return [str(Path(eval_file(w["env"], a, 0)).parent) for a in params["algorithms"]]
@@ -242,14 +245,16 @@ def outputs(stage: str, **w) -> list[str]:
 
 def stage_rows(params: dict) -> list[tuple[str, dict]]:
     """(stage, row wildcards) of every job family the default target builds, in pipeline order:
-    the rows `algorithms` selects with the pretraining and offline runs they start from, their
-    evaluations and tables, the toy sets and the bandit study (every offline row), as the
-    Snakefile's `all` does. The matrix axes (AXES) multiply each family into jobs."""
-    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, PRETRAINED
+    the rows `algorithms` selects with the pretraining and offline runs they start from (a tilted
+    row: the runs it evaluates), their evaluations and tables, the toy sets and the bandit study
+    (every offline row), as the Snakefile's `all` does. The matrix axes (AXES) multiply each family
+    into jobs."""
+    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, PRETRAINED, evaluated_runs
     selected = list(params["algorithms"])
     trained = set()
     for row in selected:
-        trained |= {row, *PRETRAINED.get(row, ())}
+        for run in evaluated_runs(row):
+            trained |= {run, *PRETRAINED.get(run, ())}
         init = offline_init_of(params, row) if row in ONLINE else ""
         if init:
             trained |= {init, *PRETRAINED.get(init, ())}

@@ -16,7 +16,8 @@ RUN_KEYS = ["device", "deterministic"]
 # stage -> params.yaml keys it reads (a section name means the whole section). A `{wildcard}`
 # stands for the section the job trains: critic_pretrain with critic=dtql_critic reads dtql_critic;
 # `{algo}` is the row's section (diffrl.algos.section_of: the online `sac` row reads sac_online);
-# `{guidance}` is the top-level tfg_lambda for the guided online variants and nothing for the others.
+# `{guidance}` is the top-level tfg_lambda for the guided online variants and nothing for the others;
+# `{tilt}` is a tilted row's own section (its tilt settings) and nothing for the other rows.
 # `budget` (the preset's name) is read only by the stages that record it in their run's train.json;
 # the preset's values are declared by budget_keys, key by key.
 STAGES: dict[str, list[str]] = {
@@ -26,7 +27,7 @@ STAGES: dict[str, list[str]] = {
     "behavior_pretrain": RUN_KEYS + ["budget", "{behavior}"],
     "offline_train": RUN_KEYS + ["budget", "{algo}"],
     "online_train": RUN_KEYS + ["budget", "{algo}", "{guidance}"],
-    "evaluate": RUN_KEYS,
+    "evaluate": RUN_KEYS + ["{tilt}"],
     "summary": ["seeds", "algorithms", "stats"],
     "bandit_train": RUN_KEYS + ["seeds", "{algo_pretrained}", "{algo}"],
     "bandit_plot": ["seeds"],
@@ -37,13 +38,15 @@ TRAIN_STAGES = {"critic_pretrain": "critic", "behavior_pretrain": "behavior", "o
 
 def stage_keys(stage: str, **wildcards) -> list[str]:
     """The keys of one job; `{algo_pretrained}` is the critic and behaviour sections of DTQL/EDA."""
-    from diffrl.algos import GUIDED, PRETRAINED, section_of
+    from diffrl.algos import GUIDED, PRETRAINED, TILTED, section_of
     keys = []
     for k in STAGES[stage]:
         if k == "{algo_pretrained}":
             keys += list(PRETRAINED.get(wildcards.get("algo"), ()))
         elif k == "{guidance}":
             keys += ["tfg_lambda"] if wildcards.get("algo") in GUIDED else []
+        elif k == "{tilt}":
+            keys += [wildcards["algo"]] if wildcards.get("algo") in TILTED else []
         elif k == "{algo}" and stage == "online_train":
             keys.append(section_of(wildcards["algo"]))
         else:

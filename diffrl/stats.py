@@ -1,5 +1,6 @@
-"""Multi-seed statistics: the summary table (mean, SE, std, IQM with a stratified-bootstrap CI),
-probability of improvement against a baseline, learning curves and interval plots."""
+"""Multi-seed statistics: the summary table (mean, SE, std, IQM with a stratified-bootstrap CI; a
+tilted row next to its base row with its probability of improvement over it), probability of
+improvement against a baseline, learning curves and interval plots."""
 from __future__ import annotations
 
 import textwrap
@@ -12,7 +13,8 @@ import pandas as pd
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
 COLUMNS = ["algorithm", "n_seeds", "score_mean", "score_se", "score_std", "score_iqm", "iqm_ci_low",
-           "iqm_ci_high", "best_mean", "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s", "note"]
+           "iqm_ci_high", "best_mean", "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s", "note",
+           "base_row", "poi_vs_base", "poi_vs_base_low", "poi_vs_base_high"]
 BELOW_REGIME = "below its learning regime at this budget (docs/budgets.md)"
 
 
@@ -61,10 +63,26 @@ def probability_of_improvement(scores: dict[str, np.ndarray], baseline: str, rep
     return out
 
 
+def table_order(algorithms: list[str], bases: dict[str, str]) -> list[str]:
+    """`algorithms` in their order, each tilted row (a key of `bases`) moved next to its base row,
+    after the base's other tilted rows."""
+    order = [a for a in algorithms if a not in bases]
+    for a in algorithms:
+        if a in bases:
+            at = order.index(bases[a]) + 1
+            while at < len(order) and bases.get(order[at]) == bases[a]:
+                at += 1
+            order.insert(at, a)
+    return order
+
+
 def summarize(results: list[dict], algorithms: list[str], reps: int, confidence: float,
-              below_regime=()) -> pd.DataFrame:
-    """One row per algorithm from the evaluation records of its seeds; rows in `below_regime` carry
-    the BELOW_REGIME note (their score says what the budget allowed, not what the algorithm does)."""
+              below_regime=(), bases: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per algorithm from the evaluation records of its seeds; rows in `below_regime`, and the
+    tilted rows of a base row in it, carry the BELOW_REGIME note (their score says what the budget
+    allowed, not what the algorithm does). `bases`: tilted row -> its base row, whose probability
+    of improvement over the base (with its CI) fills base_row and poi_vs_base*."""
+    bases = bases or {}
     by = {a: [r for r in results if r["algorithm"] == a] for a in algorithms}
     scores = {a: np.array([r["final_score"] for r in rs]) for a, rs in by.items()}
     intervals = iqm_interval(scores, reps, confidence)
@@ -72,6 +90,8 @@ def summarize(results: list[dict], algorithms: list[str], reps: int, confidence:
     for a, rs in by.items():
         s = scores[a]
         n = len(s)
+        poi = (probability_of_improvement({a: s, bases[a]: scores[bases[a]]}, bases[a], reps, confidence)[a]
+               if a in bases else (float("nan"),) * 3)
         rows.append({
             "algorithm": a, "n_seeds": n, "score_mean": s.mean(),
             "score_se": s.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
@@ -85,7 +105,8 @@ def summarize(results: list[dict], algorithms: list[str], reps: int, confidence:
             "env_steps": int(np.mean([r["env_steps"] for r in rs])),
             "grad_steps": int(np.mean([r["grad_steps"] for r in rs])),
             "wall_s": float(np.mean([r["wall_s"] for r in rs])),
-            "note": BELOW_REGIME if a in below_regime else "",
+            "note": BELOW_REGIME if a in below_regime or bases.get(a) in below_regime else "",
+            "base_row": bases.get(a, ""), "poi_vs_base": poi[0], "poi_vs_base_low": poi[1], "poi_vs_base_high": poi[2],
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -189,7 +210,9 @@ def markdown(table: pd.DataFrame, poi: dict, baseline: str, header: str) -> str:
     lines += ["", "score_* are final scores (D4RL-normalised, fresh evaluation episodes); best_mean is the "
               "best-during-training score (selected on evaluation episodes, optimistic by construction); "
               "selected_mean is the score of the checkpoint chosen by offline model selection (Diffusion-QL "
-              "rows: lowest BC loss, no return looked at; nan for other rows).", "",
+              "rows: lowest BC loss, no return looked at; nan for other rows). A tilted row evaluates the trained "
+              "policy of its base_row under an inference-time tilt, on the same episodes; poi_vs_base is the "
+              "probability that it scores above base_row (low, high: 95% CI).", "",
               f"Probability of improvement over `{baseline}` (95% CI):", "", "| algorithm | P(X > baseline) | CI |",
               "|---|---|---|"]
     lines += [f"| {k} | {v[0]:.2f} | [{v[1]:.2f}, {v[2]:.2f}] |" for k, v in poi.items()]

@@ -8,7 +8,9 @@ are normalised with the reference scores the run recorded in its train.json (an 
 dataset's; diffrl.envs.reference_scores), the built-in D4RL table where it recorded none.
 Online rows act through their agent's `act`: for SDAC/DPMD the reference protocol (EMA policy
 without tilt, argmax of min(Q1, Q2) over num_particles, no noise; eval_tilt: true evaluates
-under the tilt), for the SAC row tanh of the Gaussian mean."""
+under the tilt), for the SAC row tanh of the Gaussian mean. A tilted row (diffrl.algos.tilted)
+evaluates its base row's run of the same seed under its section's tilt, on the base row's episodes;
+its curve is that final point alone (the base run's curve is untilted)."""
 import sys
 from pathlib import Path
 
@@ -20,15 +22,21 @@ from diffrl.pipeline import eval_file, log_file, run_dir  # noqa: E402
 
 def main(p, args):
     import numpy as np
+    from diffrl.algos import TILT_BASES
     from diffrl.envs import evaluate, final_seed, normalized_score, reference_scores
     from diffrl.offline import load_agent
     from diffrl.train import policy_fn
     from diffrl.utils import pick_device, read_json, seed_everything, write_json
 
     seed_everything(args.seed, p["deterministic"])
-    rdir = run_dir(args.env, args.algo, args.seed)
-    train = read_json(Path(rdir) / "train.json")
-    agent, _ = load_agent(rdir, pick_device(p["device"]))
+    tilted = args.algo in TILT_BASES
+    if tilted:
+        from diffrl.algos.tilted import load_tilted
+        agent, train = load_tilted(args.algo, p[args.algo], args.env, args.seed, pick_device(p["device"]))
+    else:
+        rdir = run_dir(args.env, args.algo, args.seed)
+        train = read_json(Path(rdir) / "train.json")
+        agent, _ = load_agent(rdir, pick_device(p["device"]))
     ep_seed = final_seed(args.seed)
     cap = p.budget.max_episode_steps
     returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed, cap)
@@ -38,7 +46,8 @@ def main(p, args):
     # rows and environment steps for online ones
     online = bool(train.get("online", False))
     last = int(train.get("env_steps" if online else "grad_steps", 0))
-    curve = train.get("curve", []) + [{"step": last, "return": float(returns.mean()), "score": float(scores.mean())}]
+    final = {"step": last, "return": float(returns.mean()), "score": float(scores.mean())}
+    curve = [final] if tilted else train.get("curve", []) + [final]
     result = {
         "algorithm": args.algo, "env": args.env, "seed": args.seed,
         "final_score": float(scores.mean()), "final_return": float(returns.mean()),
@@ -50,8 +59,10 @@ def main(p, args):
         "run_info": train.get("run_info", {}), "online": online, "step_unit": "env" if online else "grad",
         "max_episode_steps": int(cap), "reference_scores": reference,
     }
+    if tilted:
+        result["base"] = TILT_BASES[args.algo]
     selection = train.get("selection")
-    if selection and "final_bc_loss" in train and all("bc_loss" in c for c in curve[:-1]):
+    if selection and not tilted and "final_bc_loss" in train and all("bc_loss" in c for c in curve[:-1]):
         # offline model selection (no evaluation return is looked at): the chosen checkpoint's score
         # is the evaluation made at that checkpoint (curve_episodes episodes; the final one: eval_episodes)
         from diffrl.algos.dql import select_checkpoint
@@ -68,4 +79,4 @@ if __name__ == "__main__":
     a.add_argument("--algo", required=True)
     a.add_argument("--seed", type=int, required=True)
     args = a.parse_args()
-    stage.run("evaluate", args, log_file("evaluate", args.env, args.algo, f"seed{args.seed}"), main)
+    stage.run("evaluate", args, log_file("evaluate", args.env, args.algo, f"seed{args.seed}"), main, algo=args.algo)

@@ -4,7 +4,8 @@ Writes results/{env}_summary.csv and .md, results/{env}_metrics.json (each row's
 interval and mean, for `dvc exp show`), results/{env}_curves.csv (every evaluation point of every
 run), results/{env}_plots/ROW.csv (each row's curve, mean over seeds, for `dvc plots show`), PNG
 learning curves (offline rows against gradient steps, online rows against environment steps) and
-IQM intervals. Every declared run must be there: a missing or failed seed stops the stage with its
+IQM intervals. A tilted row is listed next to its base row, with its probability of improvement
+over it. Every declared run must be there: a missing or failed seed stops the stage with its
 name."""
 import sys
 from pathlib import Path
@@ -18,18 +19,21 @@ from diffrl.pipeline import eval_file, log_file, row_curve_file, summary_files  
 def main(p, args):
     import json
 
+    from diffrl.algos import TILT_BASES
     from diffrl.stats import (curves_frame, markdown, mean_curves, plot_curves, plot_intervals,
-                              probability_of_improvement, summarize)
+                              probability_of_improvement, summarize, table_order)
     from diffrl.utils import atomic_path, write_json
 
-    algos, seeds, st = p["algorithms"], p["seeds"], p["stats"]
+    seeds, st = p["seeds"], p["stats"]
+    bases = {a: TILT_BASES[a] for a in p["algorithms"] if a in TILT_BASES}
+    algos = table_order(p["algorithms"], bases)
     missing = [eval_file(args.env, a, s) for a in algos for s in seeds if not Path(eval_file(args.env, a, s)).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} declared run(s) have no evaluation, e.g. {missing[0]}: "
                                 f"rerun `snakemake results/{args.env}_summary.csv` (a failed seed is never "
                                 f"summarised as if it had finished)")
     results = [json.loads(Path(eval_file(args.env, a, s)).read_text()) for a in algos for s in seeds]
-    table = summarize(results, algos, st.bootstrap_reps, st.confidence, p.budget.below_regime)
+    table = summarize(results, algos, st.bootstrap_reps, st.confidence, p.budget.below_regime, bases)
     scores = {a: [r["final_score"] for r in results if r["algorithm"] == a] for a in algos}
     poi = probability_of_improvement(scores, st.baseline, st.bootstrap_reps, st.confidence)
     offline = [r for r in results if not r.get("online")]

@@ -78,6 +78,17 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     out = run(["snakemake", "-n", *TEST_CONFIG, "--config", "tfg_lambda=64"], project)
     assert job_counts(out.stdout) == {"online_train": 2, "evaluate": 2, "summary": 1, "all": 1, "total": 6}, out.stdout
     assert set(re.findall(r"wildcards: env=halfcheetah, algo=(\w+), seed=\d", out.stdout)) == {"dpmd_tilt", "dpmd_model"}
+    # the tilted rows: evaluated from the cached base runs (no training), each next to its base row
+    tilted = ["bc", "dql", "dtql", "eda", "bc_tilt", "dql_tilt", "dtql_tilt", "eda_tilt"]
+    out = run(["snakemake", "--cores", "2", "results/halfcheetah_summary.csv", *TEST_CONFIG, "--config",
+               f"algorithms=[{', '.join(tilted)}]"], project)
+    assert job_counts(out.stderr) == {"evaluate": 4, "summary": 1, "total": 5}, out.stderr[-3000:]
+    assert set(re.findall(r"wildcards: env=halfcheetah, algo=(\w+), seed=0", out.stderr)) == set(tilted[4:])
+    table = pd.read_csv(project / "results/halfcheetah_summary.csv").set_index("algorithm")
+    assert list(table.index) == ["bc", "bc_tilt", "dql", "dql_tilt", "dtql", "dtql_tilt", "eda", "eda_tilt"]
+    assert list(table.loc[tilted[4:], "base_row"]) == tilted[:4] and table.loc[tilted[4:], "poi_vs_base"].notna().all()
+    run(["snakemake", "--cores", "2", "results/halfcheetah_summary.csv", *TEST_CONFIG], project)  # the full table again
+
     bandit = pd.read_csv(project / "results/bandit_summary.csv")
     assert set(bandit["algorithm"]) == set(ROWS[:8]) and len(bandit) == 1 * 8 * 1
     assert (project / "results/bandit_8gaussians.png").stat().st_size > 0

@@ -1,9 +1,11 @@
-"""The registry: every params.yaml section that a stage trains, declared once.
+"""The registry: every params.yaml section that a stage trains or evaluates, declared once.
 
 Each entry of REGISTRY says which module of diffrl/algos/ implements the section (its config
 dataclass and the agent its stage trains and saves), its kind (which stage trains it), the
 pretraining it starts from, the budget key of its step count, the extra top-level params.yaml
-keys it reads, and its measured cost. Everything else is derived from it: the row tuples below,
+keys it reads, and its measured cost. A tilted row (kind `tilted`) is trained by no stage: it names
+the offline row whose trained policy the evaluate stage samples under its tilt, and the row whose
+critic tilts it when that policy has none. Everything else is derived from it: the row tuples below,
 the Snakemake rules' wildcards and dvc.yaml's stages (diffrl.dag), the budget keys a job reads
 (diffrl.pipeline), the cluster requests (diffrl.resources), the bandit study, the summary table.
 docs/extending.md shows how to add an algorithm: one module, one entry here, one params.yaml
@@ -21,10 +23,11 @@ import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-# kind -> the stage that trains a section of that kind (the dataset stage trains the `sac` section);
-# offline and online sections are the rows of the summary tables
+# kind -> the stage that trains a section of that kind (the dataset stage trains the `sac` section;
+# a tilted row is not trained: the evaluate stage evaluates its base row's run under its tilt);
+# offline, online and tilted sections are the rows of the summary tables
 KIND_STAGES = {"dataset": "dataset", "critic": "critic_pretrain", "behavior": "behavior_pretrain",
-               "offline": "offline_train", "online": "online_train"}
+               "offline": "offline_train", "online": "online_train", "tilted": "evaluate"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Section:
     pretrained: tuple[str, ...] = ()  # (critic, behaviour) sections an offline row starts from
     top_keys: tuple[str, ...] = ()   # top-level params.yaml keys it reads besides its section (tfg_lambda)
     runs: tuple[str, ...] = ()       # other modules of diffrl/algos/ whose agent its stage runs
+    base: str = ""                   # tilted rows: the offline row whose trained policy they evaluate
+    critic_row: str = ""             # tilted rows: the row whose critic tilts that policy ('' = the base's own)
     # seconds per gradient step (offline) or per update (online): (one CPU core, one GPU); CPU figures
     # measured with benchmarks/bench_steps.py and bench_online.py (docs/benchmarks.md), GPU figures
     # conservative estimates for small MLPs. They size cluster requests (diffrl.resources).
@@ -48,6 +53,9 @@ class Section:
         if self.kind not in KIND_STAGES:
             raise ValueError(f"registry: kind {self.kind!r} of {self.module}.{self.config}: use one of "
                              f"{', '.join(KIND_STAGES)}")
+        if (self.kind == "tilted") != bool(self.base):
+            raise ValueError(f"registry: a tilted row names its base row, and only a tilted row does "
+                             f"({self.module}.{self.config}, base {self.base!r})")
 
 
 _IQL = dict(module="iql", config="IQLConfig", agent="IQL")
@@ -55,6 +63,9 @@ _DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline
             step_s=(0.045, 0.012), act_s=(0.004, 0.003))
 _DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
 TILT = ("tfg_lambda",)  # the guided variants: the top-level tfg_lambda is their guidance strength
+# tilted rows: seconds per action estimated from their base row's and the default tilt's sampler calls
+# (32 particles, one guidance gradient through the policy net and the critic per level; not measured)
+_TILTED = dict(module="tilted", config="TiltRowConfig", agent=None, kind="tilted")
 
 REGISTRY: dict[str, Section] = {
     # the dataset stage's SAC behaviour agent (one SAC update and one env step per step)
@@ -95,6 +106,12 @@ REGISTRY: dict[str, Section] = {
     "dpmd_model": Section(**{**_DPMD, "act_s": (0.05, 0.01)}, top_keys=TILT, step_s=(7.9, 0.2)),
     "dpmd_plan": Section(**_DPMD, step_s=(1.1, 0.03)),
     "dpmd_o2o": Section(**_DPMD, step_s=(0.3, 0.02)),
+    # tilted evaluation rows (diffrl.algos.tilted): a trained offline policy of the same env and seed
+    # sampled under an inference-time tilt, no training; BC has no critic and takes the iql row's
+    "bc_tilt": Section(**_TILTED, base="bc", critic_row="iql", act_s=(0.03, 0.004)),
+    "dql_tilt": Section(**_TILTED, base="dql", act_s=(0.03, 0.004)),
+    "dtql_tilt": Section(**_TILTED, base="dtql", act_s=(0.1, 0.01)),
+    "eda_tilt": Section(**_TILTED, base="eda", act_s=(0.5, 0.03)),
 }
 ROW_SECTIONS = {"sac": "sac_online"}  # a row whose section has another name
 SECTION_ROWS = {s: r for r, s in ROW_SECTIONS.items()}
@@ -118,11 +135,22 @@ CRITICS = of_kind("critic")          # critic pretraining (IQL losses)
 BEHAVIORS = of_kind("behavior")      # behaviour pretraining
 OFFLINE = of_kind("offline")         # trained on the dataset: the offline table rows
 ONLINE = of_kind("online")           # online training in the environment: the online table rows
-ROWS = (*OFFLINE, *ONLINE)           # summary-table rows
+TILTED = of_kind("tilted")           # evaluated under a tilt from a base row's run: rows without training
+ROWS = (*OFFLINE, *ONLINE, *TILTED)  # summary-table rows
 ONLINE_VARIANTS = tuple(r for r in ONLINE if r != "sac")  # the SDAC/DPMD variants
 GUIDED = tuple(r for r in ONLINE if "tfg_lambda" in REGISTRY[section_of(r)].top_keys)
 PRETRAINED = {s: e.pretrained for s, e in REGISTRY.items() if e.pretrained}
+TILT_BASES = {r: REGISTRY[r].base for r in TILTED}  # tilted row -> the row whose policy it tilts
 DQL_VARIANTS = {r: r if r != "dql" else "ql" for r in OFFLINE if REGISTRY[r].module == "dql"}  # row -> variant
+
+
+def evaluated_runs(row: str) -> tuple[str, ...]:
+    """The runs (rows of the same env and seed) an evaluation of `row` loads: its own, or for a
+    tilted row its base row's and the row whose critic tilts it."""
+    entry = REGISTRY[section_of(row)]
+    if entry.kind != "tilted":
+        return (row,)
+    return (entry.base, entry.critic_row) if entry.critic_row else (entry.base,)
 
 
 def module_of(section: str) -> str:

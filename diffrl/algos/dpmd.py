@@ -2,8 +2,10 @@
 mirror descent) with the fork's inference-time tilts. Math and reference hyperparameters:
 docs/algorithms.md, section "SDAC and DPMD (online)"; the reference implementation is
 pnielsen2/inference_mirror_descent at 833e14c. Here: the config and the agent (acting and its
-update). The tilts (guidance, MALA, particle selection, plans) live in `diffrl.algos.tilts`, the
-world models of the model-based tilts in `diffrl.algos.dpmd_models`, the named variants in
+update). Guidance, MALA and particle selection are the shared tilt implementation
+(`diffrl.algos.tilts.TiltedSampler`), which the agent supplies with its policy net, schedule and
+tilt value (Q, or the model values of the model-based tilts and plans, defined here); the world
+models of the model-based tilts live in `diffrl.algos.dpmd_models`, the named variants in
 params.yaml, and the training loop, which also runs the fork's SAC baseline (alg = sac,
 diffrl.algos.sac), in `diffrl.online.train_online`. Where our code offers an alternative to the
 reference, the reference is the default and the alternative a documented OnlineConfig field
@@ -92,7 +94,8 @@ import torch
 import torch.nn as nn
 
 from diffrl.algos.dpmd_models import make_dynamics
-from diffrl.algos.tilts import INF, EnergyGradNet, TiltedSampler
+from diffrl.algos.tilts import (INF, EnergyGradNet, TiltConfig, TiltedSampler, aggregate, select_particles,
+                               tilt_field)
 from diffrl.diffusion import DiffusionSchedule
 from diffrl.fields import ConfigError, param
 from diffrl.nets import Critic, NoiseNet, ValueNet, soft_update
@@ -148,8 +151,7 @@ class OnlineConfig:
                                low=1)
     td_particles: int = param(0, "particles for the update's a' (TD target and policy-loss samples); "
                               "0 = num_particles (the published code uses its acting routine)", low=0)
-    particle_selection_lambda: float = param(INF, "inf: keep the argmax particle; else draw one "
-                                             "~ softmax(lambda value)", low=0)
+    particle_selection_lambda: float = tilt_field("particle_selection_lambda")
     q_critic_agg: str = param("min", "aggregation of the twin Q heads in the DPMD weights and in the tilt and "
                               "selection of environment actions (TD target always min)", choices=("min", "mean", "max"))
     td_select_agg: str = param("min", "aggregation that tilts and selects the update's a' (TD and BC targets): "
@@ -187,32 +189,21 @@ class OnlineConfig:
     q_norm_clip: float = param(3.0, "dpmd: clip of the normalised V before exp(. / alpha)", low=0, low_open=True)
     fix_q_norm_bug: bool = param(True, "dpmd: True = (V - m) / s; False = the published precedence bug V - m / s")
     dpmd_constant_weight: bool = param(False, "dpmd: w = 1 (pure cloning of the tilted/selected samples)")
-    # inference-time tilt
+    # inference-time tilt: the fields named like TiltConfig's are its fields (diffrl.algos.tilts), read
+    # through `tilt_config`
     tilt: str = param("q", "value that tilts the policy: q = Q_agg(s, a); model = reward_scale r_hat(s, a) + "
                       "gamma V_psi(s_hat') from learned models", choices=("q", "model"))
-    tfg_lambda: float = param(0.0, "guidance strength lambda (0 = off); with mala_steps > 0 the MALA tilt", low=0)
-    guidance_schedule: str = param("constant", "lambda_t: constant; linear = the reference's lambda at the clean "
-                                   "end (t = 0, 1) decaying to lambda / (T-1) at the noisiest level; linear_noisy = "
-                                   "lambda (t+1) / T (strongest at the noisiest level)",
-                                   choices=("constant", "linear", "linear_noisy"))
-    guidance_recurrence: int = param(1, "guided steps per level (re-noise to level t in between); 1 = none",
-                                     low=1)
-    per_sample_guidance: bool = param(True, "plain guidance: per-sample gradient; False = the published gradient "
-                                      "of the batch mean (guidance scaled by 1/N). The MALA tilt is always per sample")
+    tfg_lambda: float = tilt_field("tfg_lambda")
+    guidance_schedule: str = tilt_field("guidance_schedule")
+    guidance_recurrence: int = tilt_field("guidance_recurrence")
+    per_sample_guidance: bool = tilt_field("per_sample_guidance")
     mala_steps: int = param(0, "MALA corrector steps per level (0 = off); > 0 makes the policy an energy net",
                             low=0)
-    mala_init_scale: float = param(1.0, "with mala_steps > 0, x_T ~ mala_init_scale N(0, I) (the reference starts "
-                                   "MALA chains from N(0, I); init_scale is the other samplers')", low=0,
-                                   low_open=True)
-    mala_sigma_energy: bool = param(False, "MALA target -E / sqrt(1-abar_t) + lambda_t V (grad log target = the "
-                                    "policy score); False = the reference's -E + lambda_t V")
-    mala_adaptation: str = param("per_chain", "step-size adaptation: per_chain = the reference (one log step per "
-                                 "particle chain, moved by its realised accept fraction over the states); pooled = "
-                                 "one log step for the sampler call, moved by the mean acceptance probability",
-                                 choices=("per_chain", "pooled"))
-    mala_target_accept: float = param(0.574, "MALA step-size adaptation target acceptance", low=0, high=1,
-                                      low_open=True, high_open=True)
-    mala_adapt: float = param(0.05, "MALA log step-size adaptation rate", low=0)
+    mala_init_scale: float = tilt_field("mala_init_scale")
+    mala_sigma_energy: bool = tilt_field("mala_sigma_energy")
+    mala_adaptation: str = tilt_field("mala_adaptation")
+    mala_target_accept: float = tilt_field("mala_target_accept")
+    mala_adapt: float = tilt_field("mala_adapt")
     # world models (tilt = model or plan_horizon > 0)
     model_type: str = param("mlp_ensemble", "dynamics/reward model: deterministic MLP ensemble or a conditional "
                             "diffusion model of (s' - s, r)", choices=("mlp_ensemble", "diffusion"))
@@ -234,6 +225,11 @@ class OnlineConfig:
     offline_init: str = param("", "offline row whose policy and critic the run starts from (its run of the same "
                               "seed; the networks and diffusion schedule must match it): '' = none, or dql, qg, "
                               "edp, eg_ood", choices=("", "dql", "qg", "edp", "eg_ood"))
+
+    def tilt_config(self) -> TiltConfig:
+        """The tilt settings of the acting routine (q_critic_agg aggregates the Q heads)."""
+        shared = {f: getattr(self, f) for f in TiltConfig.__dataclass_fields__ if f != "q_agg"}
+        return TiltConfig(**shared, q_agg=self.q_critic_agg)
 
     def check(self, prefix: str = "dpmd") -> None:
         if self.sac_log_std_max < self.sac_log_std_min:
@@ -289,9 +285,8 @@ class DiffusionOnline(TiltedSampler, nn.Module):
                 self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.model_lr)
         self.target_entropy = cfg.target_entropy_scale * act_dim
         self._step = 0  # updates done (python int: no host sync); saved via get_extra_state
-        # the acceptance statistic that adapted each MALA step of the last sampler call (mean over chains)
-        self.last_mala_accept: list[torch.Tensor] = []
-        self._guide_scale = 1.0  # set by denoise (per_sample_guidance, plain guidance only)
+        self.last_mala_accept: list[torch.Tensor] = []  # the shared sampler's per-call state (diffrl.algos.tilts)
+        self._guide_scale = 1.0
 
     # ----------------------------------------------------------------- state
     def _apply(self, fn, *args, **kw):  # .to(device) also moves the schedule's plain tensors
@@ -330,6 +325,59 @@ class DiffusionOnline(TiltedSampler, nn.Module):
             return c.policy_lr_end
         f = (n - c.lr_decay_begin) / (c.lr_decay_end - c.lr_decay_begin)
         return c.policy_lr + f * (c.policy_lr_end - c.policy_lr)
+
+    # ----------------------------------------------------------------- the tilted sampler's parts
+    @property
+    def tilt_cfg(self) -> TiltConfig:
+        return self.cfg.tilt_config()
+
+    @property
+    def sample_dim(self) -> int:
+        return self.seq_dim
+
+    @property
+    def init_scale(self) -> float:
+        return self.cfg.init_scale
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        return self.actor_ema
+
+    def q_agg(self, obs, act, critic=None, agg: str | None = None) -> torch.Tensor:
+        """Q aggregated over the twin heads: `agg` (min, mean, max), by default cfg.q_critic_agg."""
+        return aggregate((critic or self.critic)(obs, act), agg or self.cfg.q_critic_agg)
+
+    def tilt_value(self, obs, seq, generator=None, agg: str | None = None) -> torch.Tensor:
+        """The value V(s, a) every tilt, weight and particle choice uses (see the module docstring);
+        `agg` overrides the aggregation of the Q heads (the update's a' uses min)."""
+        cfg = self.cfg
+        if not self.use_models:
+            return self.q_agg(obs, seq, agg=agg)
+        if cfg.plan_horizon == 0:  # one-step model value
+            s2, r, p_term = self.model.predict(obs, seq, generator)
+            return cfg.reward_scale * r + cfg.gamma * (1 - p_term) * self.value(s2)
+        d, s, ret, disc = self.act_dim, obs, 0.0, 1.0
+        for k in range(self.H):
+            a = seq[:, k * d:(k + 1) * d]
+            if k == self.H - 1 and cfg.tilt == "q":
+                return ret + disc * self.q_agg(s, a, agg=agg)
+            s, r, p_term = self.model.predict(s, a, generator)
+            ret = ret + disc * cfg.reward_scale * r
+            disc = disc * cfg.gamma * (1 - p_term)
+        return ret + disc * self.value(s)
+
+    @torch.no_grad()
+    def eval_actions(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """The reference's evaluation action in [-1, 1]^d: num_particles samples of the EMA policy
+        WITHOUT tilt (an energy net samples exp(-E) with MALA), the one with the largest
+        min(Q1, Q2) (of its first action, for plans), no noise."""
+        B, P = obs.shape[0], self.cfg.num_particles
+        o = obs.repeat_interleave(P, 0) if P > 1 else obs
+        x = self.denoise(o, generator, self.actor_ema, guided=False, n_states=B)[:, :self.act_dim]
+        if P == 1:
+            return x
+        q = self.critic(o, x).min(0).values.view(B, P)
+        return select_particles(x.view(B, P, -1), q, INF)
 
     # ----------------------------------------------------------------- acting
     def sample_actions(self, obs: torch.Tensor, generator=None, deterministic: bool = True, net=None):

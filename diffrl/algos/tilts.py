@@ -1,29 +1,109 @@
-"""The inference-time tilts of the online agents (diffrl.algos.dpmd.DiffusionOnline): the tilt
-value V(s, a) (min/mean Q, the one-step model value, or an H-step plan's model return), training-
-free guidance of the DDPM sampler, MALA on an energy policy, and best-of-particles selection. The
-math is in docs/algorithms.md ("SDAC and DPMD (online)") and the module docstring of dpmd.py; the
-world models behind the model-based values live in diffrl.algos.dpmd_models.
+"""Inference-time tilts of a diffusion policy toward high values of a critic: training-free guidance
+of the DDPM sampler, MALA on an energy-parameterised policy, and best-of-particles selection. The
+math is in docs/algorithms.md ("Inference-time tilts"). One implementation serves the online agents
+(diffrl.algos.dpmd.DiffusionOnline, whose value may also come from learned world models) and the
+tilted evaluation rows of the offline policies (diffrl.algos.tilted, through `TiltedPolicy`).
 
-TiltedSampler is a mixin of the agent: it reads the agent's cfg (OnlineConfig), actor_ema, critic,
-schedule, and, for the model-based tilts, model and value.
+`TiltedSampler` is that implementation. It reads, from the object it is part of:
+- `tilt_cfg`: the TiltConfig (the settings below);
+- `schedule`: the DiffusionSchedule of the policy's DDPM sampler (level t = 0 the cleanest), and
+  `init_scale`: its untilted sampler draws x_T ~ init_scale N(0, I);
+- `sample_dim`: the dimension of one sample;
+- `sampling_net`: the eps-prediction net eps(x_t, t, s) sampled when no other is passed; MALA
+  needs an energy-parameterised one (an `EnergyEps`: eps = grad_x E(x_t, t, s));
+- `tilt_value(obs, x, generator=None, agg=None)`: the value V(s, x) that tilts and selects,
+  e.g. a critic's Q heads aggregated by `agg` (default tilt_cfg.q_agg).
+`TiltedPolicy` is the component for any policy: it takes the net and its schedule, a critic and a
+TiltConfig and provides exactly these.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from diffrl.fields import ConfigError, param
 from diffrl.nets import SinusoidalEmbedding
 
 INF = float("inf")
 
 
-class EnergyGradNet(nn.Module):
-    """Scalar energy E_theta(a_t, t, s) (NoiseNet's time embedding and body, one output); calling
-    it returns eps_theta = grad_a E, so it is a drop-in eps-prediction net. When the caller has
-    gradients enabled the gradient is taken with create_graph (to train through it or to
+@dataclass
+class TiltConfig:
+    """How a diffusion policy is tilted toward high critic values while it samples (docs/algorithms.md,
+    "Inference-time tilts")."""
+    tfg_lambda: float = param(0.0, "guidance strength lambda (0 = off); with mala_steps > 0 the MALA tilt", low=0)
+    guidance_schedule: str = param("constant", "lambda_t: constant; linear = the reference's lambda at the clean "
+                                   "end (t = 0, 1) decaying to lambda / (T-1) at the noisiest level; linear_noisy = "
+                                   "lambda (t+1) / T (strongest at the noisiest level)",
+                                   choices=("constant", "linear", "linear_noisy"))
+    guidance_recurrence: int = param(1, "guided steps per level (re-noise to level t in between); 1 = none",
+                                     low=1)
+    per_sample_guidance: bool = param(True, "plain guidance: per-sample gradient; False = the published gradient "
+                                      "of the batch mean (guidance scaled by 1/N). The MALA tilt is always per sample")
+    mala_steps: int = param(0, "MALA corrector steps per level (0 = off); needs an energy-parameterised policy "
+                            "(eps = grad_a E)", low=0)
+    mala_init_scale: float = param(1.0, "with mala_steps > 0, x_T ~ mala_init_scale N(0, I) (the reference starts "
+                                   "MALA chains from N(0, I); without MALA x_T follows the policy's own sampler)",
+                                   low=0, low_open=True)
+    mala_sigma_energy: bool = param(False, "MALA target -E / sqrt(1-abar_t) + lambda_t V (grad log target = the "
+                                    "policy score); False = the reference's -E + lambda_t V")
+    mala_adaptation: str = param("per_chain", "step-size adaptation: per_chain = the reference (one log step per "
+                                 "particle chain, moved by its realised accept fraction over the states); pooled = "
+                                 "one log step for the sampler call, moved by the mean acceptance probability",
+                                 choices=("per_chain", "pooled"))
+    mala_target_accept: float = param(0.574, "MALA step-size adaptation target acceptance", low=0, high=1,
+                                      low_open=True, high_open=True)
+    mala_adapt: float = param(0.05, "MALA log step-size adaptation rate", low=0)
+    num_particles: int = param(1, "policy samples per state, drawn in one sampler call; the one with the best "
+                               "value is kept", low=1)
+    particle_selection_lambda: float = param(INF, "inf: keep the argmax particle; else draw one "
+                                             "~ softmax(lambda value)", low=0)
+    q_agg: str = param("min", "aggregation of the critic's Q heads in the value that tilts and selects",
+                       choices=("min", "mean", "max"))
+
+
+def tilt_field(name: str):
+    """TiltConfig's field `name` (default and documentation) for a config that holds the tilt settings
+    among its own fields (the online rows' OnlineConfig)."""
+    f = TiltConfig.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
+def aggregate(q: torch.Tensor, agg: str) -> torch.Tensor:
+    """Q heads (n, B) -> (B,): their min, mean or max."""
+    return q.min(0).values if agg == "min" else q.mean(0) if agg == "mean" else q.max(0).values
+
+
+def check_mala(cfg: TiltConfig, net, key: str) -> None:
+    """MALA needs the energy of the policy (its Metropolis ratio compares log densities): one line
+    saying so when `net` predicts eps without an energy; `key` names the setting (bc_tilt.mala_steps)."""
+    if cfg.mala_steps > 0 and not callable(getattr(net, "energy", None)):
+        raise ConfigError(f"{key}={cfg.mala_steps} is unavailable: MALA needs an energy-parameterised policy "
+                          f"(eps = grad_a E, as EDA's aligned energy policy) for its Metropolis acceptance ratio, "
+                          f"and this policy's {type(net).__name__} predicts eps with no energy: set {key}: 0")
+
+
+class EnergyEps(nn.Module):
+    """An eps-prediction net defined by a scalar energy: a subclass defines `energy(a_t, t, s)` -> (B,),
+    and calling the net returns eps_theta = grad_a E, so it is a drop-in eps-prediction net. When the
+    caller has gradients enabled the gradient is taken with create_graph (to train through it or to
     differentiate it again); under no_grad it is computed locally and returned detached."""
+
+    def forward(self, a_t, t, obs):
+        graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            a = a_t if (graph and a_t.requires_grad) else a_t.detach().requires_grad_(True)
+            eps, = torch.autograd.grad(self.energy(a, t, obs).sum(), a, create_graph=graph)
+        return eps
+
+
+class EnergyGradNet(EnergyEps):
+    """Scalar energy E_theta(a_t, t, s) with NoiseNet's time embedding and body, one output: the
+    online agents' policy when they tilt with MALA."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 3, t_dim: int = 16):
         super().__init__()
@@ -36,13 +116,6 @@ class EnergyGradNet(nn.Module):
     def energy(self, a_t, t, obs):
         return self.net(torch.cat([a_t, self.time(t), obs], -1)).squeeze(-1)
 
-    def forward(self, a_t, t, obs):
-        graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            a = a_t if (graph and a_t.requires_grad) else a_t.detach().requires_grad_(True)
-            eps, = torch.autograd.grad(self.energy(a, t, obs).sum(), a, create_graph=graph)
-        return eps
-
 
 def select_particles(particles: torch.Tensor, values: torch.Tensor, lam: float, generator=None) -> torch.Tensor:
     """particles (B, P, D), values (B, P) -> (B, D): argmax (lam = inf) or one ~ softmax(lam values)."""
@@ -54,45 +127,22 @@ def select_particles(particles: torch.Tensor, values: torch.Tensor, lam: float, 
 
 
 class TiltedSampler:
-    """Sampling with the configured tilt, and the reference's untilted evaluation action."""
+    """Sampling under the tilt of `self.tilt_cfg` (what it reads from its object: the module docstring).
+    Per-call state: `last_mala_accept`, the acceptance statistic that adapted each MALA step of the
+    last sampler call (mean over chains), and the plain-guidance scale of the call."""
 
-    def q_agg(self, obs, act, critic=None, agg: str | None = None) -> torch.Tensor:
-        """Q aggregated over the twin heads: `agg` (min, mean, max), by default cfg.q_critic_agg."""
-        q = (critic or self.critic)(obs, act)
-        agg = agg or self.cfg.q_critic_agg
-        return q.min(0).values if agg == "min" else q.mean(0) if agg == "mean" else q.max(0).values
-
-    def tilt_value(self, obs, seq, generator=None, agg: str | None = None) -> torch.Tensor:
-        """The value V(s, a) every tilt, weight and particle choice uses (see the module docstring);
-        `agg` overrides the aggregation of the Q heads (the update's a' uses min)."""
-        cfg = self.cfg
-        if not self.use_models:
-            return self.q_agg(obs, seq, agg=agg)
-        if cfg.plan_horizon == 0:  # one-step model value
-            s2, r, p_term = self.model.predict(obs, seq, generator)
-            return cfg.reward_scale * r + cfg.gamma * (1 - p_term) * self.value(s2)
-        d, s, ret, disc = self.act_dim, obs, 0.0, 1.0
-        for k in range(self.H):
-            a = seq[:, k * d:(k + 1) * d]
-            if k == self.H - 1 and cfg.tilt == "q":
-                return ret + disc * self.q_agg(s, a, agg=agg)
-            s, r, p_term = self.model.predict(s, a, generator)
-            ret = ret + disc * cfg.reward_scale * r
-            disc = disc * cfg.gamma * (1 - p_term)
-        return ret + disc * self.value(s)
-
-    # ----------------------------------------------------------------- sampling
     def _lambda_t(self, t: int) -> float:
         """Guidance strength at level t (0 = clean end, T-1 = noisiest)."""
-        cfg = self.cfg
+        cfg, T = self.tilt_cfg, self.schedule.T
         if cfg.guidance_schedule == "linear":  # the reference: lambda levels[max(t-1, 0)], levels 1 .. 1/(T-1)
-            return cfg.tfg_lambda * (1.0 - max(t - 1, 0) / max(cfg.T - 1, 1))
+            return cfg.tfg_lambda * (1.0 - max(t - 1, 0) / max(T - 1, 1))
         if cfg.guidance_schedule == "linear_noisy":
-            return cfg.tfg_lambda * (t + 1) / cfg.T
+            return cfg.tfg_lambda * (t + 1) / T
         return cfg.tfg_lambda
 
     def _guided_eps(self, net, x, tt, t: int, obs, lam: float, generator, agg):
-        """eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)), through eps_theta."""
+        """eps_theta - lambda_t sqrt(1-abar_t) grad_{a_t} V(s, x0_hat(a_t)), through eps_theta; V is
+        evaluated at x0_hat clipped to [-1, 1] like the sampler's x0 (clipped coordinates pass no gradient)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             eps = net(x, tt, obs)
@@ -103,7 +153,7 @@ class TiltedSampler:
     def _log_target(self, net, x, tt, t: int, obs, lam: float, generator, agg):
         """MALA target log pi_t(x) = -E(s, x, t) + lam V(s, x0_hat(x)) per sample (the energy term
         divided by sqrt(1-abar_t) with mala_sigma_energy); returns (logp, grad logp, eps = grad E)."""
-        scale = 1.0 / float(self.schedule.sqrt_1m_abar[t]) if self.cfg.mala_sigma_energy else 1.0
+        scale = 1.0 / float(self.schedule.sqrt_1m_abar[t]) if self.tilt_cfg.mala_sigma_energy else 1.0
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             e = net.energy(x, tt, obs)
@@ -121,7 +171,7 @@ class TiltedSampler:
         """mala_steps Metropolis-adjusted Langevin steps at level t. Rows are laid out state-major
         (row b * chains + p is particle chain p of state b): with mala_adaptation per_chain each
         chain p has its own log step size, moved by the fraction of its proposals accepted."""
-        cfg, sch = self.cfg, self.schedule
+        cfg, sch = self.tilt_cfg, self.schedule
         logp, g, eps = self._log_target(net, x, tt, t, obs, lam, generator, agg)
         per_chain = cfg.mala_adaptation == "per_chain"
         log_step = torch.zeros(chains if per_chain else 1, device=x.device)  # reset per level
@@ -148,24 +198,25 @@ class TiltedSampler:
 
     def denoise(self, obs: torch.Tensor, generator=None, net=None, guided: bool = True,
                 n_states: int | None = None, agg: str | None = None) -> torch.Tensor:
-        """One policy sample per row of obs, (N, seq_dim) in [-1, 1], with the configured tilt
+        """One policy sample per row of obs, (N, sample_dim) in [-1, 1], with the configured tilt
         (none if not `guided`; an energy net then samples exp(-E) with MALA). No gradients to the
         parameters (sampling only). `n_states`: distinct states among the rows, laid out
         state-major (rows = states x particle chains); per_sample_guidance=False scales the plain
         guidance by 1 / n_states, as the published gradient of the mean over the state batch
         (particles were vmapped) did. `agg` overrides the Q aggregation of the tilt."""
-        cfg, sch = self.cfg, self.schedule
-        net = net or self.actor_ema
+        cfg, sch = self.tilt_cfg, self.schedule
+        net = self.sampling_net if net is None else net
+        check_mala(cfg, net, "mala_steps")
         lam_on = guided and cfg.tfg_lambda > 0
         N = obs.shape[0]
         n_states = n_states or N
         self._guide_scale = 1.0 if cfg.per_sample_guidance else 1.0 / n_states
         with torch.no_grad():
             if not lam_on and cfg.mala_steps == 0:
-                return sch.sample(net, obs, self.seq_dim, generator, cfg.init_scale, clip=1.0)
+                return sch.sample(net, obs, self.sample_dim, generator, self.init_scale, clip=1.0)
             self.last_mala_accept = []
-            init = cfg.mala_init_scale if cfg.mala_steps > 0 else cfg.init_scale
-            x = init * torch.randn((N, self.seq_dim), device=obs.device, generator=generator)
+            init = cfg.mala_init_scale if cfg.mala_steps > 0 else self.init_scale
+            x = init * torch.randn((N, self.sample_dim), device=obs.device, generator=generator)
             for t in reversed(range(sch.T)):
                 tt = torch.full((N,), t, device=obs.device, dtype=torch.long)
                 lam = self._lambda_t(t) if lam_on else 0.0
@@ -182,7 +233,7 @@ class TiltedSampler:
             return x.clamp(-1, 1)
 
     def select(self, obs: torch.Tensor, particles: int, generator=None, net=None, agg: str | None = None):
-        """Best-of-particles: (B, seq_dim) chosen samples and their tilt values (B,). All B * particles
+        """Best-of-particles: (B, sample_dim) chosen samples and their tilt values (B,). All B * particles
         samples come from ONE sampler call on the repeated states. `agg` overrides the Q aggregation
         of the tilt and of the choice."""
         B = obs.shape[0]
@@ -193,20 +244,42 @@ class TiltedSampler:
         if particles == 1:
             return x, v
         v = v.view(B, particles)
-        lam = self.cfg.particle_selection_lambda
+        lam = self.tilt_cfg.particle_selection_lambda
         best = select_particles(x.view(B, particles, -1), v, lam, generator)
         vbest = v.max(1).values if math.isinf(lam) else None
         return best, vbest
 
-    @torch.no_grad()
-    def eval_actions(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
-        """The reference's evaluation action in [-1, 1]^d: num_particles samples of the EMA policy
-        WITHOUT tilt (an energy net samples exp(-E) with MALA), the one with the largest
-        min(Q1, Q2) (of its first action, for plans), no noise."""
-        B, P = obs.shape[0], self.cfg.num_particles
-        o = obs.repeat_interleave(P, 0) if P > 1 else obs
-        x = self.denoise(o, generator, self.actor_ema, guided=False, n_states=B)[:, :self.act_dim]
-        if P == 1:
-            return x
-        q = self.critic(o, x).min(0).values.view(B, P)
-        return select_particles(x.view(B, P, -1), q, INF)
+
+class TiltedPolicy(TiltedSampler, nn.Module):
+    """A diffusion policy acting under a tilt: `num_particles` samples per state from its tilted
+    sampler, one kept by `particle_selection_lambda`.
+
+    net: the policy's eps-prediction net eps(x_t, t, s) on `schedule`'s levels (an EnergyEps for
+    MALA); critic: a module or function of (s, a) returning Q heads (n, B), aggregated by cfg.q_agg,
+    or one Q (B,); act_dim: the action dimension; init_scale: the untilted sampler's x_T scale;
+    what: the params section of its settings, named in errors."""
+
+    def __init__(self, net: nn.Module, schedule, critic, cfg: TiltConfig, act_dim: int, init_scale: float = 1.0,
+                 what: str = "tilt"):
+        super().__init__()
+        check_mala(cfg, net, f"{what}.mala_steps")
+        self.net, self.critic, self.tilt_cfg, self.schedule = net, critic, cfg, schedule
+        self.sample_dim, self.init_scale = act_dim, init_scale
+        self.last_mala_accept: list[torch.Tensor] = []
+        self._guide_scale = 1.0
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        return self.net
+
+    def tilt_value(self, obs, x, generator=None, agg: str | None = None) -> torch.Tensor:
+        q = self.critic(obs, x)
+        return aggregate(q, agg or self.tilt_cfg.q_agg) if q.dim() == 2 else q
+
+    def sample(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, act_dim) actions in [-1, 1] for a batch of states."""
+        return self.select(obs, self.tilt_cfg.num_particles, generator)[0]
+
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.schedule.betas.device)
+        return self.sample(o, generator).cpu().numpy()
