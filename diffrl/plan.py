@@ -103,8 +103,12 @@ def _order(row: str) -> tuple[int, int]:
     return (0, 0) if row == "dataset" else (2, 0 if row == "summary" else 1)
 
 
-def report(jobs: list[Job], params: dict, workers: int, where: str) -> tuple[str, float, list[str]]:
-    """(the table, estimated wall seconds, the rows by compute time, slowest first)."""
+def report(jobs: list[Job], params: dict, workers: int, where: str, gpu: int = 0) -> tuple[str, float, list[str]]:
+    """(the table, estimated wall seconds, the rows by compute time, slowest first). Rows that act
+    (offline, online and tilted rows) also show their evaluation cost per action, the registry's
+    act_s (for a tilted row, at params.yaml's tilt settings: benchmarks/bench_tilts.py)."""
+    from diffrl.algos import ROWS
+    from diffrl.resources import act_seconds
     rows: dict[str, list[Job]] = {}
     for j in sorted(jobs, key=lambda j: _order(j.row)):
         rows.setdefault(j.row, []).append(j)
@@ -112,10 +116,13 @@ def report(jobs: list[Job], params: dict, workers: int, where: str) -> tuple[str
     wall = makespan(jobs, workers)
     width = max([len(r) for r in rows] + [4])
     lines = [f"cost plan: budget `{params['budget']}`, {len(params['seeds'])} seed(s), {where}",
-             f"  {'row':<{width}}  to run  cached  compute"]
+             f"  {'row':<{width}}  to run  cached  compute  ms/action"]
     for r, js in rows.items():
         run = sum(not j.cached for j in js)
-        lines.append(f"  {r:<{width}}  {run:>6}  {len(js) - run:>6}  {hours(compute[r]) if run else '-':>7}")
+        ms = act_seconds(r, gpu) * 1000 if r in ROWS else None
+        act = "-" if ms is None else f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
+        lines.append(f"  {r:<{width}}  {run:>6}  {len(js) - run:>6}  {hours(compute[r]) if run else '-':>7}  "
+                     f"{act:>9}")
     total = sum(compute.values())
     n_run = sum(not j.cached for j in jobs)
     lines.append(f"  total: {n_run} job(s) to run, {len(jobs) - n_run} cached; {hours(total)} of compute, "
@@ -156,7 +163,7 @@ def on_snakemake_start(workflow, params: dict, overrides: list[str]) -> None:
     gpus = getattr(workflow.global_resources.get("gpu"), "value", None)  # a Resource in Snakemake 9; None: unset
     workers = min(cores, int(gpus)) if gpu and gpus else cores
     estimate(jobs, params, gpu)
-    table, wall, slow = report(jobs, params, workers, name or f"{cores} CPU core(s)")
+    table, wall, slow = report(jobs, params, workers, name or f"{cores} CPU core(s)", gpu)
     print(table, file=sys.stderr, flush=True)
     default_target = not dag.targetfiles and {r.name for r in dag.targetrules} <= {"all"}
     explicit_cap = any(o.split("=", 1)[0] == "max_hours" for o in overrides)
@@ -228,7 +235,7 @@ def dvc_plan(params_file: str = "params.yaml") -> int:
     gpu, name = device_of(params)
     jobs = dvc_jobs(params, params_file)
     estimate(jobs, params, gpu)
-    table, wall, slow = report(jobs, params, 1, (name or "one CPU core") + ", one stage at a time (DVC)")
+    table, wall, slow = report(jobs, params, 1, (name or "one CPU core") + ", one stage at a time (DVC)", gpu)
     print(table, flush=True)
     check_cap(wall, params["max_hours"], slow)
     return 0

@@ -67,7 +67,7 @@ def _step_s(section: str, gpu: int) -> float:
     return REGISTRY[section].step_s[1 if gpu else 0]
 
 
-def _act_s(row: str, gpu: int) -> float:
+def act_seconds(row: str, gpu: int) -> float:
     """Seconds to choose one action for one state with a row's policy (its registry entry)."""
     from diffrl.algos import REGISTRY, section_of
     return REGISTRY[section_of(row)].act_s[1 if gpu else 0]
@@ -81,7 +81,7 @@ def _train_seconds(section: str, budget, gpu: int, evaluates: bool) -> float:
         seconds += (budget.align_support_states or budget.dataset_episodes * EPISODE_STEPS) * SUPPORT_S[gpu]
     if evaluates:  # learning-curve evaluations along the way
         evals = max(0, (steps - 1) // budget.eval_every)
-        seconds += evals * budget.curve_episodes * EPISODE_STEPS * _act_s(section, gpu)
+        seconds += evals * budget.curve_episodes * EPISODE_STEPS * act_seconds(section, gpu)
     return seconds
 
 
@@ -105,13 +105,13 @@ def estimate_seconds(stage: str, params: dict, gpu: int | None = None, **wildcar
         row = wildcards.get("algo", "dpmd")
         per_update = _step_s(section_of(row), gpu)
         updates = max(0, b.online_steps - b.online_warmup) / 5  # every row: one update per 5 env steps
-        act = _act_s(row, gpu)
+        act = act_seconds(row, gpu)
         evals = max(0, (b.online_steps - 1) // b.online_eval_every)
         episode = b.max_episode_steps or EPISODE_STEPS
         return updates * per_update + (b.online_steps / 5 + evals * b.curve_episodes * episode) * act
     if stage == "evaluate":
         row = wildcards["algo"]
-        act = _act_s(row, gpu)
+        act = act_seconds(row, gpu)
         return b.eval_episodes * (b.max_episode_steps or EPISODE_STEPS) * (act + 0.0002)
     if stage == "bandit_train":
         from diffrl.bandit import toy_steps
