@@ -39,7 +39,7 @@ def toy_steps(section: str, budget) -> int:
 def run_bandit(name: str, row: str, seed: int, configs: dict, budget, n_samples: int, device="cpu",
                log=print) -> dict:
     """Train one row (and the critic and behaviour it starts from) on toy set `name` with `seed`;
-    return its policy's actions [n_samples, 2] and the data."""
+    return its policy's actions [n_samples, 2], the data and the trained agent."""
     data = toy_dataset(name, budget.toy_samples, seed=0)
     buf = ReplayBuffer.from_arrays(data, device)
     trained = {}
@@ -57,7 +57,7 @@ def run_bandit(name: str, row: str, seed: int, configs: dict, budget, n_samples:
         log(f"{name} seed {seed}: trained {section} ({steps} steps)")
     agent = trained[row].eval()
     actions = agent.act(np.zeros((n_samples, 1), np.float32), generator=torch.Generator(device=device).manual_seed(seed))
-    return {"actions": np.asarray(actions), "data": data}
+    return {"actions": np.asarray(actions), "data": data, "agent": agent}
 
 
 def bandit_metrics(name: str, seed: int, actions: dict, data: dict) -> list[dict]:
@@ -74,13 +74,12 @@ def bandit_metrics(name: str, seed: int, actions: dict, data: dict) -> list[dict
     return rows
 
 
-def plot_bandit(name: str, data: dict, actions_by_seed: list[dict], path) -> None:
-    """One panel per algorithm: its samples (all seeds) over the data, coloured by reward."""
+def plot_bandit(name: str, data: dict, actions_by_seed: list[dict], path, cols: int = 4) -> None:
+    """One panel per algorithm (`cols` a row): its samples (all seeds) over the data, coloured by reward."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     algos = list(actions_by_seed[0])
-    cols = 4
     rows = int(np.ceil(len(algos) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
     for ax, algo in zip(axes.flat, algos):

@@ -127,7 +127,11 @@ def set_aside_if_damaged(path: str | Path) -> Path | None:
     why = dataset_damage(path)
     if why is None:
         return None
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.damaged-{stamp}-{n}"), n + 1
     path.rename(aside)
     print(f"warning: dataset {path} is damaged ({why}): moved it to {aside} and rebuilding it",
           file=sys.stderr, flush=True)

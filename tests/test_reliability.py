@@ -366,8 +366,7 @@ def test_a_failed_write_names_the_output_and_keeps_the_previous_one(tmp_path, er
 
 
 # --------------------------------------------------------------------------- a damaged dataset
-@pytest.mark.parametrize("damage", ["truncated", "info.json missing", "file missing"])
-def test_a_damaged_dataset_is_set_aside_and_rebuilt_with_one_warning(project, damage):
+def test_a_damaged_dataset_is_set_aside_and_rebuilt_with_one_warning(project):
     """A half-written or damaged dataset (truncated file, no info.json, a file missing) is found
     before the next Snakemake run: one warning names the file, the folder is moved aside (nothing
     deleted) and the run rebuilds it; an intact dataset is left alone."""
@@ -379,21 +378,18 @@ def test_a_damaged_dataset_is_set_aside_and_rebuilt_with_one_warning(project, da
     assert json.loads((ds / "info.json").read_text())["files"]["data/main_data.hdf5"] == len(good)
     dry = run(["snakemake", "-n", "--config", *CONFIG, "--", "data/halfcheetah/dataset"], project)
     assert "warning" not in dry.stderr and "Nothing to be done" in dry.stdout + dry.stderr
-    if damage == "truncated":
-        h5.write_bytes(good[: len(good) // 2])
-    elif damage == "info.json missing":
-        (ds / "info.json").unlink()
-    else:
-        (ds / "data/metadata.json").unlink()
-    out = run([*smk, "data/halfcheetah/dataset"], project)
-    warnings = [l for l in error_lines(out) if l.startswith("warning")]
-    assert len(warnings) == 1 and "warning: dataset data/halfcheetah/dataset is damaged" in warnings[0], warnings
-    named = {"truncated": "main_data.hdf5 has", "info.json missing": "info.json is missing",
-             "file missing": "metadata.json is missing"}[damage]
-    assert named in warnings[0]
-    aside = list((project / "data/halfcheetah").glob("dataset.damaged-*"))
-    assert len(aside) == 1 and aside[0].name in warnings[0]
-    assert h5.read_bytes() == good  # rebuilt, the same bytes (seeded)
+    damages = {"truncated": (lambda: h5.write_bytes(good[: len(good) // 2]), "main_data.hdf5 has"),
+               "info.json missing": (lambda: (ds / "info.json").unlink(), "info.json is missing"),
+               "file missing": (lambda: (ds / "data/metadata.json").unlink(), "metadata.json is missing")}
+    for n, (damage, named) in enumerate(damages.values(), 1):
+        damage()
+        out = run([*smk, "data/halfcheetah/dataset"], project)
+        warnings = [l for l in error_lines(out) if l.startswith("warning")]
+        assert len(warnings) == 1 and "warning: dataset data/halfcheetah/dataset is damaged" in warnings[0], warnings
+        assert named in warnings[0], warnings[0]
+        aside = list((project / "data/halfcheetah").glob("dataset.damaged-*"))
+        assert len(aside) == n and sum(f"{a.name} and" in warnings[0] for a in aside) == 1, warnings[0]
+        assert h5.read_bytes() == good  # rebuilt, the same bytes (seeded)
 
 
 @pytest.mark.parametrize("overrides, message", [
