@@ -10,9 +10,9 @@ critic of the `iql` row trained beside it), then draws 1000 actions from the unt
 from each tilt of the sweep (the tilted row's params.yaml section with `tfg_lambda` and
 `num_particles` replaced). Writes results/tilts/bandit_tilts.csv (mean reward of the actions,
 best and mean reward in the data, fraction on the data's support; per set, row, tilt and seed;
-the untilted policy is tfg_lambda 0 with 1 particle, tilted False)
-and one figure per set, results/tilts/bandit_{set}.png (all seeds' samples over the data,
-coloured by reward).
+the untilted policy is tfg_lambda 0 with 1 particle, tilted False; a rerun replaces the rows of
+its sets, rows and seeds and keeps the others) and one figure per set and row,
+results/tilts/bandit_{set}_{row}.png (all seeds' samples over the data, coloured by reward).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def main() -> None:
     from diffrl.algos import PRETRAINED
     from diffrl.algos.tilted import tilted_policy
     from diffrl.bandit import bandit_metrics, plot_bandit, run_bandit
-    from diffrl.utils import seed_everything
+    from diffrl.utils import atomic_path, seed_everything
 
     torch.set_num_threads(1)
     params = config.load(ROOT / "params.yaml", [f"budget={args.budget}"])
@@ -89,11 +89,18 @@ def main() -> None:
                              "tilted": r["algorithm"] in tilts})
             clouds.append(cloud)
             print(f"{name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
-        plot_bandit(name, data, clouds, out / f"bandit_{name}.png", cols=len(args.lambdas) * len(args.particles))
+        for row in args.rows:  # one figure per set and row: runs of other rows keep theirs
+            plot_bandit(name, data, [{k: v for k, v in c.items() if k.split(" ")[0] == row} for c in clouds],
+                        out / f"bandit_{name}_{row}.png", cols=len(args.lambdas) * len(args.particles))
         df = pd.DataFrame(rows).drop(columns="algorithm")
         df["budget"], df["machine"] = args.budget, machine()
-        df.to_csv(csv, index=False, float_format="%.4f")
-    print(f"wrote {csv} and {len(args.sets)} figure(s) under {out}", file=sys.stderr)
+        if csv.exists():  # keep the other rows and sets of earlier runs
+            old = pd.read_csv(csv)
+            keep = ~(old["dataset"].isin(df["dataset"]) & old["row"].isin(df["row"]) & old["seed"].isin(df["seed"]))
+            df = pd.concat([old[keep], df], ignore_index=True)
+        with atomic_path(csv) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.4f")
+    print(f"wrote {csv} and {len(args.sets) * len(args.rows)} figure(s) under {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
