@@ -19,12 +19,12 @@ SEED, KILLS = 3, 10
 
 
 def test_ten_random_kills_end_bit_identical_to_an_uninterrupted_run(tmp_path):
-    cfg = chaos.graph_config(["iql"], [0, 1], steps=400)
+    cfg = chaos.graph_config(["iql"], [0, 1], steps=600)
     env = {**ENV1, "DIFFRL_CHECKPOINT_EVERY": "100"}
     killed = copy_project(tmp_path / "chaos")
     kills = chaos.run_under_kills(chaos.prepare(killed, "snakemake", cfg), killed, KILLS, SEED, env,
-                                  window=(1.5, 4.5))
-    assert len(kills) == KILLS, kills
+                                  window=(1.5, 4.0))  # kills land before the graph could finish
+    assert len(kills) == KILLS, f"the graph finished after {len(kills)} kills (too small for the window): {kills}"
     calm = copy_project(tmp_path / "calm")
     assert chaos.run_under_kills(chaos.prepare(calm, "snakemake", cfg), calm, 0, SEED, env) == []
     print(json.dumps(chaos.compare(killed, calm, cfg)))
