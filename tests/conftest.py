@@ -23,7 +23,8 @@ ENV1 = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFRL_THREADS": "1"}
 # SDAC/DPMD's); its `--dist loadfile` would otherwise order files by their number of tests and start
 # the one-test end-to-end file last, so the whole suite would wait for it.
 LONGEST_FIRST = ("test_pipeline_e2e.py", "test_halfcheetah_dql.py", "test_halfcheetah_eda.py", "test_dpmd.py",
-                 "test_pipeline_graph.py", "test_learning.py", "test_reliability.py", "test_queue.py", "test_eda.py",
+                 "test_pipeline_graph.py", "test_learning.py", "test_reliability.py", "test_chaos.py", "test_queue.py",
+                 "test_tilts.py", "test_eda.py",
                  "test_extending.py", "test_dql.py", "test_dtql.py", "test_cluster.py")
 
 
