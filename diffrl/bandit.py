@@ -14,6 +14,7 @@ from diffrl.algos import AGENTS, PRETRAINED, extra_args
 from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
 from diffrl.pipeline import toy_steps_key
 from diffrl.train import train_offline
+from diffrl.utils import compiled
 
 ON_SUPPORT = 0.1  # a policy action within this distance of some data action is "on support"
 
@@ -26,8 +27,8 @@ def _build(section: str, cfg, device, steps: int, budget, parts=None):
         cfg = dataclasses.replace(cfg, orthogonal_init=False)
     extra = extra_args(section, reward_scale=1.0, total_steps=steps, support_states=lambda: budget.align_support_states)
     if section in PRETRAINED:
-        return cls(1, 2, cfg, parts["behavior"], parts["critic"], device, **extra)
-    return cls(1, 2, cfg, device, **extra)
+        return compiled(cls(1, 2, cfg, parts["behavior"], parts["critic"], device, **extra))
+    return compiled(cls(1, 2, cfg, device, **extra))
 
 
 def toy_steps(section: str, budget) -> int:

@@ -93,6 +93,12 @@ class Params:
                         "paper (published step counts)", choices=BUDGET_NAMES)
     device: str = param("auto", "auto picks CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
     deterministic: bool = param(True, "request deterministic kernels (bit-identical CPU reruns)")
+    compile: str = param("none", "torch.compile the networks (MLPs and critic ensembles): none (eager), default, "
+                         "reduce-overhead (CUDA graphs on a GPU) or max-autotune; seconds of compiling per job, "
+                         "then faster steps (docs/benchmarks.md)", choices=("none", "default", "reduce-overhead",
+                                                                            "max-autotune"))
+    tf32: bool = param(False, "allow TF32 matrix multiplies on CUDA (faster on Ampere and later, about 3 "
+                       "significant digits in the products; no effect on CPU)")
     seeds: list = param([0, 1, 2], "training seeds; every algorithm runs each one")
     envs: list = param(["halfcheetah"], "environments that `snakemake` (target all) and `dvc repro` build")
     algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms and online variants)")

@@ -37,8 +37,13 @@ class Mish(nn.Module):
 ACTIVATIONS = {"mish": Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}  # gelu: exact
 
 
+class MLP(nn.Sequential):
+    """A plain MLP (built by `mlp`): Linear, optional LayerNorm and activation, repeated; a unit that
+    `compile_networks` compiles."""
+
+
 def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 3, act: str = "mish",
-        layer_norm: bool = False) -> nn.Sequential:
+        layer_norm: bool = False) -> MLP:
     mods, d = [], in_dim
     for _ in range(layers):
         mods.append(nn.Linear(d, hidden))
@@ -47,7 +52,7 @@ def mlp(in_dim: int, out_dim: int, hidden: int = 256, layers: int = 3, act: str 
         mods.append(ACTIVATIONS[act]())
         d = hidden
     mods.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*mods)
+    return MLP(*mods)
 
 
 class EnsembleLinear(nn.Module):
@@ -180,6 +185,28 @@ class GaussianActor(nn.Module):
 
     def forward(self, obs):
         return torch.tanh(self.mean(obs))
+
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_networks(model: nn.Module, mode: str) -> int:
+    """torch.compile, in place, every MLP and fused critic ensemble inside `model` (state_dict keys
+    unchanged, so checkpoints load either way); returns how many. `mode` is params.yaml's `compile`:
+    none (eager), or a torch.compile mode (reduce-overhead: CUDA graphs on a GPU). Each network is
+    compiled once per input shape on its first call. Compiled kernels round differently from eager
+    ones, and reruns with the same mode are still bit-identical on CPU. EDA's energy networks stay
+    eager: their training differentiates a gradient (double backward), which compiled graphs do not
+    support."""
+    if mode == "none":
+        return 0
+    import torch._dynamo
+    # one entry per (network, input shape, grad mode): actors, their EMA copies, critics and targets
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    nets = [m for m in model.modules() if isinstance(m, (MLP, EnsembleMLP))]
+    for m in nets:
+        m.compile(mode=mode, dynamic=False)
+    return len(nets)
 
 
 def orthogonal_init_(module: nn.Module) -> nn.Module:

@@ -35,13 +35,15 @@ def _meta(section: str, cfg, extra: dict) -> dict:
 
 
 def build_agent(meta: dict, obs_dim: int, act_dim: int, device, parts: dict | None = None):
-    """Construct the (untrained) agent described by `meta`; composite rows get their parts."""
+    """Construct the (untrained) agent described by `meta`; composite rows get their parts. Its
+    networks are compiled as the job's `compile` says (diffrl.utils.run_device)."""
+    from diffrl.utils import compiled
     section = meta["section"]
     cfg = SECTIONS[section](**meta["config"])
     cls = AGENTS[section]
     if section in PRETRAINED:
-        return cls(obs_dim, act_dim, cfg, parts["behavior"], parts["critic"], device, **meta["extra"])
-    return cls(obs_dim, act_dim, cfg, device, **meta["extra"])
+        return compiled(cls(obs_dim, act_dim, cfg, parts["behavior"], parts["critic"], device, **meta["extra"]))
+    return compiled(cls(obs_dim, act_dim, cfg, device, **meta["extra"]))
 
 
 def load_agent(run_dir: str | Path, device="cpu"):

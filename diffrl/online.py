@@ -137,11 +137,12 @@ def sac_config(cfg):
 
 def make_online_agent(cfg, obs_dim: int, act_dim: int, device, action_low, action_high):
     """The agent an online row trains: the fork's SAC (alg = sac) or SDAC/DPMD's DiffusionOnline."""
+    from diffrl.utils import compiled
     if cfg.alg == "sac":
         from diffrl.algos.sac import SAC
-        return SAC(obs_dim, act_dim, sac_config(cfg), device)
+        return compiled(SAC(obs_dim, act_dim, sac_config(cfg), device))
     from diffrl.algos.dpmd import DiffusionOnline
-    return DiffusionOnline(obs_dim, act_dim, cfg, device, action_low, action_high)
+    return compiled(DiffusionOnline(obs_dim, act_dim, cfg, device, action_low, action_high))
 
 
 def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-RUN_KEYS = ["device", "deterministic"]
+RUN_KEYS = ["device", "deterministic", "compile", "tf32"]  # how a job runs, read by every job
 
 # stage -> params.yaml keys it reads (a section name means the whole section). A `{wildcard}`
 # stands for the section the job trains: critic_pretrain with critic=dtql_critic reads dtql_critic;

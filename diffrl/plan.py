@@ -34,7 +34,7 @@ from pathlib import Path
 JOB_OVERHEAD_S = 8.0    # one job's start-up on top of its compute (interpreter, torch, MuJoCo, data loading)
 PLAN_ONLY_ENV = "DIFFRL_PLAN_ONLY"   # set by `python -m diffrl.plan`: the Snakefile prints the plan and stops
 WAYS_OUT = ("pick rows (--config 'algorithms=[bc, iql]' or -S 'algorithms=[bc, iql]'), run on a GPU "
-            "(device=cuda), use the SLURM profile (--profile workflow/profiles/slurm), or raise max_hours")
+            "(device=cuda), use the SLURM profile (--workflow-profile workflow/profiles/slurm), or raise max_hours")
 
 
 class PlanError(SystemExit):
@@ -160,8 +160,10 @@ def on_snakemake_start(workflow, params: dict, overrides: list[str]) -> None:
     jobs = snakemake_jobs(dag, set(STAGES))
     gpu, name = device_of(params)
     cores = workflow.resource_settings.cores or 1
-    gpus = getattr(workflow.global_resources.get("gpu"), "value", None)  # a Resource in Snakemake 9; None: unset
-    workers = min(cores, int(gpus)) if gpu and gpus else cores
+    slots = getattr(workflow.global_resources.get("gpu_slots"), "value", None)  # a Resource in Snakemake 9
+    workers = min(cores, int(slots)) if gpu and slots else cores  # GPU jobs at once: --resources gpu_slots=N
+    if gpu:  # jobs sharing one GPU are assumed not to slow each other (gpu_check.sh measures how far that holds)
+        name = f"{name}, {workers} job(s) sharing it"
     estimate(jobs, params, gpu)
     table, wall, slow = report(jobs, params, workers, name or f"{cores} CPU core(s)", gpu)
     print(table, file=sys.stderr, flush=True)

@@ -8,12 +8,20 @@ jobs for hours) and GPU stages ask for a GPU when the run uses CUDA:
         ...
         resources: **job_resources("offline_train", P)
 
+Several jobs share one GPU: the small networks here leave an H200 mostly idle with one job, so a
+GPU job does not claim a whole device. It takes one `gpu_slots` unit and asks the cluster for
+`gres: gpu:1`: on one machine `snakemake --resources gpu_slots=N` lets N jobs share the GPU; on
+SLURM the profile groups the GPU stages so that N jobs share one submission and its one GPU
+(`--group-components gpu=N`, docs/scale.md). N comes from benchmarks/gpu_check.sh (aggregate
+steps per second against concurrent runs), not from a guess.
+
 Resource values that depend on the job (which algorithm, which retry) are functions of
 `(wildcards, attempt)`, which Snakemake evaluates per job; on a retry (`--retries N`, e.g.
 after a wall-time kill) the wall time grows with the attempt and the stage resumes from its
 checkpoint. Keys follow snakemake-executor-plugin-slurm: `runtime` (minutes, sbatch -t),
-`mem_mb` (sbatch --mem), `cpus_per_task` (sbatch --cpus-per-task) and `gpu` (sbatch --gpus;
-0 means none); `gpu` is also the resource `snakemake --resources gpu=1` limits on one machine.
+`mem_mb` (sbatch --mem), `cpus_per_task` (sbatch --cpus-per-task) and, on a GPU, `gres`
+(sbatch --gres=gpu:1; a string, so a group of jobs asks for one GPU, not one per job) and
+`gpu_slots` (the count `--resources gpu_slots=N` limits).
 
 The step times are seconds per gradient step with the published network sizes, declared with
 each section in the registry (diffrl.algos.REGISTRY: `step_s`, `act_s`): the CPU figures are
@@ -33,6 +41,7 @@ STARTUP_S = 60                # interpreter, torch and MuJoCo imports, dataset l
 SAFETY = 2.0                  # requested wall time / estimate
 MIN_RUNTIME_MIN = 10          # schedulers round tiny requests up; avoid queue-time-limit edge cases
 
+GPU_GRES = "gpu:1"            # what a GPU job (or a group of GPU jobs) asks the cluster for
 GPU_STAGES = ("dataset", "critic_pretrain", "behavior_pretrain", "offline_train", "online_train", "evaluate",
               "bandit_train")
 STAGES = GPU_STAGES + ("toy_dataset", "summary", "bandit_plot", "bandit_summary")
@@ -148,9 +157,11 @@ def job_resources(stage: str, params: dict, gpu: int | None = None) -> dict:
         data_mb = 2 * transitions * (3 * 32 + 2) * 4 / 1e6
     if stage == "bandit_train":
         data_mb = b.toy_samples * 8 * 4 / 1e6
-    return {
+    res = {
         "runtime": runtime,
         "mem_mb": _mem_mb(data_mb, bool(on_gpu)),
         "cpus_per_task": 2 if on_gpu else 1,  # a GPU job's MuJoCo evaluation gets its own core
-        "gpu": on_gpu,
     }
+    if on_gpu:
+        res.update(gpu_slots=1, gres=GPU_GRES)
+    return res

@@ -23,6 +23,28 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def run_device(p) -> torch.device:
+    """The device of a job from its params (`device`), with its run settings applied to this
+    process: TF32 matrix multiplies on CUDA (`tf32`) and the compile mode every agent built here
+    gets (`compile`: diffrl.nets.compile_networks, applied by diffrl.offline.build_agent and the
+    online and bandit stages)."""
+    global COMPILE_MODE
+    COMPILE_MODE = p["compile"]
+    torch.backends.cuda.matmul.allow_tf32 = bool(p["tf32"])
+    torch.backends.cudnn.allow_tf32 = bool(p["tf32"])
+    return pick_device(p["device"])
+
+
+COMPILE_MODE = "none"  # set by run_device: the `compile` of this process's job
+
+
+def compiled(model):
+    """`model` with its networks compiled as this job's `compile` says (in place); returns it."""
+    from diffrl.nets import compile_networks
+    compile_networks(model, COMPILE_MODE)
+    return model
+
+
 def available_cores() -> int:
     """Cores this process may run on: its CPU affinity (what a SLURM or cgroup allocation grants),
     not every core of the node."""

@@ -19,13 +19,13 @@ def train(p, args):
     import numpy as np
     from diffrl.algos import PRETRAINED
     from diffrl.bandit import run_bandit
-    from diffrl.utils import atomic_path, pick_device, seed_everything
+    from diffrl.utils import atomic_path, run_device, seed_everything
 
     configs = {s: p[s] for s in (*PRETRAINED.get(args.algo, ()), args.algo)}
     arrays = {}
     for seed in p["seeds"]:
         seed_everything(seed, p["deterministic"])
-        out = run_bandit(args.name, args.algo, seed, configs, p.budget, N_SAMPLES, pick_device(p["device"]))
+        out = run_bandit(args.name, args.algo, seed, configs, p.budget, N_SAMPLES, run_device(p))
         arrays[f"seed{seed}"] = out["actions"]
     arrays.update({f"data_{k}": v for k, v in out["data"].items()})
     with atomic_path(bandit_file(args.name, args.algo)) as tmp:

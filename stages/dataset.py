@@ -12,10 +12,10 @@ def main(p, args):
     from diffrl.data import fetch_minari, file_sizes
     from diffrl.generate import generate_dataset
     from diffrl.runlog import RunLog
-    from diffrl.utils import atomic_path, pick_device, seed_everything, write_json
+    from diffrl.utils import atomic_path, run_device, seed_everything, write_json
 
     ds, b = p["dataset"], p.budget
-    device = pick_device(p["device"])
+    device = run_device(p)
     seed_everything(ds.seed, p["deterministic"])
     out = Path(dataset_dir(args.env))
     resume = Path(resume_file("dataset_sac", args.env, ds.seed))

@@ -26,17 +26,17 @@ def main(p, args):
     from diffrl.envs import evaluate, final_seed, normalized_score, reference_scores
     from diffrl.offline import load_agent
     from diffrl.train import policy_fn
-    from diffrl.utils import pick_device, read_json, seed_everything, write_json
+    from diffrl.utils import run_device, read_json, seed_everything, write_json
 
     seed_everything(args.seed, p["deterministic"])
     tilted = args.algo in TILT_BASES
     if tilted:
         from diffrl.algos.tilted import load_tilted
-        agent, train = load_tilted(args.algo, p[args.algo], args.env, args.seed, pick_device(p["device"]))
+        agent, train = load_tilted(args.algo, p[args.algo], args.env, args.seed, run_device(p))
     else:
         rdir = run_dir(args.env, args.algo, args.seed)
         train = read_json(Path(rdir) / "train.json")
-        agent, _ = load_agent(rdir, pick_device(p["device"]))
+        agent, _ = load_agent(rdir, run_device(p))
     ep_seed = final_seed(args.seed)
     cap = p.budget.max_episode_steps
     returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed, cap)

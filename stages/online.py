@@ -18,7 +18,7 @@ from diffrl.pipeline import log_file, resume_file, run_dir  # noqa: E402
 def main(p, args):
     from diffrl.algos import section_of
     from diffrl.online import effective_config, train_online_run
-    from diffrl.utils import atomic_path, pick_device, seed_everything
+    from diffrl.utils import atomic_path, run_device, seed_everything
 
     b = p.budget
     tfg = p["tfg_lambda"] if "tfg_lambda" in p.declared else 0.0
@@ -32,7 +32,7 @@ def main(p, args):
     resume = Path(resume_file(args.algo, args.env, args.seed))
     with atomic_path(run_dir(args.env, args.algo, args.seed)) as tmp:
         info = train_online_run(args.algo, cfg, env_name=args.env, out_dir=tmp, seed=args.seed, budget=b,
-                                budget_name=p["budget"], device=pick_device(p["device"]), resume_path=resume,
+                                budget_name=p["budget"], device=run_device(p), resume_path=resume,
                                 offline_run=offline_run)
     resume.unlink(missing_ok=True)
     print(f"online_train {args.algo} {args.env} seed {args.seed}: {info['env_steps']} env steps, "

@@ -20,7 +20,7 @@ WILDCARD = TRAIN_STAGES  # stage -> the argument naming the section it trains
 def main(p, args):
     from diffrl.algos import PRETRAINED, ROWS
     from diffrl.offline import budget_steps, train_run
-    from diffrl.utils import atomic_path, pick_device, seed_everything
+    from diffrl.utils import atomic_path, run_device, seed_everything
 
     section = getattr(args, WILDCARD[args.stage])
     cfg, b = p[section], p.budget
@@ -34,7 +34,7 @@ def main(p, args):
     with atomic_path(run_dir(args.env, section, args.seed)) as tmp:
         info = train_run(section, cfg, env_name=args.env, dataset_dir=dataset_dir(args.env), out_dir=tmp,
                          seed=args.seed, steps=budget_steps(section, b), eval_every=b.eval_every if row else None,
-                         curve_episodes=b.curve_episodes if row else None, device=pick_device(p["device"]),
+                         curve_episodes=b.curve_episodes if row else None, device=run_device(p),
                          resume_path=resume, budget=p["budget"], pretrained=pretrained,
                          support_states=b.align_support_states if section == "eda" else 0)
     resume.unlink(missing_ok=True)
