@@ -57,7 +57,6 @@ def build(name, device):
 
 def matmul_shapes(step) -> list[tuple[int, int, int, int]]:
     """(batch, m, k, n) of every matrix multiply one call of `step` dispatches, forward and backward."""
-    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Record(TorchDispatchMode):

@@ -37,8 +37,8 @@ SHARED_ALGO = "dql_ql"
 
 
 def sizes(dry: bool) -> dict:
-    if dry:  # every code path once, in seconds, on CPU
-        return {"device": "cpu", "offline": ["iql"], "compiled": ["iql"], "online": ["sac"], "sharing": [1, 2],
+    if dry:  # every code path once, in seconds, on CPU (compiled networks: tests/test_core.py)
+        return {"device": "cpu", "offline": ["iql"], "compiled": [], "online": ["sac"], "sharing": [1, 2],
                 "steps": 3, "shared_steps": 5, "online_args": ["--small", "--iters", "2", "--max-seconds", "2"],
                 "smoke": ["-n"]}
     return {"device": "cuda", "offline": OFFLINE, "compiled": COMPILED, "online": ONLINE, "sharing": SHARING,

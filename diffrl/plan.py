@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import os
 import subprocess
 import sys

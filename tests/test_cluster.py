@@ -203,7 +203,7 @@ def test_gpu_check_runs_end_to_end_in_its_dry_mode(tmp_path):
     assert report["dry"] and "DRY" in (tmp_path / "gpu_check.md").read_text() and "## Smoke graph" in out.stdout
     rows = report["steps"] + report["online"] + report["sharing"] + [report["smoke"]]
     assert not [r for r in rows if "error" in r], rows
-    assert {r["compile"] for r in report["steps"]} == {"none", "default"}
+    assert {r["compile"] for r in report["steps"]} == {"none"}
     assert all(r["gflop"] > 0 and 0 < r["of_sgemm"] for r in report["steps"])
     assert [r["runs"] for r in report["sharing"]] == [1, 2] and report["sharing"][1]["aggregate_steps_per_s"] > 0
     assert report["smoke"]["returncode"] == 0 and not (tmp_path / ".scratch").exists()
