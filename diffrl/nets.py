@@ -219,6 +219,14 @@ def orthogonal_init_(module: nn.Module) -> nn.Module:
     return module
 
 
+def adam(params, lr: float, fused_on_cpu: bool = False) -> torch.optim.Adam:
+    """Adam, fused (one kernel for every parameter's update) when the parameters live on CUDA, where
+    one launch per tensor would dominate a small network's step. On CPU the plain form unless
+    `fused_on_cpu` (Diffusion-QL's, as it has always run): the two round differently."""
+    params = list(params)
+    return torch.optim.Adam(params, lr=lr, fused=fused_on_cpu or any(p.is_cuda for p in params))
+
+
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

@@ -12,7 +12,7 @@ import torch
 
 from diffrl.diffusion import DiffusionSchedule
 from diffrl.fields import param
-from diffrl.nets import NoiseNet
+from diffrl.nets import adam, NoiseNet
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DiffusionBC(torch.nn.Module):
         self.eps_ema = copy.deepcopy(self.eps).requires_grad_(False)
         self.schedule = DiffusionSchedule.make("vp", cfg.T, device, beta_min=cfg.beta_min, beta_max=cfg.beta_max)
         self.to(device)
-        self.opt = torch.optim.Adam(self.eps.parameters(), lr=cfg.lr)
+        self.opt = adam(self.eps.parameters(), cfg.lr)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def update(self, b: dict, generator=None) -> dict:

@@ -98,7 +98,7 @@ from diffrl.algos.tilts import (INF, EnergyGradNet, TiltConfig, TiltedSampler, a
                                tilt_field)
 from diffrl.diffusion import DiffusionSchedule
 from diffrl.fields import ConfigError, param
-from diffrl.nets import Critic, NoiseNet, ValueNet, soft_update
+from diffrl.nets import adam, Critic, NoiseNet, soft_update, ValueNet
 
 
 @dataclass
@@ -276,13 +276,13 @@ class DiffusionOnline(TiltedSampler, nn.Module):
             self.value = ValueNet(obs_dim, cfg.hidden, cfg.layers) if cfg.tilt == "model" else None
         self.schedule = DiffusionSchedule.make(cfg.schedule, cfg.T, device)
         self.to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.policy_lr)
+        self.critic_opt = adam(self.critic.parameters(), cfg.lr)
+        self.alpha_opt = adam([self.log_alpha], cfg.alpha_lr)
         if self.use_models:
-            self.model_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.model_lr)
+            self.model_opt = adam(self.model.parameters(), cfg.model_lr)
             if self.value is not None:
-                self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.model_lr)
+                self.value_opt = adam(self.value.parameters(), cfg.model_lr)
         self.target_entropy = cfg.target_entropy_scale * act_dim
         self._step = 0  # updates done (python int: no host sync); saved via get_extra_state
         self.last_mala_accept: list[torch.Tensor] = []  # the shared sampler's per-call state (diffrl.algos.tilts)

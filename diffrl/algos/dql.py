@@ -53,7 +53,7 @@ import torch
 from diffrl.algos.bc import ema_update
 from diffrl.diffusion import DiffusionSchedule, dpm_solver_2m, vp_betas
 from diffrl.fields import ConfigError, param
-from diffrl.nets import Critic, NoiseNet, soft_update
+from diffrl.nets import adam, Critic, NoiseNet, soft_update
 
 VARIANTS = ("ql", "qg", "edp", "bc", "eg_ood")
 
@@ -190,8 +190,8 @@ class DiffusionQL(torch.nn.Module):
         self.register_buffer("qg_scale", (self.schedule.sqrt_1m_abar / self.schedule.sqrt_abar).clone(),
                              persistent=False)
         self.to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, fused=True)
+        self.actor_opt = adam(self.actor.parameters(), cfg.lr, fused_on_cpu=True)
+        self.critic_opt = adam(self.critic.parameters(), cfg.lr, fused_on_cpu=True)
         # python-side counters (no host sync); saved through get_extra_state
         self._step = 0
         self._lr_start = 0  # gradient step at which the current lr schedule began

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.fields import ConfigError, param
-from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, SinusoidalEmbedding, TanhGaussianActor, mlp, orthogonal_init_
+from diffrl.nets import adam, LOG_STD_MAX, LOG_STD_MIN, mlp, orthogonal_init_, SinusoidalEmbedding, TanhGaussianActor
 
 
 # --------------------------------------------------------------------------- EDM behaviour model
@@ -120,7 +120,7 @@ class EDMBehavior(nn.Module):
                                cfg.noise_embed_scale)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.opt = adam(self.net.parameters(), cfg.lr)
 
     @property
     def device(self):
@@ -265,7 +265,7 @@ class DTQL(nn.Module):
             orthogonal_init_(self.actor)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.lr)
         self.bc_opt = behavior.opt
         self.q_opt, self.v_opt = critic.q_opt, critic.v_opt
 

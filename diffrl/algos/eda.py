@@ -38,7 +38,7 @@ import torch.nn as nn
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.diffusion import dpm_solver_2m
 from diffrl.fields import param
-from diffrl.nets import SinusoidalEmbedding
+from diffrl.nets import adam, SinusoidalEmbedding
 
 
 # --------------------------------------------------------------------------- continuous VP-SDE
@@ -275,7 +275,7 @@ class BottleneckBehavior(nn.Module):
                              time_embedding=cfg.time_embedding, fourier_scale=cfg.fourier_scale)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.opt = adam(self.net.parameters(), cfg.lr)
 
     @property
     def device(self):
@@ -367,7 +367,7 @@ class EDAAlign(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.to(device)
         self.train()
-        self.pi_opt = torch.optim.Adam(self.pi.parameters(), lr=cfg.lr)
+        self.pi_opt = adam(self.pi.parameters(), cfg.lr)
 
     @classmethod
     def from_configs(cls, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior_cfg: EDABehaviorConfig,

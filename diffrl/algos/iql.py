@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from diffrl.fields import param
-from diffrl.nets import Critic, GaussianActor, ValueNet, soft_update
+from diffrl.nets import adam, Critic, GaussianActor, soft_update, ValueNet
 
 
 @dataclass
@@ -60,9 +60,9 @@ class IQL(torch.nn.Module):
         self.v = ValueNet(obs_dim, **kw)
         self.policy = GaussianActor(obs_dim, act_dim, cfg.policy_hidden, 2, "relu")
         self.to(device)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
-        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
-        self.pi_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.q_opt = adam(self.q.parameters(), cfg.lr)
+        self.v_opt = adam(self.v.parameters(), cfg.lr)
+        self.pi_opt = adam(self.policy.parameters(), cfg.lr)
 
     def critic_step(self, b: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """V (expectile of min Q - V) and Q (r + gamma (1 - d) V(s')) steps and the Polyak target

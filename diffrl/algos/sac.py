@@ -20,7 +20,7 @@ import torch
 from diffrl.data import ReplayBuffer
 from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
 from diffrl.fields import param
-from diffrl.nets import LOG_STD_MAX, LOG_STD_MIN, Critic, TanhGaussianActor, soft_update
+from diffrl.nets import adam, Critic, LOG_STD_MAX, LOG_STD_MIN, soft_update, TanhGaussianActor
 
 
 @dataclass
@@ -58,9 +58,9 @@ class SAC(torch.nn.Module):
         self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.target_entropy = cfg.target_entropy_scale * act_dim
         self.to(device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr or cfg.lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.lr)
+        self.critic_opt = adam(self.critic.parameters(), cfg.lr)
+        self.alpha_opt = adam([self.log_alpha], cfg.alpha_lr or cfg.lr)
 
     def update(self, b: dict, generator=None) -> dict:
         cfg, alpha = self.cfg, self.log_alpha.exp().detach()
