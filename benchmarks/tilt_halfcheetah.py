@@ -1,0 +1,146 @@
+"""The tilts on HalfCheetah: each offline row's `quick` policy evaluated untilted and under a sweep of
+inference-time tilts, through the pipeline itself (Snakemake, the tilted rows' evaluate jobs).
+
+    python benchmarks/tilt_halfcheetah.py [--rows bc dql] [--seeds 0 1 2] [--lambdas 0 16 64 128]
+        [--particles 1 32] [--budget quick] [--cores 2]
+
+First `snakemake` builds the base rows' runs and evaluations at the budget (the dataset, BC's IQL
+critic, the training runs; cached runs are reused). Then, for each tilt of the sweep, one `snakemake`
+run evaluates the tilted rows (`{row}_tilt`) with `tfg_lambda` and `num_particles` set on the command
+line (params.yaml's other tilt settings), which reruns only those evaluations. Every evaluation is the
+evaluate stage's: `eval_episodes` full episodes on the final-evaluation episode seeds, the same
+episodes for a row and its tilts. Writes results/tilts/halfcheetah_tilts.csv (one line per row,
+tilt and seed; the untilted row has lambda and particles empty) and halfcheetah_tilts.png (score
+against lambda per row, IQM over seeds with its 95% stratified-bootstrap interval, one line per
+particle count, the untilted row as a band). A rerun replaces the lines of its rows and seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from learning_curves import machine  # noqa: E402
+
+ENV = "halfcheetah"
+
+
+def snakemake(targets: list[str], config: list[str], cores: int) -> None:
+    cmd = ["snakemake", "--cores", str(cores), "--config", *config, "--", *targets]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def evaluation(row: str, seed: int) -> dict:
+    return json.loads((ROOT / f"runs/{ENV}/eval/{row}/seed{seed}.json").read_text())
+
+
+def main() -> None:
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--rows", nargs="+", default=["bc", "dql"])
+    a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    a.add_argument("--budget", default="quick")
+    a.add_argument("--lambdas", nargs="+", type=float, default=[0, 16, 64, 128])
+    a.add_argument("--particles", nargs="+", type=int, default=[1, 32])
+    a.add_argument("--cores", type=int, default=2)
+    a.add_argument("--out", default=str(ROOT / "results/tilts"))
+    args = a.parse_args()
+    seeds = "[" + ", ".join(map(str, args.seeds)) + "]"
+    base_config = [f"budget={args.budget}", f"seeds={seeds}"]
+    runs = [(row, s) for row in args.rows for s in args.seeds]
+    lines, who = [], machine()
+
+    def record(row, base, lam, particles, t0):
+        for s in args.seeds:
+            e = evaluation(row, s)
+            lines.append({"row": base, "tilted_row": row if row != base else "", "tfg_lambda": lam,
+                          "num_particles": particles, "seed": s, "score": e["final_score"],
+                          "return": e["final_return"], "episodes": e["eval_episodes"], "grad_steps": e["grad_steps"],
+                          "budget": args.budget, "wall_s": round(time.time() - t0, 1), "machine": who})
+
+    t0 = time.time()
+    snakemake([f"runs/{ENV}/eval/{row}/seed{s}.json" for row, s in runs], base_config, args.cores)
+    for row in args.rows:
+        record(row, row, None, None, t0)
+    for lam in args.lambdas:
+        for particles in args.particles:
+            t0 = time.time()
+            tilts = [f"{row}_tilt={{tfg_lambda: {lam:g}, num_particles: {particles}}}" for row in args.rows]
+            snakemake([f"runs/{ENV}/eval/{row}_tilt/seed{s}.json" for row, s in runs], base_config + tilts, args.cores)
+            for row in args.rows:
+                record(f"{row}_tilt", row, lam, particles, t0)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "halfcheetah_tilts.csv"
+    new = pd.DataFrame(lines)
+    if csv.exists():  # keep the lines of other rows and seeds
+        old = pd.read_csv(csv)
+        new = pd.concat([old[~(old.row.isin(args.rows) & old.seed.isin(args.seeds))], new], ignore_index=True)
+    new.to_csv(csv, index=False)
+    plot(new, out / "halfcheetah_tilts.png")
+    print(table(new))
+
+
+def intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """IQM over seeds and its 95% stratified-bootstrap interval per (row, lambda, particles)."""
+    from diffrl.stats import iqm_interval
+    keys = ["row", "tfg_lambda", "num_particles"]
+    out = []
+    for key, g in df.groupby(keys, dropna=False, sort=False):
+        point, lo, hi = iqm_interval({"x": g.score.to_numpy()}, reps=2000, confidence=0.95)["x"]
+        out.append(dict(zip(keys, key), iqm=point, lo=lo, hi=hi, mean=g.score.mean(), seeds=len(g)))
+    return pd.DataFrame(out)
+
+
+def table(df: pd.DataFrame) -> str:
+    lines = ["| row | tilt | score IQM [95% CI] | mean | seeds |", "|---|---|---|---|---|"]
+    for _, r in intervals(df).iterrows():
+        tilt = "none" if pd.isna(r.tfg_lambda) else (f"λ = {r.tfg_lambda:g}, {int(r.num_particles)} "
+                                                      f"particle{'s' if r.num_particles > 1 else ''}")
+        lines.append(f"| {r.row} | {tilt} | {r.iqm:.1f} [{r.lo:.1f}, {r.hi:.1f}] | {r['mean']:.1f} | {r.seeds} |")
+    return "\n".join(lines)
+
+
+def plot(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    iv = intervals(df)
+    rows = list(dict.fromkeys(iv.row))
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        r = iv[iv.row == row]
+        base = r[r.tfg_lambda.isna()]
+        if len(base):
+            b = base.iloc[0]
+            ax.axhspan(b.lo, b.hi, color="0.85", label=f"{row}, untilted (95% CI)")
+            ax.axhline(b.iqm, color="0.4", lw=1)
+        for particles, g in r[r.tfg_lambda.notna()].groupby("num_particles"):
+            g = g.sort_values("tfg_lambda")
+            ax.errorbar(g.tfg_lambda, g.iqm, yerr=[g.iqm - g.lo, g.hi - g.iqm], marker="o", capsize=3,
+                        label=f"{int(particles)} particle{'s' if particles > 1 else ''}")
+        ax.set_xscale("symlog", linthresh=16)
+        ax.set_xlabel("tfg_lambda")
+        ax.set_title(f"{row}_tilt")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("normalised score (IQM over seeds)")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    seeds = sorted(df.seed.unique())
+    fig.suptitle(f"HalfCheetah (generated medium data, not D4RL), budget {df.budget.iloc[0]}, "
+                 f"seeds {', '.join(map(str, seeds))}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
