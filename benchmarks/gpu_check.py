@@ -56,30 +56,29 @@ def last_json(cmd: list[str], timeout: float, env=None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def steps_section(sz, deadline) -> list[dict]:
+def measured(labels: list[dict], deadline: float, command) -> list[dict]:
+    """Each label's measurement (`command(label)` run as a bench's `--one`) until the deadline; the
+    ones left over say they were skipped."""
     rows = []
-    runs = [(a, "none") for a in sz["offline"]] + [(a, "reduce-overhead" if not sz["device"] == "cpu" else "default")
-                                                    for a in sz["compiled"]]
-    for algo, mode in runs:
-        if time.time() > deadline:
-            rows.append({"algo": algo, "compile": mode, "error": "skipped: time budget"})
-            continue
-        steps = max(2, sz["steps"] // 10) if algo.startswith("eda_") else sz["steps"]
-        r = last_json([sys.executable, "benchmarks/bench_steps.py", "--one", algo, sz["device"], "1",
-                       "--steps", str(steps), "--compile", mode], timeout=max(10, deadline - time.time()))
-        rows.append({"algo": algo, "compile": mode, **r})
+    for label in labels:
+        result = ({"error": "skipped: time budget"} if time.time() > deadline
+                  else last_json(command(label), timeout=max(10, deadline - time.time())))
+        rows.append({**label, **result})
     return rows
+
+
+def steps_section(sz, deadline) -> list[dict]:
+    compiled = "reduce-overhead" if sz["device"] == "cuda" else "default"
+    labels = ([{"algo": a, "compile": "none"} for a in sz["offline"]]
+              + [{"algo": a, "compile": compiled} for a in sz["compiled"]])
+    return measured(labels, deadline, lambda x: [
+        sys.executable, "benchmarks/bench_steps.py", "--one", x["algo"], sz["device"], "1", "--compile", x["compile"],
+        "--steps", str(max(2, sz["steps"] // 10) if x["algo"].startswith("eda_") else sz["steps"])])
 
 
 def online_section(sz, deadline) -> list[dict]:
-    rows = []
-    for v in sz["online"]:
-        if time.time() > deadline:
-            rows.append({"variant": v, "error": "skipped: time budget"})
-            continue
-        rows.append({"variant": v, **last_json([sys.executable, "benchmarks/bench_online.py", "--one", v, sz["device"],
-                                                "1", *sz["online_args"]], timeout=max(10, deadline - time.time()))})
-    return rows
+    return measured([{"variant": v} for v in sz["online"]], deadline, lambda x: [
+        sys.executable, "benchmarks/bench_online.py", "--one", x["variant"], sz["device"], "1", *sz["online_args"]])
 
 
 def sharing_section(sz, deadline) -> list[dict]:
