@@ -12,7 +12,8 @@ evaluate stage's: `eval_episodes` full episodes on the final-evaluation episode 
 episodes for a row and its tilts. Writes results/tilts/halfcheetah_tilts.csv (one line per row,
 tilt and seed; the untilted row has lambda and particles empty) and halfcheetah_tilts.png (score
 against lambda per row, IQM over seeds with its 95% stratified-bootstrap interval, one line per
-particle count, the untilted row as a band). A rerun replaces the lines of its rows and seeds.
+particle count, the untilted row as a band). A rerun replaces the lines of its rows and seeds;
+`--plot-only` redraws the figure and prints the table from the CSV.
 """
 from __future__ import annotations
 
@@ -52,7 +53,13 @@ def main() -> None:
     a.add_argument("--particles", nargs="+", type=int, default=[1, 32])
     a.add_argument("--cores", type=int, default=2)
     a.add_argument("--out", default=str(ROOT / "results/tilts"))
+    a.add_argument("--plot-only", action="store_true", help="redraw the figure and table from the CSV")
     args = a.parse_args()
+    if args.plot_only:
+        df = pd.read_csv(Path(args.out) / "halfcheetah_tilts.csv")
+        plot(df, Path(args.out) / "halfcheetah_tilts.png")
+        print(table(df))
+        return
     seeds = "[" + ", ".join(map(str, args.seeds)) + "]"
     base_config = [f"budget={args.budget}", f"seeds={seeds}"]
     runs = [(row, s) for row in args.rows for s in args.seeds]
@@ -122,7 +129,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         base = r[r.tfg_lambda.isna()]
         if len(base):
             b = base.iloc[0]
-            ax.axhspan(b.lo, b.hi, color="0.85", label=f"{row}, untilted (95% CI)")
+            ax.axhspan(b.lo, b.hi, color="0.85", label="untilted row (95% CI)")
             ax.axhline(b.iqm, color="0.4", lw=1)
         for particles, g in r[r.tfg_lambda.notna()].groupby("num_particles"):
             g = g.sort_values("tfg_lambda")

@@ -63,7 +63,7 @@ _DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline
             step_s=(0.045, 0.012), act_s=(0.004, 0.003))
 _DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
 TILT = ("tfg_lambda",)  # the guided variants: the top-level tfg_lambda is their guidance strength
-# tilted rows: seconds per action at params.yaml's tilt settings (lambda 16, 32 particles, no MALA); CPU
+# tilted rows: seconds per action at params.yaml's tilt settings (lambda 0, 32 particles, no MALA); CPU
 # measured with benchmarks/bench_tilts.py (docs/benchmarks.md), GPU conservative estimates
 _TILTED = dict(module="tilted", config="TiltRowConfig", agent=None, kind="tilted")
 
@@ -108,10 +108,10 @@ REGISTRY: dict[str, Section] = {
     "dpmd_o2o": Section(**_DPMD, step_s=(0.3, 0.02)),
     # tilted evaluation rows (diffrl.algos.tilted): a trained offline policy of the same env and seed
     # sampled under an inference-time tilt, no training; BC has no critic and takes the iql row's
-    "bc_tilt": Section(**_TILTED, base="bc", critic_row="iql", act_s=(0.010, 0.004)),
-    "dql_tilt": Section(**_TILTED, base="dql", act_s=(0.010, 0.004)),
-    "dtql_tilt": Section(**_TILTED, base="dtql", act_s=(0.048, 0.01)),
-    "eda_tilt": Section(**_TILTED, base="eda", act_s=(0.16, 0.03)),
+    "bc_tilt": Section(**_TILTED, base="bc", critic_row="iql", act_s=(0.0025, 0.002)),
+    "dql_tilt": Section(**_TILTED, base="dql", act_s=(0.0025, 0.002)),
+    "dtql_tilt": Section(**_TILTED, base="dtql", act_s=(0.012, 0.005)),
+    "eda_tilt": Section(**_TILTED, base="eda", act_s=(0.062, 0.015)),
 }
 ROW_SECTIONS = {"sac": "sac_online"}  # a row whose section has another name
 SECTION_ROWS = {s: r for r, s in ROW_SECTIONS.items()}
