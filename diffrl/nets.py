@@ -187,9 +187,6 @@ class GaussianActor(nn.Module):
         return torch.tanh(self.mean(obs))
 
 
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-
-
 def compile_networks(model: nn.Module, mode: str) -> int:
     """torch.compile, in place, every MLP and fused critic ensemble inside `model` (state_dict keys
     unchanged, so checkpoints load either way); returns how many. `mode` is params.yaml's `compile`:
