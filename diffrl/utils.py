@@ -30,8 +30,7 @@ def run_device(p) -> torch.device:
     online and bandit stages)."""
     global COMPILE_MODE
     COMPILE_MODE = p["compile"]
-    torch.backends.cuda.matmul.allow_tf32 = bool(p["tf32"])
-    torch.backends.cudnn.allow_tf32 = bool(p["tf32"])
+    torch.backends.cuda.matmul.allow_tf32 = bool(p["tf32"])  # the networks here have no convolutions
     return pick_device(p["device"])
 
 

@@ -26,7 +26,7 @@ def main(p, args):
     from diffrl.envs import evaluate, final_seed, normalized_score, reference_scores
     from diffrl.offline import load_agent
     from diffrl.train import policy_fn
-    from diffrl.utils import run_device, read_json, seed_everything, write_json
+    from diffrl.utils import read_json, run_device, seed_everything, write_json
 
     seed_everything(args.seed, p["deterministic"])
     tilted = args.algo in TILT_BASES
