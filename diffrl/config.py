@@ -93,9 +93,9 @@ class Params:
                         "paper (published step counts)", choices=BUDGET_NAMES)
     device: str = param("auto", "auto picks CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
     deterministic: bool = param(True, "request deterministic kernels (bit-identical CPU reruns)")
-    compile: str = param("none", "torch.compile the networks (MLPs and critic ensembles): none (eager), default, "
-                         "reduce-overhead (CUDA graphs on a GPU) or max-autotune; seconds of compiling per job, "
-                         "then faster steps (docs/benchmarks.md)", choices=("none", "default", "reduce-overhead",
+    compile: str = param("none", "torch.compile the networks (MLPs, critic ensembles, EDA energy nets): none "
+                         "(eager), default, reduce-overhead (CUDA graphs on a GPU) or max-autotune; seconds of "
+                         "compiling per job, then faster steps (docs/benchmarks.md)", choices=("none", "default", "reduce-overhead",
                                                                             "max-autotune"))
     tf32: bool = param(False, "allow TF32 matrix multiplies on CUDA (faster on Ampere and later, about 3 "
                        "significant digits in the products; no effect on CPU)")

@@ -188,19 +188,21 @@ class GaussianActor(nn.Module):
 
 
 def compile_networks(model: nn.Module, mode: str) -> int:
-    """torch.compile, in place, every MLP and fused critic ensemble inside `model` (state_dict keys
-    unchanged, so checkpoints load either way); returns how many. `mode` is params.yaml's `compile`:
-    none (eager), or a torch.compile mode (reduce-overhead: CUDA graphs on a GPU). Each network is
-    compiled once per input shape on its first call. Compiled kernels round differently from eager
-    ones, and reruns with the same mode are still bit-identical on CPU. EDA's energy networks stay
-    eager: their training differentiates a gradient (double backward), which compiled graphs do not
-    support."""
+    """torch.compile, in place, every MLP, fused critic ensemble and EDA energy net inside `model`
+    (state_dict keys unchanged, so checkpoints load either way); returns how many. `mode` is
+    params.yaml's `compile`: none (eager), or a torch.compile mode (reduce-overhead: CUDA graphs on a
+    GPU). Each network is compiled once per input shape on its first call. Compiled kernels round
+    differently from eager ones, and reruns with the same mode are still bit-identical on CPU. An EDA
+    energy net returns its action gradient from the same call (torch.func.grad inside the compiled
+    graph), so the double backward of its training is compiled and fused too."""
     if mode == "none":
         return 0
     import torch._dynamo
+
+    from diffrl.algos.eda import BottleneckEnergyNet
     # one entry per (network, input shape, grad mode): actors, their EMA copies, critics and targets
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    nets = [m for m in model.modules() if isinstance(m, (MLP, EnsembleMLP))]
+    nets = [m for m in model.modules() if isinstance(m, (MLP, EnsembleMLP, BottleneckEnergyNet))]
     for m in nets:
         m.compile(mode=mode, dynamic=False)
     return len(nets)

@@ -177,9 +177,10 @@ def test_curve_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
 
 
 def test_compiled_networks_train_like_eager_ones_and_rerun_bit_identically():
-    """`compile: default` (torch.compile, CPU inductor): build_agent compiles the MLPs and critic
-    ensembles in place (checkpoint keys unchanged), leaves EDA's energy net eager, trains to the
-    eager losses within float rounding, and two compiled runs agree bit for bit."""
+    """`compile: default` (torch.compile, CPU inductor): build_agent compiles the MLPs, critic
+    ensembles and EDA energy nets in place (checkpoint keys unchanged); they train to the eager
+    losses within float rounding (EDA's through its compiled double backward), and two compiled
+    runs agree bit for bit."""
     from diffrl.algos.dql import DiffusionQL, DQLConfig
     from diffrl.algos.eda import BottleneckBehavior, EDABehaviorConfig
     from diffrl.nets import compile_networks
@@ -202,8 +203,19 @@ def test_compiled_networks_train_like_eager_ones_and_rerun_bit_identically():
     eager, compiled_a, compiled_b = train("none"), train("default"), train("default")
     assert np.allclose(eager[0], compiled_a[0], rtol=1e-4, atol=1e-5), (eager[0], compiled_a[0])
     assert compiled_a[0] == compiled_b[0] and all(torch.equal(a, b) for a, b in zip(compiled_a[1], compiled_b[1]))
-    energy = BottleneckBehavior(5, 2, EDABehaviorConfig(hidden=16, blocks=1), "cpu")
-    assert compile_networks(energy, "default") == 0  # double backward: stays eager
+
+    def train_energy(mode):
+        torch.manual_seed(0)
+        energy = BottleneckBehavior(5, 2, EDABehaviorConfig(hidden=16, blocks=1, dropout=0.0), "cpu")
+        assert compile_networks(energy, mode) == (mode != "none")
+        g = torch.Generator().manual_seed(1)
+        losses = [float(energy.update(batch, g)["bc_loss"]) for _ in range(3)]
+        return losses, [p.detach().clone() for p in energy.parameters()]
+
+    eager, compiled_a, compiled_b = train_energy("none"), train_energy("default"), train_energy("default")
+    assert np.allclose(eager[0], compiled_a[0], rtol=1e-4, atol=1e-5), (eager[0], compiled_a[0])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager[1], compiled_a[1]))
+    assert compiled_a[0] == compiled_b[0] and all(torch.equal(a, b) for a, b in zip(compiled_a[1], compiled_b[1]))
     # a job's params reach every agent the stage builds
     assert run_device({"device": "cpu", "compile": "default", "tf32": False}).type == "cpu"
     from diffrl import utils

@@ -109,7 +109,7 @@ def test_behavior_sampler_is_released_singlestep_on_a_uniform_time_grid(monkeypa
     import diffrl.algos.eda as eda
     calls = []
 
-    def zero_eps(net, a_t, t, obs, sigma, create_graph=False):
+    def zero_eps(net, a_t, t, obs, sigma):
         calls.append(t[0].item())
         return torch.zeros_like(a_t)
 

@@ -217,21 +217,25 @@ class BottleneckEnergyNet(nn.Module):
         self.act = nn.SiLU()
         self.out = nn.Linear(hidden, out_dim or act_dim)
 
-    def forward(self, a_t, t, obs):
+    def forward(self, a_t, t, obs, grad: bool = False):
+        """f(a_t, t, s) (B,); with `grad`, its gradient in a_t instead (B, act), differentiable in the
+        weights where grad mode is on (training differentiates it: a double backward). Both are one
+        call of the module, so `compile` (diffrl.nets.compile_networks) fuses the gradient too."""
+        if grad:
+            return torch.func.grad(lambda a: self.energy(a, t, obs).sum())(a_t)
+        return self.energy(a_t, t, obs)
+
+    def energy(self, a_t, t, obs):
         t_scaled = t * self.T_SCALE if self.time_embedding == "sinusoidal" else t
         h = torch.cat([self.a_in(a_t), self.t_in(self.t_emb(t_scaled)), self.s_in(obs)], -1)
         return self.out(self.act(self.blocks(self.inp(h)))).sum(-1)
 
 
-def energy_eps(net: BottleneckEnergyNet, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor, sigma: torch.Tensor,
-               create_graph: bool = False) -> torch.Tensor:
-    """eps_theta = -sigma_t grad_a f(a_t, t, s); with create_graph the result is differentiable in the
-    parameters (training), otherwise a_t is detached and only the gradient is returned (sampling)."""
-    with torch.enable_grad():
-        a = a_t if (create_graph and a_t.requires_grad) else a_t.detach().requires_grad_(True)
-        f = net(a, t, obs)
-        (g,) = torch.autograd.grad(f.sum(), a, create_graph=create_graph)
-    return -sigma[:, None] * g
+def energy_eps(net: BottleneckEnergyNet, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor,
+               sigma: torch.Tensor) -> torch.Tensor:
+    """eps_theta = -sigma_t grad_a f(a_t, t, s): differentiable in the weights under grad mode
+    (training), a plain tensor under no_grad (sampling)."""
+    return -sigma[:, None] * net(a_t, t, obs, grad=True)
 
 
 @dataclass
@@ -284,16 +288,16 @@ class BottleneckBehavior(nn.Module):
     def energy(self, a_t, t, obs):
         return self.net(a_t, t, obs)
 
-    def eps(self, a_t, t, obs, create_graph: bool = False):
-        return energy_eps(self.net, a_t, t, obs, self.sde.alpha_sigma(t)[1], create_graph)
+    def eps(self, a_t, t, obs):
+        return energy_eps(self.net, a_t, t, obs, self.sde.alpha_sigma(t)[1])
 
     def loss(self, action, obs, generator=None, reduce: bool = True):
         B = action.shape[0]
         t = self.cfg.t_min + (1 - self.cfg.t_min) * torch.rand(B, device=action.device, generator=generator)
         z = torch.randn(action.shape, device=action.device, generator=generator)
         al, sg = self.sde.alpha_sigma(t)
-        a_t = (al[:, None] * action + sg[:, None] * z).requires_grad_(True)
-        per = (self.eps(a_t, t, obs, create_graph=True) - z).pow(2).mean(-1)
+        a_t = al[:, None] * action + sg[:, None] * z
+        per = (self.eps(a_t, t, obs) - z).pow(2).mean(-1)
         return per.mean() if reduce else per
 
     def update(self, b: dict, generator=None) -> dict:
