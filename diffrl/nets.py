@@ -188,21 +188,21 @@ class GaussianActor(nn.Module):
 
 
 def compile_networks(model: nn.Module, mode: str) -> int:
-    """torch.compile, in place, every MLP, fused critic ensemble and EDA energy net inside `model`
-    (state_dict keys unchanged, so checkpoints load either way); returns how many. `mode` is
-    params.yaml's `compile`: none (eager), or a torch.compile mode (reduce-overhead: CUDA graphs on a
-    GPU). Each network is compiled once per input shape on its first call. Compiled kernels round
-    differently from eager ones, and reruns with the same mode are still bit-identical on CPU. An EDA
-    energy net returns its action gradient from the same call (torch.func.grad inside the compiled
-    graph), so the double backward of its training is compiled and fused too."""
+    """torch.compile, in place, every MLP, fused critic ensemble and network that sets `compile_unit`
+    (EDA's energy nets) inside `model` (state_dict keys unchanged, so checkpoints load either way);
+    returns how many. `mode` is params.yaml's `compile`: none (eager), or a torch.compile mode
+    (reduce-overhead: CUDA graphs on a GPU). Each network is compiled once per input shape on its
+    first call. Compiled kernels round differently from eager ones, and reruns with the same mode are
+    still bit-identical on CPU. An EDA energy net returns its action gradient from the same call
+    (torch.func.grad inside the compiled graph), so the double backward of its training is compiled
+    and fused too. (A marker attribute, not an import of the EDA module: every stage imports this
+    file, and a change to EDA's code must rerun EDA's jobs only.)"""
     if mode == "none":
         return 0
     import torch._dynamo
-
-    from diffrl.algos.eda import BottleneckEnergyNet
     # one entry per (network, input shape, grad mode): actors, their EMA copies, critics and targets
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    nets = [m for m in model.modules() if isinstance(m, (MLP, EnsembleMLP, BottleneckEnergyNet))]
+    nets = [m for m in model.modules() if isinstance(m, (MLP, EnsembleMLP)) or getattr(m, "compile_unit", False)]
     for m in nets:
         m.compile(mode=mode, dynamic=False)
     return len(nets)

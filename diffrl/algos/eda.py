@@ -193,6 +193,7 @@ class BottleneckEnergyNet(nn.Module):
     Linear 32 -> SiLU, then the Lin32. "sinusoidal": sinusoidal features (64) of 1000 t, then the Lin32.
     """
 
+    compile_unit = True  # diffrl.nets.compile_networks compiles it whole, action gradient included
     T_SCALE = 1000.0  # sinusoidal form: t in [1e-3, 1] is embedded like a discrete step index in [1, 1000]
     FOURIER_DIM = 32
 
