@@ -93,7 +93,9 @@ def machine() -> str:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    from diffrl import utils
+    compiled = "" if utils.COMPILE_MODE == "none" else f", compile {utils.COMPILE_MODE}"
+    return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s){compiled}"
 
 
 def plot(path: Path, png: Path, title: str) -> None:
@@ -122,6 +124,8 @@ def main() -> None:
     a.add_argument("--eval-every", type=int, default=2500)
     a.add_argument("--episodes", type=int, default=10)
     a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--compile", default="none", choices=("none", "default", "max-autotune"),
+                   help="params.yaml's `compile` for every run (default: eager, as the pipeline's default)")
     a.add_argument("--out", default=str(ROOT / "results/learning_curves/halfcheetah_curves.csv"))
     a.add_argument("--plot-only", action="store_true")
     args = a.parse_args()
@@ -135,7 +139,9 @@ def main() -> None:
     import torch
 
     from diffrl import config
+    from diffrl.utils import run_device
     torch.set_num_threads(args.threads)
+    run_device({"device": "cpu", "compile": args.compile, "tf32": False})
     params = config.load(args.params)
     if not (Path(args.dataset) / "info.json").exists():
         sys.exit(f"error: {args.dataset} is not a built dataset: run `snakemake --cores 1 {args.dataset}` first")
