@@ -95,8 +95,8 @@ class Params:
     deterministic: bool = param(True, "request deterministic kernels (bit-identical CPU reruns)")
     compile: str = param("none", "torch.compile the networks (MLPs, critic ensembles, EDA energy nets): none "
                          "(eager), default, reduce-overhead (CUDA graphs on a GPU) or max-autotune; seconds of "
-                         "compiling per job, then faster steps (docs/benchmarks.md)", choices=("none", "default", "reduce-overhead",
-                                                                            "max-autotune"))
+                         "compiling per job, then faster steps (docs/benchmarks.md)",
+                         choices=("none", "default", "reduce-overhead", "max-autotune"))
     tf32: bool = param(False, "allow TF32 matrix multiplies on CUDA (faster on Ampere and later, about 3 "
                        "significant digits in the products; no effect on CPU)")
     seeds: list = param([0, 1, 2], "training seeds; every algorithm runs each one")
