@@ -123,7 +123,9 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     iv = intervals(df)
     rows = list(dict.fromkeys(iv.row))
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.6), squeeze=False, sharex=True)
+    # one colour per particle count across the panels (a row swept over fewer settings keeps them)
+    colour = {p: f"C{i}" for i, p in enumerate(sorted(iv.num_particles.dropna().unique()))}
     for ax, row in zip(axes[0], rows):
         r = iv[iv.row == row]
         base = r[r.tfg_lambda.isna()]
@@ -134,13 +136,14 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         for particles, g in r[r.tfg_lambda.notna()].groupby("num_particles"):
             g = g.sort_values("tfg_lambda")
             ax.errorbar(g.tfg_lambda, g.iqm, yerr=[g.iqm - g.lo, g.hi - g.iqm], marker="o", capsize=3,
-                        label=f"{int(particles)} particle{'s' if particles > 1 else ''}")
+                        color=colour[particles], label=f"{int(particles)} particle{'s' if particles > 1 else ''}")
         ax.set_xscale("symlog", linthresh=16)
         ax.set_xlabel("tfg_lambda")
         ax.set_title(f"{row}_tilt")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("normalised score (IQM over seeds)")
-    axes[0][-1].legend(fontsize=8, loc="best")
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="best")
     seeds = sorted(df.seed.unique())
     fig.suptitle(f"HalfCheetah (generated medium data, not D4RL), budget {df.budget.iloc[0]}, "
                  f"seeds {', '.join(map(str, seeds))}", fontsize=9)
