@@ -200,6 +200,9 @@ def compile_networks(model: nn.Module, mode: str) -> int:
     if mode == "none":
         return 0
     import torch._dynamo
+    import torch._inductor.config
+    # compiled kernels as deterministic as eager ones (diffrl.utils.seed_everything sets only the latter)
+    torch._inductor.config.deterministic = torch.are_deterministic_algorithms_enabled()
     # one entry per (network, input shape, grad mode): actors, their EMA copies, critics and targets
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     nets = [m for m in model.modules() if isinstance(m, (MLP, EnsembleMLP)) or getattr(m, "compile_unit", False)]

@@ -69,7 +69,10 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     # stages call this first) and cuDNN's autotuner off; ops without a deterministic kernel warn.
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # torch.use_deterministic_algorithms also sets TorchInductor's flag, which costs every process a
+    # 1 s import of the compiler's config; eager jobs need only the kernel switch, and
+    # diffrl.nets.compile_networks sets the compiler's flag from it before compiling
+    torch._C._set_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     if deterministic:
         torch.backends.cudnn.benchmark = False

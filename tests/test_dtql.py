@@ -15,7 +15,7 @@ import torch
 
 from diffrl.algos.dtql import (DTQL, DTQLBehaviorConfig, DTQLConfig, EDMBehavior, edm_scalings,
                                sample_log_logistic, tanh_gaussian_log_prob)
-from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.algos.iql import IQLConfig, IQLCritic
 from diffrl.data import TOY_TARGET, ReplayBuffer, toy_dataset
 from diffrl.train import train_offline
 from diffrl.nets import Mish, TanhGaussianActor
@@ -33,7 +33,7 @@ def small_behavior(obs_dim=OBS, act_dim=ACT, **kw):
 
 
 def small_critic(obs_dim=OBS, act_dim=ACT):
-    return IQL(obs_dim, act_dim, IQLConfig(hidden=32, layers=2, layer_norm=True, reward_scaling="none"))
+    return IQLCritic(obs_dim, act_dim, IQLConfig(hidden=32, layers=2, layer_norm=True, reward_scaling="none"))
 
 
 def random_batch(n=64, obs_dim=OBS, act_dim=ACT, seed=0):
@@ -254,7 +254,7 @@ def test_dtql_critic_trains_on_raw_rewards(tmp_path):
     assert scales["iql"] == pytest.approx(load_offline(data_dir, "halfcheetah").locomotion_reward_scale())
     assert scales["iql"] != 1.0
     # with scale 1, Q's target is the dataset reward plus gamma V(s'), nothing else
-    critic = IQL(OBS, ACT, replace(p["dtql_critic"], hidden=16, layers=1))
+    critic = IQLCritic(OBS, ACT, replace(p["dtql_critic"], hidden=16, layers=1))
     b = random_batch(32)
     v0, q0 = copy.deepcopy(critic.v), copy.deepcopy(critic.q)
     m = critic.critic_step(b)[0]
@@ -267,7 +267,7 @@ def test_dtql_critic_trains_on_raw_rewards(tmp_path):
 def perturbed_critic(**kw):
     """A small IQL critic whose target Q differs from the online Q (as after some training)."""
     torch.manual_seed(0)
-    critic = IQL(OBS, ACT, IQLConfig(hidden=32, layers=2, layer_norm=True, reward_scaling="none", **kw))
+    critic = IQLCritic(OBS, ACT, IQLConfig(hidden=32, layers=2, layer_norm=True, reward_scaling="none", **kw))
     with torch.no_grad():
         for p in critic.q_target.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -371,7 +371,7 @@ def toy():
     buf = ReplayBuffer.from_arrays(data)
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    critic = IQL(1, 2, IQLConfig(hidden=64, layers=2, layer_norm=True, reward_scaling="none"), reward_scale=1.0)
+    critic = IQLCritic(1, 2, IQLConfig(hidden=64, layers=2, layer_norm=True, reward_scaling="none"), reward_scale=1.0)
     for _ in range(1000):
         critic.update(buf.sample(256, g), g)
     beh = EDMBehavior(1, 2, DTQLBehaviorConfig(hidden=64, lr=1e-3))

@@ -13,7 +13,7 @@ import torch
 from diffrl.algos.eda import (VPSDE, BottleneckBehavior, EDABehaviorConfig, EDAAlign, EDAConfig, BottleneckEnergyNet,
                               FourierEmbedding, dpm_solver_sample, energy_eps, singlestep_orders)
 from diffrl.nets import SinusoidalEmbedding
-from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.algos.iql import IQLConfig, IQLCritic
 from diffrl.data import TOY_TARGET, ReplayBuffer, toy_dataset
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint
@@ -31,7 +31,7 @@ def small_behavior(obs_dim=OBS, act_dim=ACT, **kw):
 
 
 def small_critic(obs_dim=OBS, act_dim=ACT):
-    return IQL(obs_dim, act_dim, IQLConfig(hidden=32, layers=2, activation="relu", reward_scaling="none"))
+    return IQLCritic(obs_dim, act_dim, IQLConfig(hidden=32, layers=2, activation="relu", reward_scaling="none"))
 
 
 def random_batch(n=32, obs_dim=OBS, act_dim=ACT, seed=0):
@@ -362,7 +362,7 @@ def toy():
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     # EDA's IQL is 2 x ReLU; LayerNorm keeps Q from growing off the data support on this toy
-    critic = IQL(1, 2, IQLConfig(hidden=64, layers=2, activation="relu", layer_norm=True, reward_scaling="none"),
+    critic = IQLCritic(1, 2, IQLConfig(hidden=64, layers=2, activation="relu", layer_norm=True, reward_scaling="none"),
                  reward_scale=1.0)
     for _ in range(1000):
         critic.update(buf.sample(256, g), g)

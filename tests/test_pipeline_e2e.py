@@ -109,15 +109,15 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke outputs"], project)
     status = run(["dvc", "status"], project)
     assert "up to date" in status.stdout, status.stdout
-    exp = run(["dvc", "exp", "run", "-S", "iql.expectile=0.8", "-S", "tfg_lambda=64"], project)
+    exp = run(["dvc", "exp", "run", "-S", "tfg_lambda=64"], project)
     log = exp.stdout + exp.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", log))
-    # IQL's critic runs, their evaluations, IQL's bandit run; the guided online variants and theirs; the tables
-    # (dvc.yaml has one stage per row, named STAGE_ROW, each a matrix over env and seed or toy set)
-    expected = {f"offline_train_iql@halfcheetah-{s}" for s in (0,)} | {"summary@halfcheetah"}
-    expected |= {f"evaluate_{a}@halfcheetah-{s}" for a in ("iql", "dpmd_tilt", "dpmd_model") for s in (0,)}
-    expected |= {f"online_train_{a}@halfcheetah-{s}" for a in ("dpmd_tilt", "dpmd_model") for s in (0,)}
-    expected |= {"bandit_train_iql@8gaussians", "bandit_plot@8gaussians", "bandit_summary", "plan"}
+    # the guided online variants and their evaluations, the table (dvc.yaml has one stage per row, named
+    # STAGE_ROW, each a matrix over env and seed or toy set; a section's key, such as iql.expectile, is
+    # checked against `dvc status` in tests/test_pipeline_graph.py)
+    expected = {f"online_train_{a}@halfcheetah-0" for a in ("dpmd_tilt", "dpmd_model")}
+    expected |= {f"evaluate_{a}@halfcheetah-0" for a in ("dpmd_tilt", "dpmd_model")}
+    expected |= {"summary@halfcheetah", "plan"}
     assert ran == expected, (sorted(ran ^ expected), log[-3000:])
     assert log.index("Running stage 'plan'") == log.index("Running stage '") and "cost plan:" in log  # first
     shown = run(["dvc", "exp", "show", "--json"], project)
@@ -127,7 +127,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert "halfcheetah offline rows" in plots and "halfcheetah online rows" in plots
     assert all(f'"filename": "{r}.csv"' in plots for r in ROWS)  # a line per row file
     # over max_hours, the plan stage fails first and DVC runs nothing else
-    capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "iql.expectile=0.7"], project, check=False)
+    capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "iql.expectile=0.8"], project, check=False)
     assert capped.returncode != 0 and "exceeds max_hours=0.0001" in capped.stdout + capped.stderr
     assert set(re.findall(r"Running stage '([^']+)'", capped.stdout + capped.stderr)) == {"plan"}
     run(["git", "checkout", "params.yaml"], project)

@@ -213,7 +213,8 @@ def test_snakemake_reruns_what_a_change_affects(project):
 def test_dvc_status_lists_only_what_a_change_affects(project, monkeypatch):
     """With dvc.lock in place (stand-in outputs, `dvc commit`): editing dpmd.py changes the online
     rows and their evaluations only; editing budgets.paper changes nothing while budget is quick;
-    budgets.quick.offline_steps changes the runs that train a final offline policy. The cost plan's
+    budgets.quick.offline_steps changes the runs that train a final offline policy; iql.expectile
+    changes the iql row's run and its bandit run. The cost plan's
     jobs to run (diffrl.plan.dvc_jobs) are exactly those `dvc status` lists."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params.update(seeds=[0], algorithms=["bc", "iql", "dtql", "sac", "dpmd", "dpmd_o2o"], toy_sets=["8gaussians"],
@@ -251,6 +252,10 @@ def test_dvc_status_lists_only_what_a_change_affects(project, monkeypatch):
     # no dataset or pretraining job: the final policies of the selected offline rows (dql is dpmd_o2o's start)
     assert changed() == {"offline_train_bc@halfcheetah-0", "offline_train_iql@halfcheetah-0",
                          "offline_train_dql@halfcheetah-0", "offline_train_dtql@halfcheetah-0"}
+    run(["dvc", "commit", "-f", "-q"], project)
+    params["iql"]["expectile"] = 0.8  # one row's hyperparameter: its run and its bandit run
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed() == {"offline_train_iql@halfcheetah-0", "bandit_train_iql@8gaussians"}
 
 
 # --------------------------------------------------------------------------- params precision

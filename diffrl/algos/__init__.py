@@ -58,7 +58,7 @@ class Section:
                              f"({self.module}.{self.config}, base {self.base!r})")
 
 
-_IQL = dict(module="iql", config="IQLConfig", agent="IQL")
+_IQL = dict(module="iql", config="IQLConfig", agent="IQLCritic")  # the pretrained critics: no AWR policy
 _DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline", steps_key="offline_steps",
             step_s=(0.045, 0.012), act_s=(0.004, 0.003))
 _DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
@@ -82,7 +82,7 @@ REGISTRY: dict[str, Section] = {
     # alignment has align_steps (about 10x a Diffusion-QL step on a CPU; 200k published against 2M)
     "bc": Section("bc", "BCConfig", "DiffusionBC", "offline", "offline_steps", step_s=(0.008, 0.003),
                   act_s=(0.002, 0.002)),
-    "iql": Section(**_IQL, kind="offline", steps_key="offline_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005)),
+    "iql": Section(**{**_IQL, "agent": "IQL"}, kind="offline", steps_key="offline_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005)),
     "dql": Section(**_DQL),
     "qg": Section(**_DQL),
     "edp": Section(**{**_DQL, "step_s": (0.035, 0.010)}),

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.algos.iql import IQLConfig, IQLCritic
 from diffrl.fields import ConfigError, param
 from diffrl.nets import adam, LOG_STD_MAX, LOG_STD_MIN, mlp, orthogonal_init_, SinusoidalEmbedding, TanhGaussianActor
 
@@ -249,13 +249,13 @@ def frozen(*modules: nn.Module):
 class DTQL(nn.Module):
     """One-step tanh-Gaussian policy in the trust region of a pretrained EDM behaviour model.
 
-    `behavior` (EDMBehavior) and `critic` (IQL, reference IQLConfig(layer_norm=True)) are the
+    `behavior` (EDMBehavior) and `critic` (IQLCritic, reference IQLConfig(layer_norm=True)) are the
     pretrained stage outputs; they become submodules (their weights are in this agent's state_dict),
     and their optimisers are exposed as `bc_opt`, `q_opt`, `v_opt` so that checkpoints resume them.
     """
     name = "dtql"
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: DTQLConfig, behavior: EDMBehavior, critic: IQL,
+    def __init__(self, obs_dim: int, act_dim: int, cfg: DTQLConfig, behavior: EDMBehavior, critic: IQLCritic,
                  device="cpu"):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
@@ -274,7 +274,7 @@ class DTQL(nn.Module):
                      critic_cfg: IQLConfig, device="cpu", reward_scale: float = 1.0) -> "DTQL":
         """A fresh agent with untrained behaviour and critic shells (for loading a whole DTQL checkpoint)."""
         return cls(obs_dim, act_dim, cfg, EDMBehavior(obs_dim, act_dim, behavior_cfg, device),
-                   IQL(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
+                   IQLCritic(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
 
     def update(self, b: dict, generator=None) -> dict:
         cfg, out = self.cfg, {}

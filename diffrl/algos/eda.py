@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from diffrl.algos.iql import IQL, IQLConfig
+from diffrl.algos.iql import IQLConfig, IQLCritic
 from diffrl.diffusion import dpm_solver_2m
 from diffrl.fields import param
 from diffrl.nets import adam, SinusoidalEmbedding
@@ -350,13 +350,13 @@ class EDAConfig:
 
 
 class EDAAlign(nn.Module):
-    """EDA alignment. `behavior` (BottleneckBehavior, mu: frozen) and `critic` (IQL: frozen) come from
+    """EDA alignment. `behavior` (BottleneckBehavior, mu: frozen) and `critic` (IQLCritic: frozen) come from
     the previous stages' checkpoints; pi is initialised as an exact copy of mu's energy net, trained
     with dropout off. Both models and the critic are submodules (in this agent's state_dict)."""
     name = "eda"
     extra_args = ("support_states",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior: BottleneckBehavior, critic: IQL,
+    def __init__(self, obs_dim: int, act_dim: int, cfg: EDAConfig, behavior: BottleneckBehavior, critic: IQLCritic,
                  device="cpu", support_states: int = 0):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
@@ -379,7 +379,7 @@ class EDAAlign(nn.Module):
                      critic_cfg: IQLConfig, device="cpu", reward_scale: float = 1.0) -> "EDAAlign":
         """A fresh agent with untrained behaviour and critic shells (for loading a whole EDA checkpoint)."""
         return cls(obs_dim, act_dim, cfg, BottleneckBehavior(obs_dim, act_dim, behavior_cfg, device),
-                   IQL(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
+                   IQLCritic(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
 
     def train(self, mode: bool = True):
         """Dropout stays off in mu and pi whatever the mode (alignment uses no dropout)."""
