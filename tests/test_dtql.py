@@ -312,6 +312,29 @@ def test_dtql_value_regresses_on_the_online_critic_in_one_backward_pass():
         assert not torch.allclose(m["v_loss"], expectile_loss(q0.q_min(b["obs"], b["action"]) - v0(b["obs"])))
 
 
+def test_pretrained_critic_steps_the_critic_alone_as_the_iql_row_does():
+    """The critic stages (dtql_critic, eda_critic) train IQLCritic: the iql row's critic step, bit
+    for bit, and no AWR policy step (its policy stays at its initialisation)."""
+    from diffrl.algos import AGENTS
+    from diffrl.algos.iql import IQL
+    assert AGENTS["dtql_critic"] is AGENTS["eda_critic"] is IQLCritic and AGENTS["iql"] is IQL
+    cfg = IQLConfig(hidden=32, layers=2, reward_scaling="none")
+    torch.manual_seed(0)
+    critic = IQLCritic(OBS, ACT, cfg)
+    torch.manual_seed(0)
+    row = IQL(OBS, ACT, cfg)
+    policy0 = copy.deepcopy(critic.policy.state_dict())
+    for _ in range(3):
+        b = random_batch(64)
+        assert set(critic.update(b)) == {"v_loss", "q_loss", "q_mean"}
+        row.update(b)
+    for name in ("q", "q_target", "v"):
+        for a, c in zip(getattr(critic, name).parameters(), getattr(row, name).parameters()):
+            assert torch.equal(a, c), name
+    assert all(torch.equal(v, critic.policy.state_dict()[k]) for k, v in policy0.items())
+    assert not all(torch.equal(v, row.policy.state_dict()[k]) for k, v in policy0.items())
+
+
 def test_score_net_first_layer_is_linear_and_embeds_raw_log_sigma():
     """The released ScoreNetwork: Linear, Linear, Mish, Linear, Mish, Linear, Mish, Linear (4 hidden
     layers, 3 nonlinearities) on concat(x, emb(ln(sigma)/4), s), no factor on c_noise."""

@@ -1,6 +1,6 @@
 """Implicit Q-learning (Kostrikov et al. 2022): the `iql` row (`IQL`: the critic and its
 advantage-weighted (AWR) policy) and the critics that DTQL and EDA pretrain and load (`IQLCritic`:
-the same critic, no policy).
+the critic step alone).
 
 Two details of the critic step differ between the released codes and are config fields:
 - `value_target`: V regresses on min Q of the target critic (IQL, EDA) or of the online critic
@@ -45,9 +45,7 @@ class IQLConfig:
                              "Q's target uses the updated V (IQL's released code)")
 
 
-class IQLCritic(torch.nn.Module):
-    """The IQL critic alone (twin Q, its Polyak target, V): what DTQL and EDA pretrain and load.
-    It trains no policy, so a critic-pretraining stage spends nothing on an AWR policy no row uses."""
+class IQL(torch.nn.Module):
     name = "iql"
     extra_args = ("reward_scale",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
     config_cls = IQLConfig
@@ -61,9 +59,11 @@ class IQLCritic(torch.nn.Module):
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
         self.v = ValueNet(obs_dim, **kw)
+        self.policy = GaussianActor(obs_dim, act_dim, cfg.policy_hidden, 2, "relu")
         self.to(device)
         self.q_opt = adam(self.q.parameters(), cfg.lr)
         self.v_opt = adam(self.v.parameters(), cfg.lr)
+        self.pi_opt = adam(self.policy.parameters(), cfg.lr)
 
     def critic_step(self, b: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """V (expectile of min Q - V) and Q (r + gamma (1 - d) V(s')) steps and the Polyak target
@@ -101,18 +101,6 @@ class IQLCritic(torch.nn.Module):
         return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "q_mean": q_t.mean()}, q_t, v.detach()
 
     def update(self, b: dict, generator=None) -> dict:
-        return self.critic_step(b)[0]
-
-
-class IQL(IQLCritic):
-    """The `iql` row: the critic and its advantage-weighted (AWR) policy, the policy it evaluates."""
-
-    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device="cpu", reward_scale: float = 1.0):
-        super().__init__(obs_dim, act_dim, cfg, device, reward_scale)
-        self.policy = GaussianActor(obs_dim, act_dim, cfg.policy_hidden, 2, "relu").to(device)
-        self.pi_opt = adam(self.policy.parameters(), cfg.lr)
-
-    def update(self, b: dict, generator=None) -> dict:
         metrics, q_t, v = self.critic_step(b)
         # AWR policy: maximise exp(beta A) log pi(a|s)
         w = torch.exp(self.cfg.temperature * (q_t - v)).clamp(max=self.cfg.max_weight)
@@ -126,3 +114,13 @@ class IQL(IQLCritic):
     def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.v.net[0].weight.device)
         return self.policy(o).cpu().numpy()
+
+
+class IQLCritic(IQL):
+    """The critic as DTQL and EDA pretrain and load it: each update is the critic step alone. The AWR
+    policy is still built, untrained, so that the networks and the random draws of building one are
+    the `iql` row's (a composite row that builds this critic and then its own policy initialises
+    that policy the same way either way)."""
+
+    def update(self, b: dict, generator=None) -> dict:
+        return self.critic_step(b)[0]
