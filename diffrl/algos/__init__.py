@@ -58,7 +58,9 @@ class Section:
                              f"({self.module}.{self.config}, base {self.base!r})")
 
 
-_IQL = dict(module="iql", config="IQLConfig", agent="IQLCritic")  # the pretrained critics: no AWR policy
+_IQL = dict(module="iql", config="IQLConfig", agent="IQL")
+# DTQL's and EDA's critic pretraining: IQL's critic step alone, no AWR policy step
+_IQL_CRITIC = dict(_IQL, agent="IQLCritic", kind="critic", steps_key="critic_steps")
 _DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline", steps_key="offline_steps",
             step_s=(0.045, 0.012), act_s=(0.004, 0.003))
 _DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
@@ -71,8 +73,8 @@ REGISTRY: dict[str, Section] = {
     # the dataset stage's SAC behaviour agent (one SAC update and one env step per step)
     "sac": Section("sac", "SACConfig", "SAC", "dataset", step_s=(0.008, 0.004)),
     # pretraining of DTQL and EDA
-    "dtql_critic": Section(**_IQL, kind="critic", steps_key="critic_steps", step_s=(0.008, 0.003)),
-    "eda_critic": Section(**_IQL, kind="critic", steps_key="critic_steps", step_s=(0.006, 0.003)),
+    "dtql_critic": Section(**_IQL_CRITIC, step_s=(0.008, 0.003)),
+    "eda_critic": Section(**_IQL_CRITIC, step_s=(0.006, 0.003)),
     "dtql_behavior": Section("dtql", "DTQLBehaviorConfig", "EDMBehavior", "behavior", "behavior_steps",
                              step_s=(0.012, 0.004)),
     # batch 2048 through the bottleneck energy net: its own, smaller step count
@@ -82,7 +84,7 @@ REGISTRY: dict[str, Section] = {
     # alignment has align_steps (about 10x a Diffusion-QL step on a CPU; 200k published against 2M)
     "bc": Section("bc", "BCConfig", "DiffusionBC", "offline", "offline_steps", step_s=(0.008, 0.003),
                   act_s=(0.002, 0.002)),
-    "iql": Section(**{**_IQL, "agent": "IQL"}, kind="offline", steps_key="offline_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005)),
+    "iql": Section(**_IQL, kind="offline", steps_key="offline_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005)),
     "dql": Section(**_DQL),
     "qg": Section(**_DQL),
     "edp": Section(**{**_DQL, "step_s": (0.035, 0.010)}),
