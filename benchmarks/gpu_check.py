@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -136,11 +135,8 @@ def smoke_section(sz, deadline, scratch: Path) -> dict:
 
 def machine(device: str) -> str:
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from diffrl.utils import cpu_name
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else "no GPU used"
     return f"{gpu}; {os.cpu_count()} x {cpu}; torch {torch.__version__}"
 

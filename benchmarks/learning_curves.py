@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -88,12 +87,8 @@ def run_one(row: str, seed: int, args, params, work: Path) -> list[dict]:
 
 def machine() -> str:
     import torch
-    cpu = platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     from diffrl import utils
+    cpu = utils.cpu_name()
     compiled = "" if utils.COMPILE_MODE == "none" else f", compile {utils.COMPILE_MODE}"
     return f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} thread(s){compiled}"
 

@@ -53,6 +53,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC ...", "Intel(R) Xeon(R) ..."): results and recorded samples
+    say which CPU computed them, since kernels round differently across CPU models."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def set_threads(n: int | None = None) -> int:
     """One intra-op thread per Snakemake/DVC job thread (DIFFRL_THREADS, default: the allocated cores)."""
     n = n or int(os.environ.get("DIFFRL_THREADS", "0")) or available_cores()

@@ -26,6 +26,7 @@ from diffrl.algos.tilted import TiltRowConfig, tilted_policy
 from diffrl.algos.tilts import EnergyGradNet, TiltConfig, TiltedPolicy
 from diffrl.diffusion import DiffusionSchedule
 from diffrl.fields import ConfigError
+from diffrl.utils import cpu_name
 
 from conftest import run
 from test_pipeline_graph import _make_outputs, job_stats, snakemake_dry_run
@@ -74,7 +75,9 @@ def online_samples() -> dict:
 
 
 def _platform() -> str:
-    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {platform.machine()}"
+    # the CPU model too: an AMD EPYC and an Intel Xeon, both AVX512, round these samples differently
+    return (f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, {platform.machine()}, "
+            f"{cpu_name()}")
 
 
 def test_online_samples_match_the_recorded_ones():
