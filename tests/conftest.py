@@ -1,3 +1,5 @@
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -6,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,18 +72,38 @@ def project(tmp_path):
     return copy_project(tmp_path / "project")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Small nets run fastest on one thread (and the machine may be shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
-@pytest.fixture(scope="module")
-def halfcheetah_bc_score(tmp_path_factory):
+@pytest.fixture(scope="session")
+def halfcheetah_bc_score(tmp_path_factory, worker_id):
     """Diffusion BC's score on the small HalfCheetah dataset: the baseline of the HalfCheetah
-    learning tests (computed once per test file; the files run on separate xdist workers)."""
+    learning tests. Trained once per test run: the two test files run on separate xdist workers,
+    and the first to need the score trains BC while holding a lock in the run's shared temporary
+    folder; the other reads the score it wrote (pytest-xdist's recipe for a session fixture)."""
     from halfcheetah_learning import bc_baseline
-    return bc_baseline(tmp_path_factory.mktemp("bc"))
+
+    def train():
+        with torch_threads(1):  # as the tests' own training (their `one_thread`)
+            return bc_baseline(tmp_path_factory.mktemp("bc"))
+    if worker_id == "master":  # no xdist: nothing to share
+        return train()
+    path = tmp_path_factory.getbasetemp().parent / "halfcheetah_bc_score.json"  # this run's, all workers'
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            path.write_text(json.dumps(train()))
+        return json.loads(path.read_text())
