@@ -10,6 +10,7 @@ import torch
 from diffrl.algos.sac import SACConfig, train_sac
 from diffrl.data import write_minari
 from diffrl.envs import make_env, normalized_score
+from diffrl.utils import cpu_name
 
 
 def rollout(act, env_name: str, episodes: int, seed: int) -> list[dict]:
@@ -44,7 +45,9 @@ def generate_dataset(env_name: str, quality: str, out_dir: Path, *, sac_cfg: SAC
     medium run (its replay buffer). With resume_path, the SAC run checkpoints at every quality
     check and continues from a checkpoint it finds there.
     """
-    info = {"quality": quality, "env": env_name, "seed": seed}
+    # the CPU model (and device) that computed it: the same seed gives the same data only on the same
+    # CPU model, since kernels round differently across models and the SAC run diverges (docs/data.md)
+    info = {"quality": quality, "env": env_name, "seed": seed, "machine": f"{cpu_name()}, {device}"}
     if quality == "random":
         rng = np.random.default_rng(seed)
         env = make_env(env_name)

@@ -66,8 +66,9 @@ def describe_dataset(dataset_dir: str) -> str:
     info = json.loads(info_path.read_text())
     if info.get("source") == "minari":
         return f"Minari {info.get('minari_id')}"
+    machine = f"; generated on {info['machine']}" if "machine" in info else ""
     return (f"locally generated {info['quality']} (SAC behaviour agent, {info['episodes']} episodes, mean score "
-            f"{info['score_mean']:.1f}; not D4RL)")
+            f"{info['score_mean']:.1f}{machine}; not D4RL)")
 
 
 def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Path, seed: int, steps: int,

@@ -103,7 +103,14 @@ def _generate(out: Path, seed: int = 0) -> dict:
 
 
 def test_a_generated_dataset_records_its_project_requirements_and_behaviour_agent(tmp_path):
-    _generate(tmp_path / "a")
+    from diffrl.offline import describe_dataset
+    from diffrl.utils import cpu_name, write_json
+    info = _generate(tmp_path / "a")
+    # the CPU model that computed it, which tables quote with the data (the same seed gives the same
+    # data only on the same CPU model)
+    assert info["machine"] == f"{cpu_name()}, cpu"
+    write_json(tmp_path / "a" / "info.json", {**info, "source": "generate"})
+    assert describe_dataset(str(tmp_path / "a")).endswith(f"; generated on {cpu_name()}, cpu; not D4RL)")
     meta = load_offline(tmp_path / "a", ENV).metadata
     version = importlib.metadata.version("diffrl")
     assert meta["author"] == {f"diffrl {version}"}
