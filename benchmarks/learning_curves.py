@@ -10,11 +10,14 @@ skips the runs already there, so a study can be spread over several sessions. DT
 train their own critic and behaviour (`--pretrain-steps`, EDA's energy behaviour
 `--energy-behavior-steps` at batch 2048); the curve's steps are those of the final stage and the
 CSV states the pretraining steps. Intermediate points use the learning-curve seeds and the last
-one the final-evaluation seeds of the pipeline, `--episodes` full episodes each.
+one the final-evaluation seeds of the pipeline, `--episodes` full episodes each. The trained runs
+go to a temporary folder, or with `--keep DIR` stay in DIR (a model.pt each), to be evaluated
+further, for example under an inference-time tilt.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -122,6 +125,9 @@ def main() -> None:
     a.add_argument("--compile", default="none", choices=("none", "default", "max-autotune"),
                    help="params.yaml's `compile` for every run (default: eager, as the pipeline's default)")
     a.add_argument("--out", default=str(ROOT / "results/learning_curves/halfcheetah_curves.csv"))
+    a.add_argument("--keep", default=None, metavar="DIR",
+                   help="keep the trained runs in DIR/{section}/seed{seed} (each with its model.pt, which "
+                        "diffrl.offline.load_agent loads) instead of a temporary folder")
     a.add_argument("--plot-only", action="store_true")
     args = a.parse_args()
     out = Path(args.out)
@@ -141,7 +147,7 @@ def main() -> None:
     if not (Path(args.dataset) / "info.json").exists():
         sys.exit(f"error: {args.dataset} is not a built dataset: run `snakemake --cores 1 {args.dataset}` first")
     have = done_runs(out)
-    with tempfile.TemporaryDirectory(prefix="curves-") as tmp:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="curves-") as tmp:
         for seed in args.seeds:
             for row in args.rows:
                 if (row, seed) in have:
