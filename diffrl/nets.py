@@ -221,12 +221,92 @@ def orthogonal_init_(module: nn.Module) -> nn.Module:
     return module
 
 
-def adam(params, lr: float, fused_on_cpu: bool = False) -> torch.optim.Adam:
+class Adam:
+    """torch.optim.Adam's update bit for bit, without torch.optim's machinery: the first torch.optim
+    optimiser a process builds or steps imports TorchDynamo (its methods are wrapped to keep the
+    compiler out), about 1.3 s on a CPU core, as much as importing torch, paid by every pipeline job.
+
+    The update is torch's single-tensor form (its CPU default), or with `fused` its fused kernel
+    (torch._fused_adam_, one call for every parameter): step += 1, m <- lerp(m, g, 1 - b1),
+    v <- b2 v + (1 - b2) g^2, p <- p - lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps),
+    no weight decay, parameters without a gradient skipped. `param_groups` (one group: set its "lr"
+    to schedule the rate), `state`, `zero_grad`, `state_dict` and `load_state_dict` are torch's,
+    state dicts included: a checkpoint written by either loads into the other."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 fused: bool = False):
+        self.param_groups = [{"params": list(params), "lr": lr, "betas": betas, "eps": eps, "weight_decay": 0,
+                              "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                              "differentiable": False, "fused": fused, "decoupled_weight_decay": False}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
+    def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        if p not in self.state:  # as torch initialises it: the step a float32 scalar, on the device if fused
+            step = torch.zeros((), dtype=torch.float32, device=p.device if self.param_groups[0]["fused"] else None)
+            self.state[p] = {"step": step, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                             "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return self.state[p]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [self._state(p) for p in params]
+        if group["fused"]:
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                               [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=lr, beta1=beta1,
+                               beta2=beta2, weight_decay=0, eps=eps, maximize=False)
+            return
+        for p, s in zip(params, states):
+            s["step"] += 1
+            s["exp_avg"].lerp_(p.grad, 1 - beta1)
+            s["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            step = s["step"].item()
+            step_size = lr / (1 - beta1 ** step)
+            denom = (s["exp_avg_sq"].sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
+            p.addcdiv_(s["exp_avg"], denom, value=-step_size)
+
+    def state_dict(self) -> dict:
+        """torch's layout: parameters by their index, the group's settings with those indices."""
+        group = self.param_groups[0]
+        index = {id(p): i for i, p in enumerate(group["params"])}
+        return {"state": {index[id(p)]: dict(s) for p, s in self.state.items()},
+                "param_groups": [{**{k: v for k, v in group.items() if k != "params"},
+                                  "params": list(range(len(group["params"])))}]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        (saved,) = state_dict["param_groups"]
+        group = self.param_groups[0]
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(f"optimizer state of {len(saved['params'])} parameters, this optimizer has "
+                             f"{len(group['params'])}")
+        group.update({k: v for k, v in saved.items() if k not in ("params", "fused")})
+        self.state = {}
+        for i, s in state_dict["state"].items():
+            p = group["params"][saved["params"].index(int(i))]
+            # as torch loads it: the moments as the parameter's dtype and device, the step kept as saved
+            # (moved to the parameter's device for the fused kernel)
+            step = s["step"].to(p.device, copy=True) if group["fused"] else s["step"].clone()
+            self.state[p] = {"step": step, "exp_avg": s["exp_avg"].to(p.device, p.dtype, copy=True),
+                             "exp_avg_sq": s["exp_avg_sq"].to(p.device, p.dtype, copy=True)}
+
+
+def adam(params, lr: float, fused_on_cpu: bool = False) -> Adam:
     """Adam, fused (one kernel for every parameter's update) when the parameters live on CUDA, where
     one launch per tensor would dominate a small network's step. On CPU the plain form unless
     `fused_on_cpu` (Diffusion-QL's, as it has always run): the two round differently."""
     params = list(params)
-    return torch.optim.Adam(params, lr=lr, fused=fused_on_cpu or any(p.is_cuda for p in params))
+    return Adam(params, lr=lr, fused=fused_on_cpu or any(p.is_cuda for p in params))
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from diffrl.data import ReplayBuffer
 from diffrl.fields import ConfigError
+from diffrl.nets import Adam
 from diffrl.envs import curve_seed, evaluate, normalized_score
 from diffrl.runlog import NumericalError, RunLog
 from diffrl.utils import load_checkpoint, save_checkpoint
@@ -62,8 +63,9 @@ def _set_rng_state(gen: torch.Generator, sample_gen: torch.Generator, state: dic
 
 def training_state(agent, buffer: ReplayBuffer | None = None) -> dict:
     """What a resume checkpoint holds of a learner: its weights, every optimiser it owns (the
-    attributes that are torch optimisers) and, for online runs, the replay buffer."""
-    optims = {n: o.state_dict() for n, o in vars(agent).items() if isinstance(o, torch.optim.Optimizer)}
+    attributes that are optimisers: diffrl.nets.Adam, or a torch one that an added algorithm built)
+    and, for online runs, the replay buffer."""
+    optims = {n: o.state_dict() for n, o in vars(agent).items() if isinstance(o, (Adam, torch.optim.Optimizer))}
     out = {"agent": agent.state_dict(), "optims": optims}
     if buffer is not None:
         out["buffer"] = buffer.state_dict()

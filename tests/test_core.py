@@ -149,6 +149,75 @@ def _drawn_axes(plot, *args):
     return seen["fig"].axes[0]
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_adam_is_torch_adam_bit_for_bit_and_shares_its_checkpoints(fused):
+    """diffrl.nets.Adam (every agent's optimiser) against torch.optim.Adam: the same parameters after
+    steps with gradients of three scales, a parameter without a gradient on some steps and a
+    scheduled lr; the same state dict; and each one's state dict, loaded into either, continues
+    identically (a resume checkpoint written by one loads into the other)."""
+    import copy
+    from diffrl.nets import Adam
+
+    def train(cls, params, steps, lr=3e-4, seed=1):
+        opt = cls(params, lr=lr, fused=fused)
+        g = torch.Generator().manual_seed(seed)
+        for t in range(steps):
+            for i, p in enumerate(params):
+                p.grad = None if (i == 2 and t % 3 == 0) else torch.randn(p.shape, generator=g) * 10.0 ** (t % 3 - 1)
+            opt.param_groups[0]["lr"] = lr * (1 - t / 10)
+            opt.step()
+            opt.zero_grad()
+        return opt
+
+    torch.manual_seed(0)
+    start = [torch.randn(33, 17), torch.randn(17), torch.randn(5, 3)]
+    fresh = lambda: [p.clone().requires_grad_() for p in start]  # noqa: E731
+    ours, theirs = fresh(), fresh()
+    ours_opt, theirs_opt = train(Adam, ours, 7), train(torch.optim.Adam, theirs, 7)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    mine, torchs = ours_opt.state_dict(), theirs_opt.state_dict()
+    assert mine["param_groups"] == torchs["param_groups"] and mine["state"].keys() == torchs["state"].keys() == {0, 1, 2}
+    assert all(torch.equal(mine["state"][i][k], torchs["state"][i][k]) for i in range(3) for k in mine["state"][i])
+    for saved in (mine, torchs):
+        resumed = []
+        for cls in (Adam, torch.optim.Adam):
+            params = [p.detach().clone().requires_grad_() for p in ours]
+            opt = cls(params, lr=1.0, fused=fused)
+            opt.load_state_dict(copy.deepcopy(saved))
+            assert opt.param_groups[0]["lr"] == saved["param_groups"][0]["lr"]
+            resumed.append((params, opt))
+        for (a, oa), (b, ob) in [resumed]:
+            g = torch.Generator().manual_seed(2)
+            for _ in range(3):
+                for p, q in zip(a, b):
+                    p.grad = torch.randn(p.shape, generator=g)
+                    q.grad = p.grad.clone()
+                oa.step()
+                ob.step()
+            assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_building_and_stepping_agents_imports_no_torchdynamo():
+    """Why diffrl.nets.Adam exists: torch.optim imports TorchDynamo (about 1.3 s) in every process that
+    builds or steps one. An agent's update (Diffusion-QL's fused Adam, IQL's plain ones) and a
+    checkpoint of its optimisers must not."""
+    import subprocess
+    import sys
+    code = ("import sys, torch\n"
+            "from diffrl.algos.dql import DiffusionQL, DQLConfig\n"
+            "from diffrl.algos.iql import IQL, IQLConfig\n"
+            "from diffrl.train import training_state\n"
+            "b = {'obs': torch.randn(8, 5), 'action': torch.rand(8, 2) * 2 - 1, 'reward': torch.randn(8),"
+            " 'next_obs': torch.randn(8, 5), 'terminal': torch.zeros(8)}\n"
+            "for agent in (DiffusionQL(5, 2, DQLConfig(hidden=16, T=3), 'cpu', total_steps=4), IQL(5, 2, IQLConfig(hidden=16))):\n"
+            "    agent.update(b, torch.Generator().manual_seed(0))\n"
+            "    assert training_state(agent)['optims'], agent\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False"], out.stdout
+
+
 def test_interval_plot_keeps_its_axis_on_the_rows_within_scale(tmp_path):
     """A row far below every policy (EDA's unclipped actions: -5e5) is named at the axis edge
     instead of squashing the other intervals into dots."""
