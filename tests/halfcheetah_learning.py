@@ -26,7 +26,8 @@ ReLU critic at width 128 / 256, unclipped samples: the argmax over 4 samples pic
 all our forms). So this test checks that the alignment machinery learns; the released forms are
 checked line by line by the unit tests (docs/fidelity.md).
 
-Measured with these settings (1 thread, 5 final episodes), normalised scores for seeds 0 / 1 / 2:
+Measured with these settings (1 thread, 5 final episodes, a 2-core Intel Xeon; other CPU models
+round differently and score differently: docs/learning.md), normalised scores for seeds 0 / 1 / 2:
 - BC (4000 steps) 23.55 / 23.36 / 21.38.
 - Diffusion-QL (10000 steps) 27.88 / 29.82 / 27.96: gaps to BC 4.33 / 6.46 / 6.58 (at 12000 steps
   29.41 / 29.51 / 29.16). It needs its critic to converge (TD with the published tau 0.005): with
