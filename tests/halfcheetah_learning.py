@@ -52,6 +52,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from diffrl import config
 from diffrl.envs import evaluate, normalized_score
@@ -64,19 +65,19 @@ DATA = Path(__file__).resolve().parent / "data" / "halfcheetah_medium_small"
 ENV = "halfcheetah"
 SEED = 0
 EPISODES = 5
-# budget-only overrides of the params.yaml sections (see the module docstring), except EDA's beta
+# EDA under our forms (see the module docstring): the sections and steps of the overlay the HalfCheetah
+# tilt study trains EDA with (a 3-layer Mish critic, sinusoidal time features, the clipped multistep solver)
+EDA_OURS = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks/configs/eda_ours.yaml").read_text())
+# budget-only overrides of the params.yaml sections (see the module docstring), except EDA's
 CONFIGS = {
     "bc": {"hidden": 128, "lr": 1e-3, "ema_every": 1, "ema_start": 500},
     "dql": {"variant": "ql", "hidden": 64, "lr": 1e-3, "ema_every": 1, "ema_start": 500},
-    # EDA under our forms (see the module docstring): a 3-layer Mish critic, sinusoidal time features,
-    # the clipped multistep solver
-    "eda_critic": {"hidden": 128, "lr": 1e-3, "layers": 3, "activation": "mish", "joint_step": False},
-    "eda_behavior": {"hidden": 128, "blocks": 2, "expansion": 2, "batch_size": 256, "lr": 1e-3,
-                     "time_embedding": "sinusoidal", "solver": "dpm++2m", "skip_type": "logSNR", "clip_x0": True},
-    "eda": {"beta": 1.0, "batch_size": 64},
+    **{section: EDA_OURS[section] for section in ("eda_critic", "eda_behavior", "eda")},
 }
-STEPS = {"bc": 4000, "dql": 10000, "eda_critic": 10000, "eda_behavior": 10000, "eda": 2000}
-SUPPORT_STATES = 2000  # EDA: states whose 16 behaviour samples are drawn before alignment
+_EDA_STEPS = EDA_OURS["budgets"]["quick"]
+STEPS = {"bc": 4000, "dql": 10000, "eda_critic": _EDA_STEPS["critic_steps"],
+         "eda_behavior": _EDA_STEPS["energy_behavior_steps"], "eda": _EDA_STEPS["align_steps"]}
+SUPPORT_STATES = _EDA_STEPS["align_support_states"]  # EDA: states whose 16 behaviour samples are drawn first
 MARGIN = 1.5  # normalised-score points; see the module docstring for the measured gaps
 PARAMS = config.load(Path(__file__).resolve().parents[1] / "params.yaml")  # the rows' own sections
 
