@@ -389,7 +389,8 @@ def _parse_in_place(d: dict) -> None:
 def snakemake_config(config: dict, params_file: str | Path = "params.yaml") -> tuple[dict, list[str]]:
     """Merge Snakemake's `--config` into params.yaml and return (merged, overrides).
 
-    Dotted keys (`--config iql.expectile=0.8`) work as in `dvc exp run -S`. The overrides are
+    Dotted keys (`iql.expectile: 0.8` in a `--configfile`; Snakemake 9's `--config` takes only plain
+    names, docs/troubleshooting.md) work as in `dvc exp run -S`. The overrides are
     returned as `key=value` strings, which the rules pass on to their stage as `--set`, so a
     stage sees exactly the values Snakemake used.
     """
