@@ -13,8 +13,8 @@ episodes for a row and its tilts. Writes results/tilts/halfcheetah_tilts.csv (on
 tilt and seed; the untilted row has lambda and particles empty) and halfcheetah_tilts.png (score
 against lambda per row, IQM over seeds with its 95% stratified-bootstrap interval, one line per
 particle count, the untilted row as a band). Each setting's lines are written as it finishes,
-replacing those of the same row, tilt and seed; `--plot-only` redraws the figure and prints the table
-from the CSV.
+replacing those of the same row, tilt and seed (a cached evaluation keeps its line); `--plot-only`
+redraws the figure and prints the table from the CSV.
 
 `--configfile` passes a Snakemake overlay over params.yaml to every `snakemake` run (its path goes in
 the CSV's `configfile` column and the figure's title), e.g. benchmarks/configs/eda_ours.yaml, EDA under
@@ -48,8 +48,12 @@ def snakemake(targets: list[str], config: list[str], cores: int, configfile: str
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def evaluation_file(row: str, seed: int) -> Path:
+    return ROOT / f"runs/{ENV}/eval/{row}/seed{seed}.json"
+
+
 def evaluation(row: str, seed: int) -> dict:
-    return json.loads((ROOT / f"runs/{ENV}/eval/{row}/seed{seed}.json").read_text())
+    return json.loads(evaluation_file(row, seed).read_text())
 
 
 def main() -> None:
@@ -86,22 +90,24 @@ def main() -> None:
     data = describe_dataset(str(ROOT / f"data/{ENV}/dataset"))
 
     def record(row, base, lam, particles, mala, t0) -> None:
-        """Add one setting's lines to the CSV at once (a long sweep keeps what finished), replacing
-        the lines of the same row, tilt and seed."""
+        """Write one setting's lines to the CSV at once (a long sweep keeps what finished). Each replaces
+        the line of the same row, tilt and seed, unless Snakemake reused that evaluation: then the line
+        that measured it (its wall_s) stays."""
+        old = pd.read_csv(csv) if csv.exists() else pd.DataFrame(columns=["row", "seed", "tfg_lambda", "num_particles"])
+        old_mala = old.mala_steps.fillna(0) if "mala_steps" in old else 0
+        same = (old.row == base) & (old.tfg_lambda.isna() if lam is None else (old.tfg_lambda == lam) & (
+            old.num_particles == particles) & (old_mala == mala))
+        reused = {s for s in args.seeds
+                  if evaluation_file(row, s).stat().st_mtime < t0 and (same & (old.seed == s)).any()}
+        fresh = [s for s in args.seeds if s not in reused]
         new = pd.DataFrame([{
             "row": base, "tilted_row": row if row != base else "", "tfg_lambda": lam, "num_particles": particles,
-            "mala_steps": mala, "seed": s, "score": e["final_score"], "return": e["final_return"], "episodes": e["eval_episodes"],
-            "grad_steps": e["grad_steps"], "budget": args.budget, "configfile": args.configfile or "",
-            "wall_s": round(time.time() - t0, 1), "machine": who, "data": data}
-            for s in args.seeds for e in [evaluation(row, s)]])
-        if csv.exists():
-            old = pd.read_csv(csv)
-            old_mala = old.mala_steps.fillna(0) if "mala_steps" in old else 0
-            same = (old.row == base) & old.seed.isin(args.seeds) & (
-                old.tfg_lambda.isna() if lam is None else
-                (old.tfg_lambda == lam) & (old.num_particles == particles) & (old_mala == mala))
-            new = pd.concat([old[~same], new], ignore_index=True)
-        new.to_csv(csv, index=False)
+            "mala_steps": mala, "seed": s, "score": e["final_score"], "return": e["final_return"],
+            "episodes": e["eval_episodes"], "grad_steps": e["grad_steps"], "budget": args.budget,
+            "configfile": args.configfile or "", "wall_s": round(time.time() - t0, 1), "machine": who, "data": data}
+            for s in fresh for e in [evaluation(row, s)]])
+        kept = old[~(same & old.seed.isin(fresh))]
+        (pd.concat([kept, new], ignore_index=True) if len(kept) else new).to_csv(csv, index=False)
 
     t0 = time.time()
     snakemake([f"runs/{ENV}/eval/{row}/seed{s}.json" for row, s in runs], base_config, args.cores, args.configfile)
