@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from diffrl.algos import dpmd
 from diffrl.algos.dpmd import DiffusionOnline, OnlineConfig
 from diffrl.algos.tilts import select_particles
 from diffrl.algos.dpmd_models import make_dynamics
-from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import toy_dataset, toy_reward
 from diffrl.envs import make_env
 from diffrl.online import train_online, variant_config
 
@@ -469,8 +471,8 @@ def test_sdac_loss_is_on_a_fresh_sample_at_s(monkeypatch):
     agent = DiffusionOnline(3, 1, replace(OnlineConfig(), alg="sdac", hidden=16, layers=1, T=2, num_particles=2,
                                           sdac_candidates=4, delay_update=1))
     seen = []
-    real = agent._policy_loss
-    monkeypatch.setattr(agent, "_policy_loss", lambda states, *a: seen.append(states) or real(states, *a))
+    real = dpmd.sdac_loss
+    monkeypatch.setattr(dpmd, "sdac_loss", lambda agent, states, *a: seen.append(states) or real(agent, states, *a))
     b = _tiny_batch()
     m = agent.update(b, torch.Generator().manual_seed(0))
     assert torch.equal(seen[0], b["obs"]) and torch.isfinite(m["policy_loss"])

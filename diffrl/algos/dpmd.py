@@ -1,15 +1,15 @@
-"""Online diffusion-policy RL: SDAC (reverse-sampling score matching) and DPMD (diffusion policy
-mirror descent) with the fork's inference-time tilts. Math and reference hyperparameters:
+"""Online diffusion-policy RL: SDAC (reverse-sampling score matching) and DPMD (diffusion policy mirror
+descent) with the fork's inference-time tilts. Math and reference hyperparameters:
 docs/algorithms.md, section "SDAC and DPMD (online)"; the reference implementation is
-pnielsen2/inference_mirror_descent at 833e14c. Here: the config and the agent (acting and its
-update). Guidance, MALA and particle selection are the shared tilt implementation
-(`diffrl.algos.tilts.TiltedSampler`), which the agent supplies with its policy net, schedule and
-tilt value (Q, or the model values of the model-based tilts and plans, defined here); the world
-models of the model-based tilts live in `diffrl.algos.dpmd_models`, the named variants in
-params.yaml, and the training loop, which also runs the fork's SAC baseline (alg = sac,
-diffrl.algos.sac), in `diffrl.online.train_online`. Where our code offers an alternative to the
-reference, the reference is the default and the alternative a documented OnlineConfig field
-(named below).
+pnielsen2/inference_mirror_descent at 833e14c. Here: the config, the agent (acting, and the steps an
+update is made of) and one update function per algorithm (UPDATES, at the end). Guidance, MALA and
+particle selection are the shared tilt implementation (`diffrl.algos.tilts.TiltedSampler`), which
+the agent supplies with its policy net, schedule and tilt value (Q, or the model values of the
+model-based tilts and plans, defined here); the world models of the model-based tilts live in
+`diffrl.algos.dpmd_models`, the named variants in params.yaml, and the training loop, which also
+runs the fork's SAC baseline (alg = sac, diffrl.algos.sac), in `diffrl.online.train_online`. Where
+our code offers an alternative to the reference, the reference is the default and the alternative a
+documented OnlineConfig field (named below).
 
 Shared by both algorithms
 - Policy: eps_theta(a_t, t, s) (`diffrl.nets.NoiseNet`), linear beta schedule (T=20), x_T ~ 0.5 N(0, I),
@@ -247,7 +247,7 @@ class DiffusionOnline(TiltedSampler, nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: OnlineConfig, device="cpu", action_low=None,
                  action_high=None):
         super().__init__()
-        if cfg.alg not in ("sdac", "dpmd"):
+        if cfg.alg not in UPDATES:
             raise ConfigError(f"DiffusionOnline runs sdac or dpmd, not {cfg.alg!r}: use diffrl.algos.sac for sac")
         cfg.check()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
@@ -419,122 +419,87 @@ class DiffusionOnline(TiltedSampler, nn.Module):
             self.q_stats_ready.fill_(1)
         return w
 
-    def _sdac_targets(self, states, a0, generator) -> tuple:
-        """SDAC's regression targets for samples a0 at `states`: t, a_t = q_sample(a0, t, e1), the
-        sdac_candidates noises e2_j and their weights softmax_j(V(s, a0_j) beta / alpha), with
-        a0_j = clip((a_t - sqrt(1-abar) e2_j) / sqrt(abar)); V from the critic as it is now."""
-        cfg, sch = self.cfg, self.schedule
-        B, C, D = a0.shape[0], cfg.sdac_candidates, a0.shape[1]
-        t = torch.randint(0, sch.T, (B,), device=a0.device, generator=generator)
-        e1 = torch.randn(a0.shape, device=a0.device, generator=generator)
-        a_t = sch.q_sample(a0, t, e1)
-        e2 = torch.randn((B, C, D), device=a0.device, generator=generator)
-        cand = ((a_t.unsqueeze(1) - sch.sqrt_1m_abar[t, None, None] * e2) / sch.sqrt_abar[t, None, None]).clamp(-1, 1)
-        with torch.no_grad():
-            v = self.tilt_value(states.repeat_interleave(C, 0), cand.reshape(B * C, D), generator).view(B, C)
-            w = torch.softmax(v * cfg.sdac_beta / self.alpha(), 1)
-        return t, a_t, e2, w
+    # The steps that both algorithms' updates (UPDATES, below the class) are made of.
+    def noisy(self, a: torch.Tensor, alpha: torch.Tensor, generator=None) -> torch.Tensor:
+        """`a` plus the acting routine's exploration noise, std noise_scale * alpha."""
+        if self.cfg.noise_scale > 0:
+            a = a + self.cfg.noise_scale * alpha * torch.randn(a.shape, device=a.device, generator=generator)
+        return a
 
-    def _policy_loss(self, states, a0, w, generator, sdac_targets=None) -> tuple[torch.Tensor, dict]:
-        """The policy loss at `states` with samples a0 (dpmd: the BC targets, `w` their weights or
-        None for w = 1; sdac: reverse-sampling score matching, `sdac_targets` precomputed or drawn)."""
-        cfg, sch = self.cfg, self.schedule
-        if cfg.alg == "dpmd":
-            t = torch.randint(0, sch.T, (a0.shape[0],), device=a0.device, generator=generator)
-            z = torch.randn(a0.shape, device=a0.device, generator=generator)
-            per = (self.actor(sch.q_sample(a0, t, z), t, states) - z).pow(2).mean(-1)
-            if w is None:
-                return per.mean(), {}
-            return (w * per).mean(), {"weight_mean": w.mean(), "weight_max": w.max()}
-        t, a_t, e2, w = sdac_targets or self._sdac_targets(states, a0, generator)
-        eps = self.actor(a_t, t, states)
-        per = (w * (eps.unsqueeze(1) - e2).pow(2).mean(-1)).sum(1)
-        ent = -(w * w.clamp_min(1e-30).log()).sum(1).mean()
-        return per.mean(), {"weight_entropy": ent}
+    @torch.no_grad()
+    def td_target(self, b: dict, alpha: torch.Tensor, generator=None) -> tuple:
+        """(a', min Q_target(s', a'), the TD target) with a' at s' from the current policy, tilted and
+        selected with min Q (td_select_agg), plus the exploration noise (target_noise)."""
+        cfg, nobs = self.cfg, b["next_obs"]
+        td_agg = "min" if cfg.td_select_agg == "min" else None
+        a_seq, _ = self.select(nobs, cfg.td_particles or cfg.num_particles, generator, self.actor, agg=td_agg)
+        if cfg.target_noise:
+            a_seq = self.noisy(a_seq, alpha, generator)
+        q_next = self.critic_target(nobs, a_seq[:, :self.act_dim]).min(0).values
+        target = cfg.reward_scale * b["reward"] + cfg.gamma * (1 - b["terminal"]) * q_next
+        return a_seq, q_next, target
 
-    def update(self, b: dict, generator=None) -> dict:
-        """One critic step (and model step) and the running V statistics; every delay_update updates
-        a policy step, EMA and target update; every alpha_every updates a temperature step. Returns
-        detached tensors."""
-        cfg = self.cfg
-        self._step += 1
-        k = self._step
-        policy_step = k % cfg.delay_update == 0
-        obs, nobs = b["obs"], b["next_obs"]
-        alpha = self.alpha()
-
-        def noisy(a):  # the acting routine's exploration noise
-            if cfg.noise_scale > 0:
-                a = a + cfg.noise_scale * alpha * torch.randn(a.shape, device=a.device, generator=generator)
-            return a
-
-        # a' at s': current policy, tilted and selected with min Q (td_select_agg), plus the noise
-        with torch.no_grad():
-            td_agg = "min" if cfg.td_select_agg == "min" else None
-            a_seq, _ = self.select(nobs, cfg.td_particles or cfg.num_particles, generator, self.actor, agg=td_agg)
-            if cfg.target_noise:
-                a_seq = noisy(a_seq)
-            q_next = self.critic_target(nobs, a_seq[:, :self.act_dim]).min(0).values
-            target = cfg.reward_scale * b["reward"] + cfg.gamma * (1 - b["terminal"]) * q_next
-            sdac_targets = None
-            if cfg.alg == "sdac" and cfg.sdac_loss_states == "s" and policy_step:
-                # the reference's SDAC: a fresh acting-routine sample at s, weighted by the critic
-                # before this update's critic step
-                a_s, _ = self.select(obs, cfg.num_particles, generator, self.actor, agg="min")
-                sdac_targets = self._sdac_targets(obs, noisy(a_s), generator)
-        q = self.critic(obs, b["action"])
+    def critic_update(self, b: dict, target: torch.Tensor) -> dict:
+        """One TD step of the twin critic towards `target`."""
+        q = self.critic(b["obs"], b["action"])
         critic_loss = (q - target).pow(2).mean(-1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": alpha}
-        a_bc = a_seq.clamp(-1, 1) if cfg.clip_noisy_actions else a_seq
-        w = None
-        if cfg.alg == "dpmd" and not cfg.dpmd_constant_weight:
-            # the weight is the value of the BC target itself, after one critic step; the running
-            # statistics move every update (the reference computes the policy loss every update)
-            with torch.no_grad():
-                w = self.dpmd_weights(self.tilt_value(nobs, a_bc, generator), alpha)
-        if cfg.dpmd_double_q_update and cfg.alg == "dpmd":
-            self.critic_opt.step()  # published: the same critic gradients applied twice
-        if self.use_models:
-            loss, m = self.model.loss(b, generator)
-            if self.value is not None:
-                v_loss = (self.value(nobs) - q_next).pow(2).mean()
-                m["value_loss"] = v_loss.detach()
-                self.value_opt.zero_grad(set_to_none=True)
-                v_loss.backward()
-                self.value_opt.step()
-            self.model_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.model_opt.step()
-            metrics.update(m)
-        if policy_step:
-            lr = self.policy_lr(k)
-            for g in self.actor_opt.param_groups:
-                g["lr"] = lr
-            self.critic.requires_grad_(False)
-            try:
-                if sdac_targets is not None:
-                    loss, m = self._policy_loss(obs, None, None, generator, sdac_targets)
-                else:
-                    loss, m = self._policy_loss(nobs, a_bc, w, generator)
-            finally:
-                self.critic.requires_grad_(True)
-            self.actor_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.actor_opt.step()
-            soft_update(self.actor_ema, self.actor, cfg.ema_rate)
-            soft_update(self.critic_target, self.critic, cfg.tau)
-            metrics.update(policy_loss=loss.detach(), **m)
-        if cfg.tune_entropy and k % cfg.alpha_every == 0:
-            ent = 0.5 * self.act_dim * (math.log(2 * math.pi * math.e) + 2 * math.log(cfg.noise_scale or 1.0)
-                                        + 2 * self.log_alpha.detach())
-            alpha_loss = self.log_alpha * (ent - self.target_entropy)
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-        return metrics
+        return {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+    def model_update(self, b: dict, q_next: torch.Tensor, generator=None) -> dict:
+        """One step of the world model and of the state value V_psi (regressed on q_next), if used."""
+        if not self.use_models:
+            return {}
+        loss, m = self.model.loss(b, generator)
+        if self.value is not None:
+            v_loss = (self.value(b["next_obs"]) - q_next).pow(2).mean()
+            m["value_loss"] = v_loss.detach()
+            self.value_opt.zero_grad(set_to_none=True)
+            v_loss.backward()
+            self.value_opt.step()
+        self.model_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.model_opt.step()
+        return m
+
+    def policy_update(self, loss_fn) -> dict:
+        """One policy step on loss_fn() -> (loss, metrics) at this update's lr, the critic frozen (the
+        loss needs gradients w.r.t. the policy only); then the EMA and target-critic updates."""
+        lr = self.policy_lr(self._step)
+        for g in self.actor_opt.param_groups:
+            g["lr"] = lr
+        self.critic.requires_grad_(False)
+        try:
+            loss, m = loss_fn()
+        finally:
+            self.critic.requires_grad_(True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        soft_update(self.actor_ema, self.actor, self.cfg.ema_rate)
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        return dict(policy_loss=loss.detach(), **m)
+
+    def temperature_update(self) -> None:
+        """Every alpha_every updates (tune_entropy): one step of log(alpha) (H(alpha) - target entropy)."""
+        cfg = self.cfg
+        if not (cfg.tune_entropy and self._step % cfg.alpha_every == 0):
+            return
+        ent = 0.5 * self.act_dim * (math.log(2 * math.pi * math.e) + 2 * math.log(cfg.noise_scale or 1.0)
+                                    + 2 * self.log_alpha.detach())
+        alpha_loss = self.log_alpha * (ent - self.target_entropy)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+    def update(self, b: dict, generator=None) -> dict:
+        """One update of cfg.alg (UPDATES): a critic step (and model step), every delay_update updates a
+        policy step with the EMA and target updates, every alpha_every updates a temperature step.
+        Returns detached tensors."""
+        self._step += 1
+        return UPDATES[self.cfg.alg](self, b, generator)
 
     def load_pretrained(self, src) -> None:
         """Initialise policy (and its EMA) and critic (and its target) from `src`: an object or dict
@@ -547,3 +512,90 @@ class DiffusionOnline(TiltedSampler, nn.Module):
             sd = sd.state_dict() if isinstance(sd, nn.Module) else sd
             for m in targets:
                 m.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------- the algorithms' updates
+def sdac_targets(agent: DiffusionOnline, states, a0, generator) -> tuple:
+    """SDAC's regression targets for samples a0 at `states`: t, a_t = q_sample(a0, t, e1), the
+    sdac_candidates noises e2_j and their weights softmax_j(V(s, a0_j) beta / alpha), with
+    a0_j = clip((a_t - sqrt(1-abar) e2_j) / sqrt(abar)); V from the critic as it is now."""
+    cfg, sch = agent.cfg, agent.schedule
+    B, C, D = a0.shape[0], cfg.sdac_candidates, a0.shape[1]
+    t = torch.randint(0, sch.T, (B,), device=a0.device, generator=generator)
+    e1 = torch.randn(a0.shape, device=a0.device, generator=generator)
+    a_t = sch.q_sample(a0, t, e1)
+    e2 = torch.randn((B, C, D), device=a0.device, generator=generator)
+    cand = ((a_t.unsqueeze(1) - sch.sqrt_1m_abar[t, None, None] * e2) / sch.sqrt_abar[t, None, None]).clamp(-1, 1)
+    with torch.no_grad():
+        v = agent.tilt_value(states.repeat_interleave(C, 0), cand.reshape(B * C, D), generator).view(B, C)
+        w = torch.softmax(v * cfg.sdac_beta / agent.alpha(), 1)
+    return t, a_t, e2, w
+
+
+def sdac_loss(agent: DiffusionOnline, states, targets: tuple) -> tuple[torch.Tensor, dict]:
+    """SDAC's reverse-sampling score matching at `states`: mean_B sum_j w_j ||eps_theta(a_t, t, s) - e2_j||^2 / d."""
+    t, a_t, e2, w = targets
+    eps = agent.actor(a_t, t, states)
+    per = (w * (eps.unsqueeze(1) - e2).pow(2).mean(-1)).sum(1)
+    ent = -(w * w.clamp_min(1e-30).log()).sum(1).mean()
+    return per.mean(), {"weight_entropy": ent}
+
+
+def sdac_update(agent: DiffusionOnline, b: dict, generator=None) -> dict:
+    """sdac, the reference's `--alg sdac` (pnielsen2/inference_mirror_descent): reverse-sampling score matching."""
+    cfg, obs, nobs = agent.cfg, b["obs"], b["next_obs"]
+    policy_step = agent.step % cfg.delay_update == 0
+    alpha = agent.alpha()
+    a_seq, q_next, target = agent.td_target(b, alpha, generator)
+    if policy_step and cfg.sdac_loss_states == "s":
+        # the reference: a fresh acting-routine sample at s, weighted by the critic before this
+        # update's critic step
+        with torch.no_grad():
+            a_s, _ = agent.select(obs, cfg.num_particles, generator, agent.actor, agg="min")
+            states, targets = obs, sdac_targets(agent, obs, agent.noisy(a_s, alpha, generator), generator)
+    metrics = {**agent.critic_update(b, target), "alpha": alpha}
+    metrics.update(agent.model_update(b, q_next, generator))
+    if policy_step:
+        if cfg.sdac_loss_states == "next":  # the TD sample a' at s', weighted by the critic after its step
+            a_bc = a_seq.clamp(-1, 1) if cfg.clip_noisy_actions else a_seq
+            states, targets = nobs, sdac_targets(agent, nobs, a_bc, generator)
+        metrics.update(agent.policy_update(lambda: sdac_loss(agent, states, targets)))
+    agent.temperature_update()
+    return metrics
+
+
+def dpmd_loss(agent: DiffusionOnline, states, a0, w, generator=None) -> tuple[torch.Tensor, dict]:  # w None: 1
+    """DPMD's weighted denoising loss at `states`: mean_B w ||eps(q_sample(a0, t, z), t, s) - z||^2 / d."""
+    sch = agent.schedule
+    t = torch.randint(0, sch.T, (a0.shape[0],), device=a0.device, generator=generator)
+    z = torch.randn(a0.shape, device=a0.device, generator=generator)
+    per = (agent.actor(sch.q_sample(a0, t, z), t, states) - z).pow(2).mean(-1)
+    if w is None:
+        return per.mean(), {}
+    return (w * per).mean(), {"weight_mean": w.mean(), "weight_max": w.max()}
+
+
+def dpmd_update(agent: DiffusionOnline, b: dict, generator=None) -> dict:
+    """dpmd, the reference's `--alg dpmd` (pnielsen2/inference_mirror_descent): mirror descent on the tilted a'."""
+    cfg, nobs = agent.cfg, b["next_obs"]
+    policy_step = agent.step % cfg.delay_update == 0
+    alpha = agent.alpha()
+    a_seq, q_next, target = agent.td_target(b, alpha, generator)
+    metrics = {**agent.critic_update(b, target), "alpha": alpha}
+    a_bc = a_seq.clamp(-1, 1) if cfg.clip_noisy_actions else a_seq  # the BC target
+    w = None
+    if not cfg.dpmd_constant_weight:
+        # the weight is the value of the BC target itself, after one critic step; the running
+        # statistics move every update (the reference computes the policy loss every update)
+        with torch.no_grad():
+            w = agent.dpmd_weights(agent.tilt_value(nobs, a_bc, generator), alpha)
+    if cfg.dpmd_double_q_update:
+        agent.critic_opt.step()  # published: the same critic gradients applied twice
+    metrics.update(agent.model_update(b, q_next, generator))
+    if policy_step:
+        metrics.update(agent.policy_update(lambda: dpmd_loss(agent, nobs, a_bc, w, generator)))
+    agent.temperature_update()
+    return metrics
+
+
+UPDATES = {"sdac": sdac_update, "dpmd": dpmd_update}

@@ -1,4 +1,5 @@
-"""Diffusion-QL (Wang et al. 2023) and its variants, selected by `DQLConfig.variant`:
+"""Diffusion-QL (Wang et al. 2023) and its variants, selected by `DQLConfig.variant`; each variant is
+one actor loss (ACTOR_LOSSES) and one TD target (NEXT_VALUES), written out below the agent:
 
 - ql: L = L_bc + eta L_q, L_q = -Q_i(s, a_theta) / mean|Q_j(s, a_theta)|.detach() with the
   numerator head i drawn at random (50/50) each step, a_theta sampled by the DDPM chain with
@@ -258,7 +259,7 @@ class DiffusionQL(torch.nn.Module):
         bc: one sample per state."""
         dev = self.schedule.betas.device
         o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=dev)
-        if self.cfg.variant == "bc" or self.cfg.eval_candidates == 1:
+        if not self.trains_critic or self.cfg.eval_candidates == 1:
             return self.sample(o, generator).cpu().numpy()
         N, k = o.shape[0], self.cfg.eval_candidates
         o_rep = o.repeat_interleave(k, 0)
@@ -288,13 +289,10 @@ class DiffusionQL(torch.nn.Module):
             err = (net(self.schedule.q_sample(a, t, z), t, o) - z).pow(2).mean(-1)
             return -err.view(T, B).mean(0)
 
-    def _q_ratio_loss(self, obs, action, generator):
-        """-Q_i(s, a) mean / mean |Q_j(s, a)| (detached), head i drawn 50/50."""
-        q = self.critic(obs, action)  # (2, B)
-        i = torch.randint(0, 2, (1,), device=q.device, generator=generator)
-        num = q.index_select(0, i).mean()
-        den = q.index_select(0, 1 - i).abs().mean().detach()
-        return -num / den
+    @property
+    def trains_critic(self) -> bool:
+        """Whether update() trains the critic (not for CRITIC_FREE variants, whose act() ranks no candidates)."""
+        return self.cfg.variant not in CRITIC_FREE
 
     def _critic_step(self, b, generator) -> dict:
         cfg = self.cfg
@@ -303,15 +301,7 @@ class DiffusionQL(torch.nn.Module):
             n = cfg.backup_samples if cfg.max_q_backup else 1
             nobs_rep = nobs.repeat_interleave(n, 0) if n > 1 else nobs
             a2 = self.sample(nobs_rep, generator, ema=True)
-            q2 = self.critic_target(nobs_rep, a2)  # (heads, B n)
-            extra = {}
-            if cfg.variant == "eg_ood" and cfg.eg_ood_form == "ours":
-                ll_next = self.log_lik_proxy(a2, nobs_rep, generator)
-                ll_data = self.log_lik_proxy(b["action"], b["obs"], generator)
-                thr = torch.quantile(ll_data, cfg.ood_quantile)
-                ood = (ll_next < thr).float()
-                q2 = q2 - cfg.ood_penalty * ood
-                extra["ood_frac"] = ood.mean()
+            q2, extra = NEXT_VALUES[cfg.variant](self, b, nobs_rep, a2, generator)  # (heads, B n)
             if n > 1:  # released code: max over the a' samples per head, then min over heads
                 q2 = q2.view(q2.shape[0], -1, n).max(-1).values
             q_next = q2.min(0).values
@@ -335,50 +325,14 @@ class DiffusionQL(torch.nn.Module):
         return metrics
 
     def _actor_loss(self, b, generator) -> tuple[torch.Tensor, dict]:
-        cfg, v = self.cfg, self.cfg.variant
-        obs, action = b["obs"], b["action"]
-        a_t, t, z = self._noised(action, generator)
-        if v == "qg" or (v == "eg_ood" and cfg.eg_ood_form == "fork"):
-            eps = self.actor(a_t, t, obs)
-            x0 = self.schedule.predict_x0(a_t, t, eps.detach())
-            if cfg.qg_clip_x0:
-                x0 = x0.clamp(-1, 1)
-            x0 = x0.requires_grad_(True)
-            with torch.enable_grad():
-                g, = torch.autograd.grad(self.critic.q_min(obs, x0).sum(), x0)
-            g_norm = g.norm(dim=-1)
-            guide = (self.qg_scale[t, None] * g).clamp(-1, 1)
-            target = z - cfg.eta * guide
-            w = 1.0 / g_norm.clamp(cfg.qg_grad_clip_low, cfg.qg_grad_clip_high)
-            per = (eps - target).pow(2).mean(-1)
-            loss = (w * per).mean()
-            bc_loss = (eps.detach() - z).pow(2).mean()
-            return loss, {"bc_loss": bc_loss, "qg_loss": loss.detach(), "q_grad_norm": g_norm.mean()}
-        eps = self.actor(a_t, t, obs)
-        bc_loss = (eps - z).pow(2).mean()
-        if v == "bc":
-            return bc_loss, {"bc_loss": bc_loss.detach()}
-        if v == "edp":
-            if cfg.edp_fresh_noise:
-                a_t2, t2, _ = self._noised(action, generator)
-                a_pi = self.schedule.predict_x0(a_t2, t2, self.actor(a_t2, t2, obs)).clamp(-1, 1)
-            else:
-                a_pi = self.schedule.predict_x0(a_t, t, eps).clamp(-1, 1)
-            if cfg.edp_q_loss == "min":
-                q_loss = -self.critic.q_min(obs, a_pi).mean()
-                loss = bc_loss + cfg.eta * q_loss
-                return loss, {"bc_loss": bc_loss.detach(), "ql_loss": q_loss.detach()}
-        else:  # ql, eg_ood: sample through the whole chain with gradients
-            a_pi = self.schedule.sample(self.actor, obs, self.act_dim, generator)
-        q_loss = self._q_ratio_loss(obs, a_pi, generator)
-        loss = bc_loss + cfg.eta * q_loss
-        return loss, {"bc_loss": bc_loss.detach(), "ql_loss": q_loss.detach()}
+        """The variant's actor loss (ACTOR_LOSSES) and its metrics; the caller freezes the critic."""
+        return ACTOR_LOSSES[self.cfg.variant](self, b, generator)
 
     def update(self, b: dict, generator=None) -> dict:
         cfg = self.cfg
         lr = self._set_lr()
         metrics = {}
-        if cfg.variant != "bc":
+        if self.trains_critic:
             metrics.update(self._critic_step(b, generator))
         self.critic.requires_grad_(False)  # the actor loss needs grads w.r.t. actions only
         try:
@@ -394,11 +348,116 @@ class DiffusionQL(torch.nn.Module):
         self.actor_opt.step()
         self._step += 1
         ema_update(self.actor_ema, self.actor, self._step, cfg)
-        if cfg.variant != "bc":
+        if self.trains_critic:
             soft_update(self.critic_target, self.critic, cfg.tau)
         metrics["actor_loss"] = actor_loss.detach()
         metrics["lr"] = torch.tensor(lr)
         return metrics
+
+
+# --------------------------------------------------------------------------- the variants' actor losses
+# Each takes the agent, the batch and the generator and returns (loss, metrics). L_bc is the DDPM
+# loss ||eps_theta(a_t, t, s) - z||^2 of the dataset action noised at a random level.
+def q_ratio_loss(critic, obs, action, generator) -> torch.Tensor:
+    """-Q_i(s, a) mean / mean |Q_j(s, a)| (detached), head i drawn 50/50."""
+    q = critic(obs, action)  # (2, B)
+    i = torch.randint(0, 2, (1,), device=q.device, generator=generator)
+    num = q.index_select(0, i).mean()
+    den = q.index_select(0, 1 - i).abs().mean().detach()
+    return -num / den
+
+
+def ql_actor_loss(agent: DiffusionQL, b: dict, generator) -> tuple[torch.Tensor, dict]:
+    """ql, Diffusion-QL (Wang et al. 2023, released code): L_bc + eta q_ratio_loss(s, a_theta from the chain)."""
+    obs = b["obs"]
+    a_t, t, z = agent._noised(b["action"], generator)
+    bc_loss = (agent.actor(a_t, t, obs) - z).pow(2).mean()
+    a_pi = agent.schedule.sample(agent.actor, obs, agent.act_dim, generator)  # gradients through all T steps
+    q_loss = q_ratio_loss(agent.critic, obs, a_pi, generator)
+    loss = bc_loss + agent.cfg.eta * q_loss
+    return loss, {"bc_loss": bc_loss.detach(), "ql_loss": q_loss.detach()}
+
+
+def qg_actor_loss(agent: DiffusionQL, b: dict, generator) -> tuple[torch.Tensor, dict]:
+    """qg, the Diffusion-QL fork's Q-guided score matching (docs/fidelity.md): eps_theta regressed to z - guide."""
+    cfg, obs = agent.cfg, b["obs"]
+    a_t, t, z = agent._noised(b["action"], generator)
+    eps = agent.actor(a_t, t, obs)
+    x0 = agent.schedule.predict_x0(a_t, t, eps.detach())
+    if cfg.qg_clip_x0:
+        x0 = x0.clamp(-1, 1)
+    x0 = x0.requires_grad_(True)
+    with torch.enable_grad():
+        g, = torch.autograd.grad(agent.critic.q_min(obs, x0).sum(), x0)
+    g_norm = g.norm(dim=-1)
+    guide = (agent.qg_scale[t, None] * g).clamp(-1, 1)
+    target = z - cfg.eta * guide
+    w = 1.0 / g_norm.clamp(cfg.qg_grad_clip_low, cfg.qg_grad_clip_high)
+    per = (eps - target).pow(2).mean(-1)
+    loss = (w * per).mean()
+    bc_loss = (eps.detach() - z).pow(2).mean()
+    return loss, {"bc_loss": bc_loss, "qg_loss": loss.detach(), "q_grad_norm": g_norm.mean()}
+
+
+def edp_actor_loss(agent: DiffusionQL, b: dict, generator) -> tuple[torch.Tensor, dict]:
+    """edp, Efficient Diffusion Policies (Kang et al. 2023) as the fork has them: L_bc + eta Q loss at x0_hat."""
+    cfg, obs, action = agent.cfg, b["obs"], b["action"]
+    a_t, t, z = agent._noised(action, generator)
+    eps = agent.actor(a_t, t, obs)
+    bc_loss = (eps - z).pow(2).mean()
+    if cfg.edp_fresh_noise:  # the fork: x0_hat of the dataset action noised anew, not L_bc's a_t
+        a_t2, t2, _ = agent._noised(action, generator)
+        a_pi = agent.schedule.predict_x0(a_t2, t2, agent.actor(a_t2, t2, obs)).clamp(-1, 1)
+    else:
+        a_pi = agent.schedule.predict_x0(a_t, t, eps).clamp(-1, 1)
+    if cfg.edp_q_loss == "min":
+        q_loss = -agent.critic.q_min(obs, a_pi).mean()
+    else:
+        q_loss = q_ratio_loss(agent.critic, obs, a_pi, generator)
+    loss = bc_loss + cfg.eta * q_loss
+    return loss, {"bc_loss": bc_loss.detach(), "ql_loss": q_loss.detach()}
+
+
+def bc_actor_loss(agent: DiffusionQL, b: dict, generator) -> tuple[torch.Tensor, dict]:
+    """bc, Diffusion-QL's behaviour-cloning baseline (released bc_diffusion.py): L_bc alone."""
+    a_t, t, z = agent._noised(b["action"], generator)
+    bc_loss = (agent.actor(a_t, t, b["obs"]) - z).pow(2).mean()
+    return bc_loss, {"bc_loss": bc_loss.detach()}
+
+
+def eg_ood_actor_loss(agent: DiffusionQL, b: dict, generator) -> tuple[torch.Tensor, dict]:
+    """eg_ood: ql's actor loss (ours), or qg's (eg_ood_form fork, as the fork trains its eg_ood)."""
+    loss_fn = qg_actor_loss if agent.cfg.eg_ood_form == "fork" else ql_actor_loss
+    return loss_fn(agent, b, generator)
+
+
+ACTOR_LOSSES = {"ql": ql_actor_loss, "qg": qg_actor_loss, "edp": edp_actor_loss, "bc": bc_actor_loss,
+                "eg_ood": eg_ood_actor_loss}
+CRITIC_FREE = ("bc",)  # L_bc alone: update() leaves the critic untrained, act() draws one sample per state
+
+
+# --------------------------------------------------------------------------- the variants' TD targets
+# Each returns the per-head values (heads, B n) of the next actions a' at s' that the TD target
+# r + gamma (1 - d) min_i (max over a') takes, and extra metrics.
+def next_q(agent: DiffusionQL, b: dict, nobs, a2, generator) -> tuple[torch.Tensor, dict]:
+    """ql, qg, edp, bc: Q_target,i(s', a') (Wang et al. 2023, released code)."""
+    return agent.critic_target(nobs, a2), {}
+
+
+def ood_penalised_next_q(agent: DiffusionQL, b: dict, nobs, a2, generator) -> tuple[torch.Tensor, dict]:
+    """eg_ood (ours; module docstring): next_q - ood_penalty 1[proxy(a') < threshold]; fork form: next_q."""
+    cfg = agent.cfg
+    q2 = agent.critic_target(nobs, a2)
+    if cfg.eg_ood_form == "fork":
+        return q2, {}
+    ll_next = agent.log_lik_proxy(a2, nobs, generator)
+    ll_data = agent.log_lik_proxy(b["action"], b["obs"], generator)
+    thr = torch.quantile(ll_data, cfg.ood_quantile)
+    ood = (ll_next < thr).float()
+    return q2 - cfg.ood_penalty * ood, {"ood_frac": ood.mean()}
+
+
+NEXT_VALUES = {"ql": next_q, "qg": next_q, "edp": next_q, "bc": next_q, "eg_ood": ood_penalised_next_q}
 
 
 # --------------------------------------------------------------------------- online tuning
@@ -416,7 +475,7 @@ def online_finetune(agent: DiffusionQL, env_name: str, steps: int, buffer_size: 
     env_steps, grad_steps, return, score (evaluation) and train_return (mean return of the
     training episodes finished since the previous point, NaN if none).
     """
-    from diffrl.data import ReplayBuffer
+    from diffrl.buffer import ReplayBuffer
     from diffrl.envs import FINETUNE_CURVE_SEED, make_env
     from diffrl.train import eval_score
 

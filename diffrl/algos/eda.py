@@ -78,6 +78,88 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     return [2] * (steps // 2 - 1) + [1, 1]
 
 
+def _time_grid(sde: VPSDE, n_int: int, t_start: float, t_end: float, skip: str, device) -> tuple:
+    """(times, alpha, sigma, lambda) at n_int + 1 times from t_start down to t_end, uniform in t (skip
+    "time") or in lambda ("logSNR"); computed in float64, alpha, sigma and lambda returned in float32."""
+    t0, t1 = torch.tensor(t_start, dtype=torch.float64), torch.tensor(t_end, dtype=torch.float64)
+    if skip == "logSNR":
+        ts = sde.t_of_lam(torch.linspace(float(sde.lam(t0)), float(sde.lam(t1)), n_int + 1, dtype=torch.float64))
+    elif skip == "time":
+        ts = torch.linspace(t_start, t_end, n_int + 1, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown skip type '{skip}': choose logSNR or time")
+    ts = ts.to(device)
+    lams = sde.lam(ts)
+    al, sg = sde.alpha_sigma(ts)
+    return ts, al.float(), sg.float(), lams.float()
+
+
+def _clip(x: torch.Tensor, clip: float | None) -> torch.Tensor:
+    return x.clamp(-clip, clip) if clip is not None else x
+
+
+def dpm_pp_2s(eps_fn, x, sde: VPSDE, steps: int, order: int, t_start: float, t_end: float, skip: str,
+              clip: float | None) -> torch.Tensor:
+    """dpm++2s, the released EDA sampler (DPM-Solver's `singlestep`, predict_x0=True): DPM-Solver++(2S)."""
+    orders = singlestep_orders(steps, order)
+    ts, al, sg, lams = _time_grid(sde, steps, t_start, t_end, skip, x.device)
+    B = x.shape[0]
+    tt = lambda i: ts[i].float().expand(B)  # noqa: E731
+    x0_of = lambda xc, i, eps: _clip((xc - sg[i] * eps) / al[i], clip)  # noqa: E731
+    i = 0
+    for o in orders:
+        j = i + o  # this interval runs from grid time i to grid time j
+        h = lams[j] - lams[i]
+        x0 = x0_of(x, i, eps_fn(x, tt(i)))
+        if o == 2:
+            k = i + 1  # intermediate point at the middle grid time, r1 = its share of h
+            r1 = (lams[k] - lams[i]) / h
+            x_mid = (sg[k] / sg[i]) * x - al[k] * torch.expm1(-(lams[k] - lams[i])) * x0
+            x0_mid = x0_of(x_mid, k, eps_fn(x_mid, tt(k)))
+            x0 = x0 + (0.5 / r1) * (x0_mid - x0)
+        x = (sg[j] / sg[i]) * x - al[j] * torch.expm1(-h) * x0
+        i = j
+    return _clip(x, clip)
+
+
+def dpm_pp_2m(eps_fn, x, sde: VPSDE, steps: int, order: int, t_start: float, t_end: float, skip: str,
+              clip: float | None) -> torch.Tensor:
+    """dpm++2m, DPM-Solver++(2M) (Lu et al. 2022): multistep, data prediction, the first step first order."""
+    ts, al, sg, lams = _time_grid(sde, steps, t_start, t_end, skip, x.device)
+    B = x.shape[0]
+    tt = lambda i: ts[i].float().expand(B)  # noqa: E731
+    x0_of = lambda xc, i: _clip((xc - sg[i] * eps_fn(xc, tt(i))) / al[i], clip)  # noqa: E731
+    # the shared multistep update (diffrl.diffusion.dpm_solver_2m)
+    return _clip(dpm_solver_2m(x, x0_of, al, sg, lams, first_order=order == 1), clip)
+
+
+def dpm_2(eps_fn, x, sde: VPSDE, steps: int, order: int, t_start: float, t_end: float, skip: str,
+          clip: float | None) -> torch.Tensor:
+    """dpm2, single-step DPM-Solver-2 (Lu et al. 2022): noise prediction, midpoint r = 1/2 in log-SNR."""
+    if order == 2:  # steps // 2 second-order intervals, one first-order interval when steps is odd
+        n_int, orders = (steps + 1) // 2, [2] * (steps // 2) + [1] * (steps % 2)
+    else:
+        n_int, orders = steps, [1] * steps
+    ts, al, sg, lams = _time_grid(sde, n_int, t_start, t_end, skip, x.device)
+    B = x.shape[0]
+    for i in range(n_int):
+        eps = eps_fn(x, ts[i].float().expand(B))
+        h = lams[i + 1] - lams[i]
+        if orders[i] == 2:
+            lam_mid = lams[i] + 0.5 * h
+            t_mid = sde.t_of_lam(lam_mid.double())
+            a_mid, s_mid = (v.float() for v in sde.alpha_sigma(t_mid))
+            x_mid = (a_mid / al[i]) * x - s_mid * torch.expm1(0.5 * h) * eps
+            eps_mid = eps_fn(x_mid, t_mid.float().expand(B))
+            x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps_mid
+        else:
+            x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps
+    return _clip(x, clip)
+
+
+DPM_SOLVERS = {"dpm++2s": dpm_pp_2s, "dpm++2m": dpm_pp_2m, "dpm2": dpm_2}
+
+
 def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, order: int = 2,
                       method: str = "dpm++2s", t_start: float = 1.0, t_end: float = 1e-3,
                       skip: str = "time", clip: float | None = None) -> torch.Tensor:
@@ -95,67 +177,9 @@ def dpm_solver_sample(eps_fn, x: torch.Tensor, sde: VPSDE, steps: int = 15, orde
     clip: x0 predictions and the returned sample are clipped to [-clip, clip] (None: no clipping,
     as released).
     """
-    B, dev = x.shape[0], x.device
-    if method == "dpm++2s":
-        orders = singlestep_orders(steps, order)
-        n_int = steps
-    elif method == "dpm2" and order == 2:
-        n_int, orders = (steps + 1) // 2, [2] * (steps // 2) + [1] * (steps % 2)
-    elif method in ("dpm2", "dpm++2m"):
-        n_int, orders = steps, None
-    else:
+    if method not in DPM_SOLVERS:
         raise ValueError(f"unknown DPM-Solver method '{method}': choose dpm++2s, dpm++2m or dpm2")
-    t0, t1 = torch.tensor(t_start, dtype=torch.float64), torch.tensor(t_end, dtype=torch.float64)
-    if skip == "logSNR":
-        ts = sde.t_of_lam(torch.linspace(float(sde.lam(t0)), float(sde.lam(t1)), n_int + 1, dtype=torch.float64))
-    elif skip == "time":
-        ts = torch.linspace(t_start, t_end, n_int + 1, dtype=torch.float64)
-    else:
-        raise ValueError(f"unknown skip type '{skip}': choose logSNR or time")
-    ts = ts.to(dev)
-    lams = sde.lam(ts)
-    al, sg = sde.alpha_sigma(ts)
-    al, sg, lams = al.float(), sg.float(), lams.float()
-    tt = lambda i: ts[i].float().expand(B)  # noqa: E731
-
-    def x0_of(xc, i, eps):
-        x0 = (xc - sg[i] * eps) / al[i]
-        return x0.clamp(-clip, clip) if clip is not None else x0
-
-    def done(xc):
-        return xc.clamp(-clip, clip) if clip is not None else xc
-
-    if method == "dpm++2s":
-        i = 0
-        for o in orders:
-            j = i + o  # this interval runs from grid time i to grid time j
-            h = lams[j] - lams[i]
-            x0 = x0_of(x, i, eps_fn(x, tt(i)))
-            if o == 2:
-                k = i + 1  # intermediate point at the middle grid time, r1 = its share of h
-                r1 = (lams[k] - lams[i]) / h
-                x_mid = (sg[k] / sg[i]) * x - al[k] * torch.expm1(-(lams[k] - lams[i])) * x0
-                x0_mid = x0_of(x_mid, k, eps_fn(x_mid, tt(k)))
-                x0 = x0 + (0.5 / r1) * (x0_mid - x0)
-            x = (sg[j] / sg[i]) * x - al[j] * torch.expm1(-h) * x0
-            i = j
-        return done(x)
-    if method == "dpm++2m":  # the shared multistep update (diffrl.diffusion.dpm_solver_2m)
-        return done(dpm_solver_2m(x, lambda xc, i: x0_of(xc, i, eps_fn(xc, tt(i))), al, sg, lams,
-                                  first_order=order == 1))
-    for i in range(n_int):  # single-step DPM-Solver (noise prediction)
-        eps = eps_fn(x, tt(i))
-        h = lams[i + 1] - lams[i]
-        if orders is not None and orders[i] == 2:
-            lam_mid = lams[i] + 0.5 * h
-            t_mid = sde.t_of_lam(lam_mid.double())
-            a_mid, s_mid = (v.float() for v in sde.alpha_sigma(t_mid))
-            x_mid = (a_mid / al[i]) * x - s_mid * torch.expm1(0.5 * h) * eps
-            eps_mid = eps_fn(x_mid, t_mid.float().expand(B))
-            x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps_mid
-        else:
-            x = (al[i + 1] / al[i]) * x - sg[i + 1] * torch.expm1(h) * eps
-    return done(x)
+    return DPM_SOLVERS[method](eps_fn, x, sde, steps, order, t_start, t_end, skip, clip)
 
 
 # --------------------------------------------------------------------------- bottleneck energy net

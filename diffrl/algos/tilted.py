@@ -90,25 +90,30 @@ class EDMLevels(nn.Module):
         return (x - a * self.behavior.denoise(x / a, self.sigmas[t], obs)) / s
 
 
-def _noise_net(agent, cfg: TiltRowConfig):
-    """bc and the Diffusion-QL family: the evaluated noise net on the row's own schedule."""
-    net = getattr(agent, "eps" if agent.name == "bc" else "actor")
-    ema = getattr(agent, "eps_ema" if agent.name == "bc" else "actor_ema")
-    return ema if agent.cfg.eval_ema else net, agent.schedule
+def _bc(agent, cfg: TiltRowConfig):
+    """bc (released bc_diffusion.py): its evaluated noise net (eps, or eps_ema with eval_ema) on its own schedule."""
+    return agent.eps_ema if agent.cfg.eval_ema else agent.eps, agent.schedule
+
+
+def _dql(agent, cfg: TiltRowConfig):
+    """The Diffusion-QL family (released code): the evaluated actor (actor_ema with eval_ema), its own schedule."""
+    return agent.actor_ema if agent.cfg.eval_ema else agent.actor, agent.schedule
 
 
 def _eda(agent, cfg: TiltRowConfig):
+    """EDA (Chen et al. 2024): the aligned energy policy on `levels` levels of its VP-SDE."""
     net = VPSDELevels(agent.pi, agent.behavior.sde, agent.behavior.cfg.t_min, cfg.levels)
     return net, net.schedule
 
 
 def _dtql(agent, cfg: TiltRowConfig):
+    """DTQL (Chen, Wang & Zhou 2024): its EDM behaviour denoiser on `levels` of its Karras noise levels."""
     net = EDMLevels(agent.behavior, cfg.levels)
     return net, net.schedule
 
 
 # the base row's module -> (its trained agent, the row's config) -> (eps-prediction net, its schedule)
-PARTS = {"bc": _noise_net, "dql": _noise_net, "eda": _eda, "dtql": _dtql}
+PARTS = {"bc": _bc, "dql": _dql, "eda": _eda, "dtql": _dtql}
 
 
 def target_critic(agent) -> nn.Module | None:
