@@ -7,7 +7,7 @@ on them); sizes and tilt settings are params.yaml's, plus a few tilts on each ro
     python benchmarks/bench_tilts.py --json out.jsonl   # also one JSON line per measurement
 
 The registry's `act_s` of the tilted rows (diffrl/algos/__init__.py), which the cost plan and the
-cluster requests use, come from its CPU figures at params.yaml's settings (docs/benchmarks.md).
+cluster requests use, come from its CPU figures at params.yaml's settings (studies/speed/README.md).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ H200), written as one JSON file and one Markdown table.
 4. smoke graph: wall time of `snakemake results/halfcheetah_summary.csv --config budget=smoke
    device=cuda` from a clean copy of the checkout, 16 jobs sharing the GPU.
 
-    bash benchmarks/gpu_check.sh                 # on the GPU machine: results/gpu_check/
+    bash benchmarks/gpu_check.sh                 # on the GPU machine: studies/speed/results/gpu_check/
     bash benchmarks/gpu_check.sh --dry OUT       # the same code path on CPU with tiny sizes (tests)
 
 A measurement that fails is recorded with its error and the check goes on; a section that would
@@ -176,7 +176,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry", action="store_true", help="CPU, tiny sizes, the smoke graph as a dry run")
-    p.add_argument("--out", default=str(ROOT / "results/gpu_check"), help="folder for gpu_check.json and .md")
+    p.add_argument("--out", default=str(ROOT / "studies/speed/results/gpu_check"), help="folder for gpu_check.json and .md")
     p.add_argument("--budget-s", type=float, default=450.0, help="stop starting measurements after this long")
     a = p.parse_args(argv)
     sz = sizes(a.dry)

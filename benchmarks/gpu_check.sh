@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device check (benchmarks/gpu_check.py): one JSON file and one Markdown table under
-# results/gpu_check/ (or the folder given with --out). On the GPU machine, from the checkout:
+# studies/speed/results/gpu_check/ (or the folder given with --out). On the GPU machine, from the checkout:
 #   bash benchmarks/gpu_check.sh
 # On CPU, the same code path with tiny sizes (what the tests run):
 #   bash benchmarks/gpu_check.sh --dry --out /tmp/gpu_check

@@ -27,7 +27,7 @@ all our forms). So this test checks that the alignment machinery learns; the rel
 checked line by line by the unit tests (docs/fidelity.md).
 
 Measured with these settings (1 thread, 5 final episodes, a 2-core Intel Xeon; other CPU models
-round differently and score differently: docs/learning.md), normalised scores for seeds 0 / 1 / 2:
+round differently and score differently: studies/learning_tests/README.md), normalised scores for seeds 0 / 1 / 2:
 - BC (4000 steps) 23.55 / 23.36 / 21.38.
 - Diffusion-QL (10000 steps) 27.88 / 29.82 / 27.96: gaps to BC 4.33 / 6.46 / 6.58 (at 12000 steps
   29.41 / 29.51 / 29.16). It needs its critic to converge (TD with the published tau 0.005): with
@@ -67,7 +67,7 @@ SEED = 0
 EPISODES = 5
 # EDA under our forms (see the module docstring): the sections and steps of the overlay the HalfCheetah
 # tilt study trains EDA with (a 3-layer Mish critic, sinusoidal time features, the clipped multistep solver)
-EDA_OURS = yaml.safe_load((Path(__file__).resolve().parents[1] / "benchmarks/configs/eda_ours.yaml").read_text())
+EDA_OURS = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies/tilts/eda_ours.yaml").read_text())
 # budget-only overrides of the params.yaml sections (see the module docstring), except EDA's
 CONFIGS = {
     "bc": {"hidden": 128, "lr": 1e-3, "ema_every": 1, "ema_start": 500},

@@ -1,7 +1,7 @@
 """Chaos: a small graph whose scheduler, job shells and jobs are SIGKILLed ten times at seeded random
 moments, each time recovered as docs/troubleshooting.md says (the same command again), ends with
 every output, every declared seed in the summary, and every per-seed evaluation and model equal
-bit for bit to an uninterrupted run. The longer version: benchmarks/chaos.py."""
+bit for bit to an uninterrupted run. The longer version: studies/chaos/chaos.py."""
 import importlib.util
 import json
 
@@ -11,7 +11,7 @@ from conftest import ENV1, ROOT, copy_project
 
 pytestmark = pytest.mark.pipeline
 
-_spec = importlib.util.spec_from_file_location("chaos", ROOT / "benchmarks/chaos.py")
+_spec = importlib.util.spec_from_file_location("chaos", ROOT / "studies/chaos/chaos.py")
 chaos = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(chaos)
 

@@ -1,5 +1,7 @@
 """The Snakemake workflow conventions (docs/conventions.md): `snakemake --lint` finds nothing, the
-default profile applies, and the rules' software environment pins what pyproject.toml pins."""
+default profile applies, and the rules' software environment pins what pyproject.toml pins; the
+README's, docs' and studies' relative links resolve."""
+import re
 import subprocess
 import tomllib
 
@@ -24,3 +26,17 @@ def test_every_rule_runs_in_the_environment_pinned_like_pyproject():
     for path in rules:
         text = path.read_text()
         assert text.count('conda: "../envs/diffrl.yaml"') == text.count("\nrule "), path.name
+
+
+def test_every_relative_link_of_the_readme_docs_and_studies_resolves():
+    """README.md, docs/*.md and studies/**/README.md: every relative Markdown link (and image) names
+    a file or folder of the repository."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "studies").rglob("README.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links in code blocks are code
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+:", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken

@@ -44,7 +44,7 @@ class Section:
     base: str = ""                   # tilted rows: the offline row whose trained policy they evaluate
     critic_row: str = ""             # tilted rows: the row whose critic tilts that policy ('' = the base's own)
     # seconds per gradient step (offline) or per update (online): (one CPU core, one GPU); CPU figures
-    # measured with benchmarks/bench_steps.py and bench_online.py (docs/benchmarks.md), GPU figures
+    # measured with benchmarks/bench_steps.py and bench_online.py (studies/speed/README.md), GPU figures
     # conservative estimates for small MLPs. They size cluster requests (diffrl.resources).
     step_s: tuple[float, float] = (0.0, 0.0)
     act_s: tuple[float, float] = (0.0, 0.0)  # seconds to choose one action for one state (rows)
@@ -66,7 +66,7 @@ _DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline
 _DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
 TILT = ("tfg_lambda",)  # the guided variants: the top-level tfg_lambda is their guidance strength
 # tilted rows: seconds per action at params.yaml's tilt settings (lambda 0, 32 particles, no MALA); CPU
-# measured with benchmarks/bench_tilts.py (docs/benchmarks.md), GPU conservative estimates
+# measured with benchmarks/bench_tilts.py (studies/speed/README.md), GPU conservative estimates
 _TILTED = dict(module="tilted", config="TiltRowConfig", agent=None, kind="tilted")
 
 REGISTRY: dict[str, Section] = {

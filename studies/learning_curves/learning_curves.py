@@ -1,12 +1,12 @@
 """Learning-curve study: normalised score against gradient steps for the offline rows, with the
 pipeline's own training code (diffrl.offline.train_run) and the hyperparameters of params.yaml.
 
-    python benchmarks/learning_curves.py --dataset data/halfcheetah/dataset --seeds 0 1 2 \
+    python studies/learning_curves/learning_curves.py --dataset data/halfcheetah/dataset --seeds 0 1 2 \
         --rows bc dql qg edp eg_ood iql dtql eda --steps 20000 --eval-every 2500 --episodes 10
-    python benchmarks/learning_curves.py --plot-only
+    python studies/learning_curves/learning_curves.py --plot-only
 
 Each (row, seed) run appends its evaluation points to the CSV (`--out`) when it finishes; a rerun
-skips the runs already there, so a study can be spread over several sessions. DTQL and EDA first
+skips the runs already there, so a study can be spread over several runs. DTQL and EDA first
 train their own critic and behaviour (`--pretrain-steps`, EDA's energy behaviour
 `--energy-behavior-steps` at batch 2048); the curve's steps are those of the final stage and the
 CSV states the pretraining steps. Intermediate points use the learning-curve seeds and the last
@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 COLUMNS = ["algorithm", "seed", "step", "score", "return", "final_stage_steps", "critic_steps", "behavior_steps",
@@ -124,7 +125,7 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--compile", default="none", choices=("none", "default", "max-autotune"),
                    help="params.yaml's `compile` for every run (default: eager, as the pipeline's default)")
-    a.add_argument("--out", default=str(ROOT / "results/learning_curves/halfcheetah_curves.csv"))
+    a.add_argument("--out", default=str(HERE / "results/halfcheetah_curves.csv"))
     a.add_argument("--keep", default=None, metavar="DIR",
                    help="keep the trained runs in DIR/{section}/seed{seed} (each with its model.pt, which "
                         "diffrl.offline.load_agent loads) instead of a temporary folder")

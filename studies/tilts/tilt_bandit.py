@@ -1,18 +1,18 @@
 """The tilts on the 2-D bandit toys: each offline row's trained policy sampled under a sweep of
 inference-time tilts (diffrl.algos.tilted), where the effect on the sample cloud can be seen.
 
-    python benchmarks/tilt_bandit.py [--sets 8gaussians rings] [--rows bc dql eda] [--seeds 0 1 2]
+    python studies/tilts/tilt_bandit.py [--sets 8gaussians rings] [--rows bc dql eda] [--seeds 0 1 2]
         [--budget quick] [--lambdas 0 16 64 128] [--particles 1 32]
 
 For every toy set and seed it trains each row as the bandit study does (diffrl.bandit.run_bandit:
 pretraining included, params.yaml's sections at the budget's toy step counts; BC is tilted with the
 critic of the `iql` row trained beside it), then draws 1000 actions from the untilted policy and
 from each tilt of the sweep (the tilted row's params.yaml section with `tfg_lambda` and
-`num_particles` replaced). Writes results/tilts/bandit_tilts.csv (mean reward of the actions,
+`num_particles` replaced). Writes studies/tilts/results/bandit_tilts.csv (mean reward of the actions,
 best and mean reward in the data, fraction on the data's support; per set, row, tilt and seed;
 the untilted policy is tfg_lambda 0 with 1 particle, tilted False; a rerun replaces the rows of
 its sets, rows and seeds and keeps the others) and one figure per set and row,
-results/tilts/bandit_{set}_{row}.png (all seeds' samples over the data, coloured by reward).
+studies/tilts/results/bandit_{set}_{row}.png (all seeds' samples over the data, coloured by reward).
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "studies/learning_curves"))
 from learning_curves import machine  # noqa: E402
 
 N_SAMPLES = 1000
@@ -41,7 +42,7 @@ def main() -> None:
     a.add_argument("--budget", default="quick")
     a.add_argument("--lambdas", nargs="+", type=float, default=[0, 16, 64, 128])
     a.add_argument("--particles", nargs="+", type=int, default=[1, 32])
-    a.add_argument("--out", default=str(ROOT / "results/tilts"))
+    a.add_argument("--out", default=str(HERE / "results"))
     args = a.parse_args()
 
     from diffrl import config

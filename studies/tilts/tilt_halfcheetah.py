@@ -1,7 +1,7 @@
 """The tilts on HalfCheetah: each offline row's `quick` policy evaluated untilted and under a sweep of
 inference-time tilts, through the pipeline itself (Snakemake, the tilted rows' evaluate jobs).
 
-    python benchmarks/tilt_halfcheetah.py [--rows bc dql] [--seeds 0 1 2] [--lambdas 0 16 64 128]
+    python studies/tilts/tilt_halfcheetah.py [--rows bc dql] [--seeds 0 1 2] [--lambdas 0 16 64 128]
         [--particles 1 32] [--mala-steps 0] [--budget quick] [--cores 2] [--configfile OVERLAY.yaml] [--name STEM]
 
 First `snakemake` builds the base rows' runs and evaluations at the budget (the dataset, BC's IQL
@@ -9,7 +9,7 @@ critic, the training runs; cached runs are reused). Then, for each tilt of the s
 run evaluates the tilted rows (`{row}_tilt`) with `tfg_lambda` and `num_particles` set on the command
 line (params.yaml's other tilt settings), which reruns only those evaluations. Every evaluation is the
 evaluate stage's: `eval_episodes` full episodes on the final-evaluation episode seeds, the same
-episodes for a row and its tilts. Writes results/tilts/halfcheetah_tilts.csv (one line per row,
+episodes for a row and its tilts. Writes studies/tilts/results/halfcheetah_tilts.csv (one line per row,
 tilt and seed; the untilted row has lambda and particles empty) and halfcheetah_tilts.png (score
 against lambda per row, IQM over seeds with its 95% stratified-bootstrap interval, one line per
 particle count, the untilted row as a band). Each setting's lines are written as it finishes,
@@ -17,7 +17,7 @@ replacing those of the same row, tilt and seed (a cached evaluation keeps its li
 redraws the figure and prints the table from the CSV.
 
 `--configfile` passes a Snakemake overlay over params.yaml to every `snakemake` run (its path goes in
-the CSV's `configfile` column and the figure's title), e.g. benchmarks/configs/eda_ours.yaml, EDA under
+the CSV's `configfile` column and the figure's title), e.g. studies/tilts/eda_ours.yaml, EDA under
 our forms at the steps where it learns; `--name` sets the CSV's and figure's file stem, so a study
 under an overlay, or on another machine's data, is written beside the params.yaml one, not over it.
 """
@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "studies/learning_curves"))
 from learning_curves import machine  # noqa: E402
 
 ENV = "halfcheetah"
@@ -66,7 +67,7 @@ def main() -> None:
     a.add_argument("--mala-steps", nargs="+", type=int, default=[0],
                    help="MALA corrector steps per level (eda_tilt only: its policy is energy-parameterised)")
     a.add_argument("--cores", type=int, default=2)
-    a.add_argument("--out", default=str(ROOT / "results/tilts"))
+    a.add_argument("--out", default=str(HERE / "results"))
     a.add_argument("--configfile", help="a Snakemake overlay over params.yaml, passed to every run")
     a.add_argument("--name", default="halfcheetah_tilts", help="file stem of the CSV and the figure")
     a.add_argument("--plot-only", action="store_true", help="redraw the figure and table from the CSV")

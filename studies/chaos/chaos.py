@@ -1,6 +1,6 @@
 """Chaos run: the graph under repeated SIGKILLs ends equal, bit for bit, to an uninterrupted run.
 
-    python benchmarks/chaos.py [--kills 30] [--seed 0] [--front snakemake|dvc]
+    python studies/chaos/chaos.py [--kills 30] [--seed 0] [--front snakemake|dvc]
         [--rows bc iql dql] [--seeds 0 1] [--steps 2000] [--keep DIR]
 
 Builds two copies of the project. In the first it runs a small graph (a random-quality
@@ -32,7 +32,7 @@ import psutil
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import ENV1, copy_project  # noqa: E402  (the suite's fresh-copy helper)
 
@@ -57,9 +57,8 @@ def prepare(project: Path, front: str, cfg: dict) -> list[str]:
     params = yaml.safe_load((project / "params.yaml").read_text())
     update_config(params, cfg)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dvc_yaml = subprocess.run([sys.executable, "-m", "diffrl.dag", "dvc"], cwd=project, check=True,
-                              capture_output=True, text=True, env=ENV1).stdout
-    (project / "dvc.yaml").write_text(dvc_yaml)
+    subprocess.run([sys.executable, "-m", "diffrl.params", "--regenerate"], cwd=project, check=True,
+                   capture_output=True, text=True, env=ENV1)
     return ["dvc", "repro", "summary"]
 
 

@@ -1,10 +1,10 @@
 """EDA's trained policy evaluated under other settings of its own sampler, without retraining.
 
-    python benchmarks/eda_samplers.py [--seeds 0 1 2] [--out results/tilts/halfcheetah_eda_samplers.csv]
+    python studies/tilts/eda_samplers.py [--seeds 0 1 2] [--out studies/tilts/results/halfcheetah_eda_samplers.csv]
         --variant '{"solver": "dpm++2s", "skip_type": "time"}' [--variant '{"sample_steps": 50}' ...]
 
-Loads each seed's `eda` run (runs/halfcheetah/eda/seed{s}, e.g. trained by benchmarks/tilt_halfcheetah.py
-under benchmarks/configs/eda_ours.yaml), replaces sampler fields of its behaviour config (`sample_steps`,
+Loads each seed's `eda` run (runs/halfcheetah/eda/seed{s}, e.g. trained by studies/tilts/tilt_halfcheetah.py
+under studies/tilts/eda_ours.yaml), replaces sampler fields of its behaviour config (`sample_steps`,
 `solver`, `solver_order`, `skip_type`, `clip_x0`: diffrl/algos/eda.py, EDABehaviorConfig) and evaluates it
 as the evaluate stage does: `--episodes` full episodes on the final-evaluation episode seeds, one
 thread, with one policy sample per state (`eval_samples` 1, so that only the sampler differs; `{}` is
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "studies/learning_curves"))
 from learning_curves import machine  # noqa: E402
 
 ENV = "halfcheetah"
@@ -35,7 +36,7 @@ def main() -> None:
     a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     a.add_argument("--variant", action="append", required=True, help="JSON object of sampler fields")
     a.add_argument("--episodes", type=int, default=10)
-    a.add_argument("--out", default=str(ROOT / "results/tilts/halfcheetah_eda_samplers.csv"))
+    a.add_argument("--out", default=str(HERE / "results/halfcheetah_eda_samplers.csv"))
     args = a.parse_args()
     variants = [json.loads(v) for v in args.variant]
     for v in variants:  # before any evaluation
