@@ -15,44 +15,50 @@ multiplies (the same shapes, in the same order, at the same thread count) run al
 this machine's matmul speed; the rest of the time is elementwise work, the optimiser and overhead.
 """
 import argparse
+import dataclasses
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's diffrl, as the stages do
 
 MATMULS = ("mm", "addmm", "bmm", "baddbmm")
 
 OBS, ACT, BATCH = 17, 6, 256
 
 
+def section_of(name: str) -> str:
+    """The params.yaml section a benchmark name times: an offline or pretraining section by its own
+    name, a Diffusion-QL variant as dql_VARIANT, EDA's alignment step as eda_align and its one-off
+    support-set sampler as eda_support (the names ../shared/anchors/speed_ratio.py passes)."""
+    from diffrl.algos import DQL_VARIANTS, REGISTRY
+    named = {**{f"dql_{v}": row for row, v in DQL_VARIANTS.items()}, "eda_align": "eda", "eda_support": "eda"}
+    section = named.get(name, name)
+    if section not in REGISTRY or REGISTRY[section].kind not in ("dataset", "critic", "behavior", "offline"):
+        raise SystemExit(f"unknown algorithm {name}: an offline or pretraining section of diffrl.algos.REGISTRY, "
+                         f"dql_VARIANT, eda_align or eda_support")
+    return section
+
+
 def build(name, device):
-    from diffrl.algos.iql import IQL, IQLConfig
-    if name == "sac":
-        from diffrl.algos.sac import SAC, SACConfig
-        return SAC(OBS, ACT, SACConfig(), device)
-    if name == "iql":
-        return IQL(OBS, ACT, IQLConfig(), device)
-    if name == "bc":
-        from diffrl.algos.bc import BCConfig, DiffusionBC
-        return DiffusionBC(OBS, ACT, BCConfig(), device)
-    if name.startswith("dql_"):
-        from diffrl.algos.dql import DiffusionQL, DQLConfig
-        return DiffusionQL(OBS, ACT, DQLConfig(variant=name[4:]), device, total_steps=1_000_000)
-    if name == "dtql":
-        from diffrl.algos.dtql import DTQL, DTQLBehaviorConfig, DTQLConfig
-        return DTQL.from_configs(OBS, ACT, DTQLConfig(), DTQLBehaviorConfig(), IQLConfig(layer_norm=True), device)
-    if name == "dtql_behavior":
-        from diffrl.algos.dtql import DTQLBehaviorConfig, EDMBehavior
-        return EDMBehavior(OBS, ACT, DTQLBehaviorConfig(), device)
-    if name == "eda_behavior":
-        from diffrl.algos.eda import BottleneckBehavior, EDABehaviorConfig
-        return BottleneckBehavior(OBS, ACT, EDABehaviorConfig(), device)
-    if name in ("eda_align", "eda_support"):
-        from diffrl.algos.eda import EDAAlign, EDABehaviorConfig, EDAConfig
-        return EDAAlign.from_configs(OBS, ACT, EDAConfig(), EDABehaviorConfig(), IQLConfig(), device)
-    raise SystemExit(f"unknown algorithm {name}")
+    """The agent of a section with params.yaml's values, built through the registry as the training
+    stage builds it (a composite row gets fresh parts from its own critic and behaviour sections)."""
+    from diffrl import config
+    from diffrl.algos import PRETRAINED, extra_args
+    from diffrl.offline import build_agent
+    section = section_of(name)
+    sections = [section, *PRETRAINED.get(section, ())]
+    validated = config.load(sections=sections)
+
+    def meta(s):
+        extra = extra_args(s, total_steps=1_000_000, reward_scale=1.0, support_states=0)
+        return {"section": s, "config": dataclasses.asdict(validated[s]), "extra": extra}
+    parts = {kind: build_agent(meta(s), OBS, ACT, device) for kind, s in zip(("critic", "behavior"), sections[1:])}
+    return build_agent(meta(section), OBS, ACT, device, parts or None)
 
 
 def matmul_shapes(step) -> list[tuple[int, int, int, int]]:
@@ -106,7 +112,7 @@ def one(name, device, threads, steps, compile_mode="none"):
             "terminal": torch.zeros(batch_size, device=device)}
     step = lambda: agent.update(data, g)  # noqa: E731
     if name in ("eda_align", "eda_support"):  # alignment draws states from the support set
-        from diffrl.data import ReplayBuffer
+        from diffrl.buffer import ReplayBuffer
         states = ReplayBuffer(OBS, ACT, batch_size, device)
         states.add(**{k: v.cpu() for k, v in data.items()})
         agent.prepare(states, g)

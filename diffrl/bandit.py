@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from diffrl.algos import AGENTS, PRETRAINED, extra_args
-from diffrl.data import ReplayBuffer, toy_dataset, toy_reward
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import toy_dataset, toy_reward
 from diffrl.pipeline import toy_steps_key
 from diffrl.train import train_offline
 from diffrl.utils import compiled

@@ -9,15 +9,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
 from diffrl.algos import SECTIONS as ALGORITHM_SECTIONS
-from diffrl.fields import ConfigError, param
+from diffrl.fields import REQUIRED, ConfigError, param
 
 
 ENV_NAMES = ("halfcheetah", "hopper", "walker2d")
@@ -26,36 +30,37 @@ BUDGET_NAMES = ("smoke", "quick", "paper")
 
 @dataclass
 class Budget:
-    """How much compute a run gets. Algorithm hyperparameters never change with the budget."""
-    sac_steps: int = param(3000, "env steps of the SAC agent that collects the generated dataset", low=1)
-    sac_warmup: int = param(1000, "uniform-random env steps before SAC starts learning", low=0)
-    sac_eval_every: int = param(1000, "SAC env steps between checks of the dataset quality target", low=1)
-    dataset_episodes: int = param(10, "episodes rolled out into a generated dataset", low=1)
-    critic_steps: int = param(300, "gradient steps of critic pretraining (DTQL's and EDA's IQL critics; the iql "
+    """How much compute a run gets. Algorithm hyperparameters never change with the budget. The presets'
+    values live in params.yaml only (budgets.smoke, .quick, .paper): every key of each is set there."""
+    sac_steps: int = param(REQUIRED, "env steps of the SAC agent that collects the generated dataset", low=1)
+    sac_warmup: int = param(REQUIRED, "uniform-random env steps before SAC starts learning", low=0)
+    sac_eval_every: int = param(REQUIRED, "SAC env steps between checks of the dataset quality target", low=1)
+    dataset_episodes: int = param(REQUIRED, "episodes rolled out into a generated dataset", low=1)
+    critic_steps: int = param(REQUIRED, "gradient steps of critic pretraining (DTQL's and EDA's IQL critics; the iql "
                               "row is an offline row and takes offline_steps)", low=1)
-    behavior_steps: int = param(300, "gradient steps of DTQL's EDM behaviour pretraining (the bc row is an offline "
+    behavior_steps: int = param(REQUIRED, "gradient steps of DTQL's EDM behaviour pretraining (the bc row is an offline "
                                 "row and takes offline_steps)", low=1)
-    energy_behavior_steps: int = param(20, "gradient steps of EDA's bottleneck energy behaviour (batch 2048, "
+    energy_behavior_steps: int = param(REQUIRED, "gradient steps of EDA's bottleneck energy behaviour (batch 2048, "
                                        "about 1 s a step on a CPU core)", low=1)
-    offline_steps: int = param(200, "gradient steps of the final policy of every offline row (bc, iql, the "
+    offline_steps: int = param(REQUIRED, "gradient steps of the final policy of every offline row (bc, iql, the "
                                "Diffusion-QL variants, DTQL; EDA: align_steps)", low=1)
-    align_steps: int = param(3, "gradient steps of EDA alignment (EDA's final policy)", low=1)
-    align_support_states: int = param(0, "dataset states whose 16 behaviour samples EDA draws before alignment "
+    align_steps: int = param(REQUIRED, "gradient steps of EDA alignment (EDA's final policy)", low=1)
+    align_support_states: int = param(REQUIRED, "dataset states whose 16 behaviour samples EDA draws before alignment "
                                       "(0 = every state, as released; the 15-step sampler dominates EDA's "
                                       "cost on a CPU)", low=0)
-    eval_every: int = param(150, "gradient steps between evaluations during training", low=1)
-    curve_episodes: int = param(1, "episodes per evaluation during training (learning curve)", low=1)
-    eval_episodes: int = param(2, "episodes of the final evaluation (fresh seeds, separate from training)", low=1)
-    toy_samples: int = param(2000, "samples in each 2-D toy bandit dataset", low=16)
-    toy_steps: int = param(100, "gradient steps of each algorithm in the 2-D bandit study", low=1)
-    online_steps: int = param(305, "env steps of each online row (SAC, SDAC, DPMD variants)", low=1)
-    online_warmup: int = param(300, "cap on the random-action warm-up of online rows (their own warmup, e.g. "
+    eval_every: int = param(REQUIRED, "gradient steps between evaluations during training", low=1)
+    curve_episodes: int = param(REQUIRED, "episodes per evaluation during training (learning curve)", low=1)
+    eval_episodes: int = param(REQUIRED, "episodes of the final evaluation (fresh seeds, separate from training)", low=1)
+    toy_samples: int = param(REQUIRED, "samples in each 2-D toy bandit dataset", low=16)
+    toy_steps: int = param(REQUIRED, "gradient steps of each algorithm in the 2-D bandit study", low=1)
+    online_steps: int = param(REQUIRED, "env steps of each online row (SAC, SDAC, DPMD variants)", low=1)
+    online_warmup: int = param(REQUIRED, "cap on the random-action warm-up of online rows (their own warmup, e.g. "
                                "DPMD's 30000, applies when smaller)", low=0)
-    online_eval_every: int = param(100_000, "env steps between evaluations during online training", low=1)
-    below_regime: list = param([], "offline rows whose measured learning curves show they are still below their "
+    online_eval_every: int = param(REQUIRED, "env steps between evaluations during online training", low=1)
+    below_regime: list = param(REQUIRED, "offline rows whose measured learning curves show they are still below their "
                                "learning regime at this preset's steps (docs/budgets.md); the summary marks "
                                "them instead of printing a bare number")
-    max_episode_steps: int = param(0, "cap on evaluation episode length (0 = the environment's own, 1000 for "
+    max_episode_steps: int = param(REQUIRED, "cap on evaluation episode length (0 = the environment's own, 1000 for "
                                    "MuJoCo); the smoke budget caps it so every online variant evaluates in "
                                    "seconds, and the table says so", low=0)
 
@@ -88,29 +93,30 @@ class StatsConfig:
 
 @dataclass
 class Params:
-    """The whole of params.yaml."""
-    budget: str = param("quick", "compute preset: smoke (minutes), quick (real learning, ~30 min), "
+    """The whole of params.yaml: the run's top-level settings, whose values live in params.yaml only, and
+    the sections, whose defaults live in their dataclasses (params.yaml states what a row changes)."""
+    budget: str = param(REQUIRED, "compute preset: smoke (the graph end to end), quick (real learning on a CPU), "
                         "paper (published step counts)", choices=BUDGET_NAMES)
-    device: str = param("auto", "auto picks CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
-    deterministic: bool = param(True, "request deterministic kernels (bit-identical CPU reruns)")
-    compile: str = param("none", "torch.compile the networks (MLPs, critic ensembles, EDA energy nets): none "
+    device: str = param(REQUIRED, "auto picks CUDA when present, else CPU", choices=("auto", "cpu", "cuda"))
+    deterministic: bool = param(REQUIRED, "request deterministic kernels (bit-identical CPU reruns)")
+    compile: str = param(REQUIRED, "torch.compile the networks (MLPs, critic ensembles, EDA energy nets): none "
                          "(eager), default, reduce-overhead (CUDA graphs on a GPU) or max-autotune; seconds of "
-                         "compiling per job, then faster steps (docs/benchmarks.md)",
+                         "compiling per job, then faster steps (studies/speed/README.md)",
                          choices=("none", "default", "reduce-overhead", "max-autotune"))
-    tf32: bool = param(False, "allow TF32 matrix multiplies on CUDA (faster on Ampere and later, about 3 "
+    tf32: bool = param(REQUIRED, "allow TF32 matrix multiplies on CUDA (faster on Ampere and later, about 3 "
                        "significant digits in the products; no effect on CPU)")
-    seeds: list = param([0, 1, 2], "training seeds; every algorithm runs each one")
-    envs: list = param(["halfcheetah"], "environments that `snakemake` (target all) and `dvc repro` build")
-    algorithms: list = param(["bc", "iql"], "rows of the summary table (offline algorithms and online variants)")
-    tfg_lambda: float = param(128.0, "training-free guidance strength of the guided online variants "
+    seeds: list = param(REQUIRED, "training seeds; every algorithm runs each one")
+    envs: list = param(REQUIRED, "environments that `snakemake` (target all) and `dvc repro` build")
+    algorithms: list = param(REQUIRED, "rows of the summary table (offline algorithms and online variants)")
+    tfg_lambda: float = param(REQUIRED, "training-free guidance strength of the guided online variants "
                               "(dpmd_tilt, dpmd_model): `dvc exp run -S tfg_lambda=64` reruns exactly those", low=0)
-    max_hours: float = param(6.0, "stop a run whose estimated wall time (the cost plan printed before the first "
+    max_hours: float = param(REQUIRED, "stop a run whose estimated wall time (the cost plan printed before the first "
                              "job, diffrl.plan) exceeds this many hours; caps the default target, and an explicit "
                              "target when given on the command line", low=0, low_open=True)
-    toy_sets: list = param(["8gaussians", "rings"], "2-D toy bandit datasets the toy stage builds")
-    bandit_sets: list = param(["8gaussians", "rings"], "toy datasets of the bandit study (every algorithm on each)")
+    toy_sets: list = param(REQUIRED, "2-D toy bandit datasets the toy stage builds")
+    bandit_sets: list = param(REQUIRED, "toy datasets of the bandit study (every algorithm on each)")
+    budgets: dict = param(REQUIRED, "the smoke, quick and paper presets")
     dataset: DatasetConfig = param(DatasetConfig(), "offline data")
-    budgets: dict = param({}, "the smoke, quick and paper presets")
     stats: StatsConfig = param(StatsConfig(), "multi-seed statistics")
 
 
@@ -129,11 +135,28 @@ def _suggest(key: str, valid, prefix: str = "") -> str:
 
 
 def _default(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    """A field's dataclass default (None for a REQUIRED field, whose value params.yaml holds)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+KINDS = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
+
+
+def kind_of(f: dataclasses.Field) -> type:
+    """A field's value type: its default's, or for a REQUIRED field its annotation's."""
+    default = _default(f)
+    return type(default) if default is not None else KINDS[str(f.type)]
+
+
+def _example(f: dataclasses.Field) -> str:
+    default = _default(f)
+    return f", e.g. {default!r}" if default is not None else ""
 
 
 def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
-    kind = type(_default(f))
+    kind = kind_of(f)
     meta = f.metadata
     if kind is bool:
         if not isinstance(value, bool):
@@ -144,18 +167,18 @@ def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
                 try:
                     value = float(value)  # yaml leaves '1e-4' and 'inf' as strings
                 except ValueError:
-                    raise ConfigError(f"{where}={value!r} is not a number: set a {kind.__name__}, "
-                                      f"e.g. {_default(f)!r}") from None
+                    raise ConfigError(f"{where}={value!r} is not a number: set a {kind.__name__}"
+                                      f"{_example(f)}") from None
             else:
-                raise ConfigError(f"{where}={value!r} is not a number: set a {kind.__name__}, e.g. {_default(f)!r}")
+                raise ConfigError(f"{where}={value!r} is not a number: set a {kind.__name__}{_example(f)}")
         if kind is int:
             if not float(value).is_integer():
-                raise ConfigError(f"{where}={value!r} must be a whole number, e.g. {_default(f)!r}")
+                raise ConfigError(f"{where}={value!r} must be a whole number{_example(f)}")
             value = int(value)
         else:
             value = float(value)
             if math.isnan(value):
-                raise ConfigError(f"{where} is NaN: set a number, e.g. {_default(f)!r}")
+                raise ConfigError(f"{where} is NaN: set a number{_example(f)}")
         low, high = meta.get("low"), meta.get("high")
         if low is not None and (value < low or (meta["low_open"] and value == low)):
             rel = ">" if meta["low_open"] else ">="
@@ -173,7 +196,7 @@ def _coerce(where: str, value: Any, f: dataclasses.Field) -> Any:
             raise ConfigError(f"{where}={value!r} is not one of {', '.join(choices)}{hint}")
     elif kind is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}={value!r} must be a list, e.g. {_default(f)!r}")
+            raise ConfigError(f"{where}={value!r} must be a list{_example(f)}")
     elif kind is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}={value!r} must be a mapping")
@@ -197,6 +220,10 @@ def build_section(prefix: str, cls, raw: Any):
             kwargs[key] = build_section(f"{prefix}.{key}", type(sub), value)
         else:
             kwargs[key] = _coerce(f"{prefix}.{key}", value, f)
+    for key, f in fields.items():
+        if key not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"'{prefix}.{key}' is not set: params.yaml holds every key of {prefix} "
+                              f"(docs/params.md lists them); add it")
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if check is not None:
@@ -262,7 +289,10 @@ def validate(raw: dict, sections=None) -> dict:
                     raise ConfigError(f"unknown budget 'budgets.{name}'{_suggest(name, BUDGET_NAMES)}")
             out[key] = {name: build_section(f"budgets.{name}", Budget, value.get(name)) for name in BUDGET_NAMES}
         else:
-            out[key] = _coerce(key, value, top[key]) if key in raw else getattr(Params(), key)
+            if key not in raw:
+                raise ConfigError(f"'{key}' is not set: params.yaml holds every top-level key (docs/params.md "
+                                  f"lists them); add it")
+            out[key] = _coerce(key, value, top[key])
     for env in out["envs"]:
         if env not in ENV_NAMES:
             raise ConfigError(f"envs: unknown environment '{env}'{_suggest(env, ENV_NAMES)}")
@@ -305,6 +335,51 @@ def validate(raw: dict, sections=None) -> dict:
     if out["stats"].baseline not in out["algorithms"]:
         raise ConfigError(f"stats.baseline='{out['stats'].baseline}' is not in algorithms "
                           f"{out['algorithms']}: pick one of them")
+    return out
+
+
+def _code_digest() -> str:
+    """A hash of the diffrl package's source: what validation (and its error messages) depends on."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def validated_cache_dir() -> Path:
+    """Where validate_graph remembers validated algorithm sections: the user's cache (XDG), shared by
+    every checkout, since an entry is named by the hash of the values and the code it holds."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "diffrl" / "validated"
+
+
+def validate_graph(raw: dict) -> dict:
+    """validate(raw) for the Snakefile, which needs every value checked before a job runs but reads
+    the algorithm sections only as records (an online row's offline_init).
+
+    The top-level keys, budgets, dataset and stats are validated here every time (no torch). The
+    algorithm sections import their modules, so torch (about a second of every `snakemake` call);
+    their validated values depend only on the raw values and the package's code, so they are
+    remembered in validated_cache_dir() under a hash of both, and a call with values and code seen
+    before imports no torch. Algorithm sections come back as read-only records (SimpleNamespace)
+    whether remembered or not, so the graph never depends on which happened."""
+    out = validate(raw, sections=())
+    key = hashlib.sha256((json.dumps(raw, sort_keys=True, default=str) + _code_digest()).encode()).hexdigest()
+    memo = validated_cache_dir() / f"{key}.json"
+    try:
+        sections = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        full = validate(raw)
+        sections = {s: dataclasses.asdict(full[s]) for s in ALGORITHM_SECTIONS}
+        try:  # a cache that cannot be written costs the next call a second, nothing else
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(sections, sort_keys=True))
+            tmp.replace(memo)
+        except OSError:
+            pass
+    out.update({s: SimpleNamespace(**values) for s, values in sections.items()})
     return out
 
 

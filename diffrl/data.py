@@ -1,5 +1,6 @@
-"""Offline data: Minari datasets (generated locally or downloaded), 2-D toy bandits, and the
-one replay buffer that every algorithm samples from (offline data is loaded into it too)."""
+"""Offline data: Minari datasets (generated locally or downloaded) and the 2-D toy bandits, as numpy
+arrays. The one replay buffer every algorithm samples from (offline data is loaded into it too) is in
+diffrl.buffer; this module imports no torch, so the Snakefile can check datasets at parse time."""
 from __future__ import annotations
 
 import json
@@ -12,55 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from diffrl.envs import env_spec, make_env
 
 
-# --------------------------------------------------------------------------- replay buffer
-class ReplayBuffer:
-    """Fixed-capacity ring buffer of transitions held as tensors on the training device."""
-
-    KEYS = ("obs", "action", "reward", "next_obs", "terminal")
-
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device="cpu"):
-        self.capacity, self.device = int(capacity), torch.device(device)
-        shapes = {"obs": (obs_dim,), "action": (act_dim,), "reward": (), "next_obs": (obs_dim,), "terminal": ()}
-        self.data = {k: torch.zeros((self.capacity, *s), dtype=torch.float32, device=self.device)
-                     for k, s in shapes.items()}
-        self.size, self.ptr = 0, 0
-
-    def add(self, **batch) -> None:
-        """Add a batch of transitions (numpy or tensors, leading batch dim)."""
-        n = len(batch["obs"])
-        idx = (self.ptr + torch.arange(n)) % self.capacity
-        for k in self.KEYS:
-            self.data[k][idx.to(self.device)] = torch.as_tensor(np.asarray(batch[k]), dtype=torch.float32,
-                                                                device=self.device).reshape(n, *self.data[k].shape[1:])
-        self.ptr = int((self.ptr + n) % self.capacity)
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
-        idx = torch.randint(0, self.size, (batch_size,), generator=generator).to(self.device)
-        return {k: v[idx] for k, v in self.data.items()}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict, device="cpu") -> "ReplayBuffer":
-        n = len(arrays["obs"])
-        buf = cls(arrays["obs"].shape[1], arrays["action"].shape[1], n, device)
-        buf.add(**{k: arrays[k] for k in cls.KEYS})
-        return buf
-
-    def state_dict(self) -> dict:
-        return {"data": {k: v[: self.size].cpu() for k, v in self.data.items()}, "size": self.size, "ptr": self.ptr}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state["data"].items():
-            self.data[k][: len(v)] = v.to(self.device)
-        self.size, self.ptr = state["size"], state["ptr"]
-
-
 # --------------------------------------------------------------------------- offline datasets
+TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminal")  # what a transition holds
+
+
 @dataclass
 class OfflineData:
     """Flat transitions of an offline dataset plus what the algorithms need to know about it."""
@@ -73,7 +33,7 @@ class OfflineData:
     metadata: dict
 
     def arrays(self) -> dict:
-        return {k: getattr(self, k) for k in ReplayBuffer.KEYS}
+        return {k: getattr(self, k) for k in TRANSITION_KEYS}
 
     def locomotion_reward_scale(self) -> float:
         """IQL's locomotion scaling: r * 1000 / (max episode return - min episode return)."""
@@ -332,11 +292,12 @@ def toy_actions(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
 TOY_TARGET = np.array([0.7, 0.0], dtype=np.float32)  # the reward peaks at the 8gaussians mode at angle 0
 
 
-def toy_reward(actions: np.ndarray | torch.Tensor):
-    """Bandit reward: 1 - ||a - target|| / 2 (in [0, 1] on [-1,1]^2); one mode of each set is best."""
-    if isinstance(actions, torch.Tensor):
-        return 1 - (actions - torch.as_tensor(TOY_TARGET, device=actions.device)).norm(dim=-1) / 2
-    return 1 - np.linalg.norm(actions - TOY_TARGET, axis=-1) / 2
+def toy_reward(actions):
+    """Bandit reward: 1 - ||a - target|| / 2 (in [0, 1] on [-1,1]^2); one mode of each set is best.
+    `actions`: a numpy array, or a torch tensor (the reward is then a tensor on its device)."""
+    if isinstance(actions, np.ndarray):
+        return 1 - np.linalg.norm(actions - TOY_TARGET, axis=-1) / 2
+    return 1 - (actions - actions.new_tensor(TOY_TARGET)).norm(dim=-1) / 2
 
 
 def toy_dataset(name: str, n: int, seed: int) -> dict:

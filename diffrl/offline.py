@@ -13,21 +13,13 @@ import time
 from pathlib import Path
 
 from diffrl.algos import AGENTS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS, extra_args
-from diffrl.data import ReplayBuffer, load_offline
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import load_offline
 from diffrl.envs import reference_scores
-from diffrl.pipeline import steps_key
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint, write_json
 
 MODEL_FILE = "model.pt"
-
-
-def budget_steps(section: str, budget) -> int:
-    """Gradient steps of a section's run at the selected budget: the preset's value of
-    diffrl.pipeline.steps_key(section) (offline_steps for the final policy of every offline row but
-    EDA, whose alignment has align_steps; critic_steps, behavior_steps, energy_behavior_steps for
-    pretraining-only runs)."""
-    return getattr(budget, steps_key(section))
 
 
 def _meta(section: str, cfg, extra: dict) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from diffrl.algos import GUIDED
-from diffrl.data import ReplayBuffer
+from diffrl.buffer import ReplayBuffer
 from diffrl.envs import (curve_seed, env_state, evaluate, make_env, normalized_score, reference_scores, restore_env,
                          train_env_seed)
 from diffrl.fields import ConfigError

@@ -65,6 +65,14 @@ def steps_key(section: str) -> str:
     return key
 
 
+def budget_steps(section: str, budget) -> int:
+    """Gradient steps of a section's run at the selected budget: the preset's value of
+    diffrl.pipeline.steps_key(section) (offline_steps for the final policy of every offline row but
+    EDA, whose alignment has align_steps; critic_steps, behavior_steps, energy_behavior_steps for
+    pretraining-only runs)."""
+    return getattr(budget, steps_key(section))
+
+
 def toy_steps_key(section: str) -> str:
     """The budget key of a section's steps in the 2-D bandit study: EDA's behaviour and alignment keep
     their own (costly) step counts, the rest run toy_steps."""

@@ -25,7 +25,7 @@ checkpoint. Keys follow snakemake-executor-plugin-slurm: `runtime` (minutes, sba
 
 The step times are seconds per gradient step with the published network sizes, declared with
 each section in the registry (diffrl.algos.REGISTRY: `step_s`, `act_s`): the CPU figures are
-measured on one core (benchmarks/bench_steps.py, docs/benchmarks.md), the GPU figures are
+measured on one core (benchmarks/bench_steps.py, studies/speed/README.md), the GPU figures are
 conservative estimates for small MLPs (kernel-launch bound). They only size requests: a job
 that needs longer is killed by the scheduler, retried with more time, and resumes from its last
 checkpoint (runs/.resume/).
@@ -65,9 +65,34 @@ def uses_gpu(params: dict) -> int:
     if params["device"] == "cuda":
         return 1
     if params["device"] == "auto":
-        import torch
-        return int(torch.cuda.is_available())
+        return int(cuda_present())
     return 0
+
+
+def cuda_present() -> bool:
+    """Whether `device: auto` finds CUDA, told without importing torch (about a second of every
+    `snakemake` call): the installed torch is a CUDA build (its torch/version.py), the NVIDIA driver
+    shows a GPU, and CUDA_VISIBLE_DEVICES does not hide them all. A driver too old for the build is
+    not seen here: such jobs then ask for a GPU slot and train on the CPU, as `auto` falls back."""
+    import ast
+    import glob
+    import importlib.util
+    import os
+    from pathlib import Path
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        tree = ast.parse((Path(spec.submodule_search_locations[0]) / "version.py").read_text())
+    except (OSError, SyntaxError):
+        return False
+    cuda = [n.value for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+            and any(getattr(t, "id", "") == "cuda" for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))]
+    if not cuda or not isinstance(cuda[0], ast.Constant) or not cuda[0].value:
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/proc/driver/nvidia/gpus/*"))
 
 
 def _step_s(section: str, gpu: int) -> float:
@@ -83,7 +108,7 @@ def act_seconds(row: str, gpu: int) -> float:
 
 
 def _train_seconds(section: str, budget, gpu: int, evaluates: bool) -> float:
-    from diffrl.offline import budget_steps
+    from diffrl.pipeline import budget_steps
     steps = budget_steps(section, budget)
     seconds = steps * _step_s(section, gpu)
     if section == "eda":  # the support set, drawn once before alignment

@@ -1,7 +1,9 @@
-"""Per-run logging: a progress bar, a plain log line every interval, dvclive metrics, steps/s."""
+"""Per-run logging: a progress bar, a plain log line every interval, metrics files, steps/s."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,6 +14,40 @@ from tqdm import tqdm
 
 class NumericalError(RuntimeError):
     """A NaN or Inf in a loss, gradient or value; the message names the step and the quantity."""
+
+
+class MetricsDir:
+    """A run's scalar metrics in dvclive's folder layout, which `dvc plots show` and `dvc metrics show`
+    read: `plots/metrics/NAME.tsv` (a `step<TAB>leaf` header, then one line per logged step) and
+    `metrics.json` (the latest value of each metric, nested at its slashes, and the step). Written
+    here in a few lines: importing dvclive and letting it open the DVC project cost a job about a
+    second before its first step."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        shutil.rmtree(self.folder, ignore_errors=True)  # a fresh run starts fresh files, as dvclive does
+        self.latest: dict[str, float] = {}
+        self.step = 0
+
+    def log(self, step: int, name: str, value: float) -> None:
+        tsv = self.folder / "plots" / "metrics" / f"{name}.tsv"
+        if not tsv.exists():
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            tsv.write_text(f"step\t{name.rsplit('/', 1)[-1]}\n")
+        with open(tsv, "a") as f:
+            f.write(f"{step}\t{float(value)}\n")
+        self.latest[name], self.step = float(value), step
+
+    def write_summary(self) -> None:
+        nested: dict = {}
+        for name, value in self.latest.items():
+            *parents, leaf = name.split("/")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "metrics.json").write_text(json.dumps({**nested, "step": self.step}, indent=4))
 
 
 class RunLog:
@@ -26,13 +62,9 @@ class RunLog:
         self.every, self.total, self.t0 = max(1, every), total, time.perf_counter()
         self.bar = tqdm(total=total, desc=desc, mininterval=5.0, file=sys.stderr, dynamic_ncols=True,
                         disable=None)
-        self.live = None
+        self.metrics = MetricsDir(Path(run_dir) / "dvclive") if run_dir is not None else None
         self._acc: dict[str, list] = {}
         self._steps: dict[str, list] = {}  # the step of each accumulated value
-        if run_dir is not None:
-            from dvclive import Live
-            self.live = Live(dir=str(Path(run_dir) / "dvclive"), save_dvc_exp=False, dvcyaml=None,
-                             report=None, monitor_system=False)
 
     def log(self, step: int, metrics: dict) -> None:
         for k, v in metrics.items():
@@ -67,22 +99,22 @@ class RunLog:
         self._acc.clear()
         self._steps.clear()
         out["steps_per_s"] = step / max(time.perf_counter() - self.t0, 1e-9)
-        if self.live is not None:
-            self.live.step = step
+        if self.metrics is not None:
             for k, v in out.items():
-                self.live.log_metric(f"train/{k}", v)
+                self.metrics.log(step, f"train/{k}", v)
+            self.metrics.write_summary()
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in list(out.items())[:4]})
         return out
 
     def log_eval(self, step: int, score: float, ret: float) -> None:
         print(f"[eval] step {step}: return {ret:.1f}, normalised score {score:.2f}", file=sys.stderr, flush=True)
-        if self.live is not None:
-            self.live.step = step
-            self.live.log_metric("eval/score", score)
-            self.live.log_metric("eval/return", ret)
+        if self.metrics is not None:
+            self.metrics.log(step, "eval/score", score)
+            self.metrics.log(step, "eval/return", ret)
+            self.metrics.write_summary()
 
     def close(self) -> float:
         self.bar.close()
-        if self.live is not None:
-            self.live.end()
+        if self.metrics is not None:
+            self.metrics.write_summary()
         return time.perf_counter() - self.t0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -90,13 +89,6 @@ def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) 
             main(params, args)
         except (ConfigError, DatasetError, NumericalError, FileNotFoundError, OutputWriteError) as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except sqlite3.OperationalError as e:  # dvclive opens DVC's state database before any output
-            if "disk" not in str(e) and "full" not in str(e):
-                raise
-            from dvc.dirs import site_cache_dir
-            print(f"error: {OutputWriteError(Path(site_cache_dir()), f'sqlite: {e}')} (DVC's state database)",
-                  file=sys.stderr)
             sys.exit(2)
         finally:
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__

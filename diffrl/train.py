@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrl.data import ReplayBuffer
+from diffrl.buffer import ReplayBuffer
 from diffrl.fields import ConfigError
 from diffrl.nets import Adam
 from diffrl.envs import curve_seed, evaluate, normalized_score

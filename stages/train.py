@@ -19,7 +19,8 @@ WILDCARD = TRAIN_STAGES  # stage -> the argument naming the section it trains
 
 def main(p, args):
     from diffrl.algos import PRETRAINED, ROWS
-    from diffrl.offline import budget_steps, train_run
+    from diffrl.offline import train_run
+    from diffrl.pipeline import budget_steps
     from diffrl.utils import atomic_path, run_device, seed_everything
 
     section = getattr(args, WILDCARD[args.stage])

@@ -53,7 +53,8 @@ def copy_project(dst: Path) -> Path:
     """A fresh git checkout-like copy of the project (tracked and untracked source, no outputs)."""
     anywhere = shutil.ignore_patterns(".git", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache",
                                       "MUJOCO_LOG.TXT")
-    outputs = {"data", "runs", "logs", "results"}  # pipeline outputs at the top (tests/data is a fixture)
+    # pipeline outputs at the top (tests/data is a fixture), and the studies, which no pipeline job reads
+    outputs = {"data", "runs", "logs", "results", "studies"}
 
     def ignore(folder, names):
         top = outputs.intersection(names) if Path(folder) == ROOT else set()

@@ -17,14 +17,63 @@ def test_repository_params_are_valid():
     assert set(p["budgets"]) == {"smoke", "quick", "paper"}
 
 
-def test_every_preset_lists_every_budget_key():
-    """dvc.yaml declares `budgets.${budget}.KEY` params, and DVC fails on a key missing from
-    params.yaml (a dataclass default does not help it): every preset writes every key."""
+def _section_types() -> dict:
+    from diffrl.algos import SECTIONS
+    return {**config.SECTION_TYPES, **{s: SECTIONS[s] for s in SECTIONS}}
+
+
+def _overlay_values(node: dict, base: dict, prefix: str = ""):
+    """(key, overlay value, effective value beneath it) for every leaf of a Snakemake configfile
+    overlay, merged over params.yaml as Snakemake merges it (key by key)."""
+    for key, value in node.items():
+        below = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict) and isinstance(below, dict) and value:
+            yield from _overlay_values(value, below, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value, below
+
+
+def test_no_value_is_stated_twice():
+    """One home per value (params.yaml's header): the top-level keys and the budget presets have no
+    dataclass default (params.yaml holds them); a section's key in params.yaml differs from its
+    dataclass default; every section is in params.yaml (DVC fails on a params key it lacks: `{}` for
+    the defaults); and a configfile overlay (.test/config.yaml, a study's) states only what differs
+    from params.yaml with its defaults."""
     import dataclasses
-    import yaml
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["budgets"]
-    keys = {f.name for f in dataclasses.fields(config.Budget)}
-    assert {name: sorted(keys - set(preset)) for name, preset in raw.items()} == {n: [] for n in raw}
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    top = [f for f in dataclasses.fields(config.Params) if f.name not in config.SECTION_TYPES]
+    assert [f.name for f in top if config._default(f) is not None] == []
+    assert [f.name for f in dataclasses.fields(config.Budget) if config._default(f) is not None] == []
+    types = _section_types()
+    assert sorted(set(types) - set(raw)) == [], "add these sections to params.yaml (`{}`: the defaults)"
+    restated = []
+    for section, cls in types.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in (raw.get(section) or {}).items():
+            if config._coerce(f"{section}.{key}", value, fields[key]) == config._default(fields[key]):
+                restated.append(f"{section}.{key}")
+    assert restated == [], f"params.yaml restates these dataclass defaults: delete them ({restated})"
+    defaults = {s: dataclasses.asdict(cls()) for s, cls in types.items()}
+    effective = {**raw, **{s: {**defaults[s], **(raw.get(s) or {})} for s in types}}
+    overlays = [ROOT / ".test/config.yaml", *sorted(ROOT.glob("studies/*/*.yaml"))]
+    assert overlays[1:], "the study overlays moved: point this test at them"
+    for overlay in overlays:
+        node = yaml.safe_load(overlay.read_text())
+        same = [k for k, v, below in _overlay_values(node, effective) if v == below]
+        assert same == [], f"{overlay.relative_to(ROOT)} restates params.yaml's values: delete {same}"
+
+
+def test_a_budget_preset_sets_every_key():
+    """dvc.yaml declares `budgets.${budget}.KEY` params, and DVC fails on a key missing from
+    params.yaml: a preset without one stops with one line naming it."""
+    raw = config.read_params(ROOT / "params.yaml")
+    del raw["budgets"]["paper"]["toy_steps"]
+    with pytest.raises(ConfigError, match=r"'budgets.paper.toy_steps' is not set: params.yaml holds every key"):
+        config.validate(raw)
+    raw = config.read_params(ROOT / "params.yaml")
+    del raw["max_hours"]
+    with pytest.raises(ConfigError, match=r"'max_hours' is not set: params.yaml holds every top-level key"):
+        config.validate(raw)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -94,16 +143,35 @@ def test_every_offline_row_trains_its_final_policy_for_offline_steps():
     """A table compares equals: the final stage of bc, iql, the Diffusion-QL variants and DTQL reads
     offline_steps; EDA's alignment align_steps; pretraining-only runs their own keys."""
     from diffrl.algos import OFFLINE
-    from diffrl.offline import budget_steps
-    b = config.Budget(offline_steps=7, critic_steps=11, behavior_steps=13, energy_behavior_steps=17, align_steps=19)
+    from diffrl.pipeline import budget_steps
+    import dataclasses
+    b = dataclasses.replace(config.load(ROOT / "params.yaml")["budgets"]["smoke"], offline_steps=7, critic_steps=11,
+                            behavior_steps=13, energy_behavior_steps=17, align_steps=19)
     assert {r: budget_steps(r, b) for r in OFFLINE} == {**{r: 7 for r in OFFLINE}, "eda": 19}
     assert [budget_steps(s, b) for s in ("dtql_critic", "eda_critic", "dtql_behavior", "eda_behavior")] == [11, 11, 13, 17]
 
 
-def test_params_reference_is_generated_from_the_dataclasses_and_params_yaml():
-    """docs/params.md is `python -m diffrl.params_doc` output: regenerate it after changing a key."""
-    from diffrl.params_doc import render
-    assert (ROOT / "docs/params.md").read_text() == render(yaml.safe_load((ROOT / "params.yaml").read_text()))
+def test_every_generated_file_is_current():
+    """dvc.yaml, the params schema and docs/params.md are what `python -m diffrl.params --regenerate`
+    writes from the declarations: run it after changing a key, a row, a stage or `algorithms`."""
+    from diffrl.params import generated
+    stale = [path for path, text in generated().items() if (ROOT / path).read_text() != text]
+    assert stale == [], f"stale: {stale}: run `python -m diffrl.params --regenerate`"
+
+
+def test_a_row_prints_its_effective_settings():
+    """`python -m diffrl.params ROW`: the dataclass defaults with the row's params.yaml values on top,
+    those marked; a name that is no row says the closest one."""
+    out = subprocess.run([sys.executable, "-m", "diffrl.params", "qg", "sac"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "qg:" and "  variant: qg    # set in params.yaml" in lines
+    assert "  eta: 1.0" in lines and "  batch_size: 256" in lines  # DQLConfig's defaults
+    assert "sac:" in lines  # the section `sac`: the dataset's agent
+    bad = subprocess.run([sys.executable, "-m", "diffrl.params", "qgg"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown row or section 'qgg' (did you mean 'qg'?)"
 
 
 # --------------------------------------------------------------------------- the JSON Schema
@@ -127,12 +195,11 @@ def _schema_errors(merged):
     return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(numbers(merged))]
 
 
-def test_params_schema_is_generated_from_the_dataclasses():
-    """workflow/schemas/params.schema.json is `python -m diffrl.schema` output: regenerate it after
-    changing a config field or a registry section."""
+def test_params_schema_checks_ranges():
+    """The generated schema (test_every_generated_file_is_current) is a valid JSON Schema with each
+    field's range."""
     import jsonschema
-    from diffrl.schema import PATH, render, schema
-    assert (ROOT / PATH).read_text() == render()
+    from diffrl.schema import schema
     jsonschema.Draft202012Validator.check_schema(schema())
     iql = schema()["$defs"]["IQLConfig"]["properties"]["expectile"]
     assert iql["exclusiveMinimum"] == 0 and iql["exclusiveMaximum"] == 1 and iql["description"]
@@ -180,11 +247,11 @@ def test_a_stale_schema_fails_in_one_line_naming_the_fix(tmp_path):
     from snakemake.utils import validate
     from diffrl.schema import PATH, numbers, stale
     schema = json.loads((ROOT / PATH).read_text())
-    del schema["$defs"]["IQLConfig"]["properties"]["lr"]  # as if IQLConfig had gained `lr` since
+    del schema["$defs"]["DQLConfig"]["properties"]["published_lr_decay"]  # as if DQLConfig had gained it since
     (tmp_path / "schema.json").write_text(json.dumps(schema))
     merged, _ = _snakemake_config()
     with pytest.raises(WorkflowError) as e:
         validate(numbers(merged), str(tmp_path / "schema.json"), set_default=False)
     line = stale(e.value)
-    assert "\n" not in line and "Additional properties are not allowed ('lr' was unexpected)" in line
-    assert line.endswith(f"python -m diffrl.schema > {PATH}")
+    assert "\n" not in line and "Additional properties are not allowed ('published_lr_decay' was unexpected)" in line
+    assert line.endswith("python -m diffrl.params --regenerate")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffrl.data import DatasetError, ReplayBuffer, load_offline, toy_dataset, TOY_SETS, write_minari
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import DatasetError, load_offline, toy_dataset, TOY_SETS, write_minari
 from diffrl.diffusion import DiffusionSchedule, vp_betas
 from diffrl.envs import normalized_score
 from diffrl.nets import Critic

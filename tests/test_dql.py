@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from diffrl.algos.dql import VARIANTS, DPMSolver, DQLConfig, DiffusionQL, select_checkpoint
-from diffrl.data import TOY_TARGET, ReplayBuffer, toy_dataset
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import TOY_TARGET, toy_dataset
 from diffrl.diffusion import DiffusionSchedule, vp_betas
 from diffrl.fields import ConfigError
 

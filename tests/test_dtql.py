@@ -16,7 +16,8 @@ import torch
 from diffrl.algos.dtql import (DTQL, DTQLBehaviorConfig, DTQLConfig, EDMBehavior, edm_scalings,
                                sample_log_logistic, tanh_gaussian_log_prob)
 from diffrl.algos.iql import IQLConfig, IQLCritic
-from diffrl.data import TOY_TARGET, ReplayBuffer, toy_dataset
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import TOY_TARGET, toy_dataset
 from diffrl.train import train_offline
 from diffrl.nets import Adam, Mish, TanhGaussianActor
 from diffrl.utils import load_checkpoint, save_checkpoint

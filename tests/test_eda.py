@@ -14,7 +14,8 @@ from diffrl.algos.eda import (VPSDE, BottleneckBehavior, EDABehaviorConfig, EDAA
                               FourierEmbedding, dpm_solver_sample, energy_eps, singlestep_orders)
 from diffrl.nets import SinusoidalEmbedding
 from diffrl.algos.iql import IQLConfig, IQLCritic
-from diffrl.data import TOY_TARGET, ReplayBuffer, toy_dataset
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import TOY_TARGET, toy_dataset
 from diffrl.train import train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint
 

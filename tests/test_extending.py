@@ -1,8 +1,10 @@
 """docs/extending.md is the recipe for a new algorithm: its module, one registry entry, one params
-section. This test applies the recipe's code blocks, as written in the doc, to a copy of the
-project and checks that both front ends build the new row's jobs and that its stages run."""
+section, the regenerate command. This test applies the recipe's code blocks and runs its commands,
+as written in the doc, in a copy of the project and checks that both front ends build the new row's
+jobs and that its stages run."""
 import json
 import re
+import shlex
 import shutil
 import sys
 
@@ -19,9 +21,10 @@ def _blocks() -> dict[str, str]:
     text = (ROOT / "docs/extending.md").read_text()
     python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     yml = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    bash = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     module = next(b for b in python if b.startswith(f"# diffrl/algos/{ROW}.py"))
     entry = next(b for b in python if b.lstrip().startswith(f'"{ROW}": Section('))
-    return {"module": module, "entry": entry, "params": yml[0]}
+    return {"module": module, "entry": entry, "params": yml[0], "commands": bash[0]}
 
 
 def _add_the_algorithm(project) -> None:
@@ -34,10 +37,18 @@ def _add_the_algorithm(project) -> None:
     registry.write_text(text.replace(anchor, blocks["entry"] + anchor))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params.update(yaml.safe_load(blocks["params"]))
-    params["algorithms"] = ["bc", ROW]
+    params["algorithms"] = ["bc", ROW]  # "add the row to `algorithms:`" (only bc beside it, to keep the graph small)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # the schema of params.yaml lists the sections: regenerated as the doc says
-    (project / "workflow/schemas/params.schema.json").write_text(run([sys.executable, "-m", "diffrl.schema"], project).stdout)
+
+
+def _run_the_commands(project) -> dict[str, str]:
+    """The doc's commands, in order, as written; returns each one's output."""
+    outputs = {}
+    for line in _blocks()["commands"].strip().splitlines():
+        argv = shlex.split(line)
+        argv = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+        outputs[line] = run(argv, project).stdout
+    return outputs
 
 
 def _job_counts(dry_run: str) -> dict[str, int]:
@@ -49,17 +60,21 @@ def _job_counts(dry_run: str) -> dict[str, int]:
 def test_an_algorithm_added_as_docs_extending_md_says_joins_both_graphs_and_runs(project):
     _add_the_algorithm(project)
     seeds = len(yaml.safe_load((project / "params.yaml").read_text())["seeds"])
+    outputs = _run_the_commands(project)
+    regenerated, shown, dry_run = outputs.values()
+    assert regenerated.startswith("regenerated: dvc.yaml, workflow/schemas/params.schema.json, docs/params.md")
+    assert shown.splitlines()[:2] == [f"{ROW}:", "  lr: 0.001"]
+    assert f"## `{ROW}`" in (project / "docs/params.md").read_text()
 
     # Snakemake: its training and evaluation per seed and its bandit runs, next to bc's
-    out = run(["snakemake", "-n", "results/halfcheetah_summary.csv"], project)
-    counts = _job_counts(out.stdout)
+    counts = _job_counts(dry_run)
     assert counts["offline_train"] == 2 * seeds and counts["evaluate"] == 2 * seeds, counts
     assert "critic_pretrain" not in counts and "behavior_pretrain" not in counts
     out = run(["snakemake", "-n", "results/bandit_summary.csv"], project)
     assert re.search(rf"wildcards: name=\w+, algo={ROW}\b", out.stdout)
 
     # DVC: dvc.yaml generated from the same registry has its stages, with its code and budget key
-    dvc = yaml.safe_load(run([sys.executable, "-m", "diffrl.dag", "dvc"], project).stdout)["stages"]
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     train = dvc[f"offline_train_{ROW}"]
     assert f"diffrl/algos/{ROW}.py" in train["deps"] and "diffrl/algos/dql.py" not in train["deps"]
     assert {ROW, "budgets.${budget}.offline_steps"} <= {p for p in train["params"] if isinstance(p, str)}
@@ -76,3 +91,8 @@ def test_an_algorithm_added_as_docs_extending_md_says_joins_both_graphs_and_runs
     run([sys.executable, "stages/toy_dataset.py", "--name", "8gaussians", *smoke], project)
     run([sys.executable, "stages/bandit.py", "bandit_train", "--name", "8gaussians", "--algo", ROW, *smoke], project)
     assert (project / f"runs/bandit/8gaussians/{ROW}.npz").stat().st_size > 0
+
+    # the step benchmark builds it through the registry, as the doc says
+    line = json.loads(run([sys.executable, "benchmarks/bench_steps.py", "--one", ROW, "cpu", "1", "--steps", "2"],
+                          project).stdout.strip().splitlines()[-1])
+    assert line["algo"] == ROW and line["ms_per_step"] > 0

@@ -6,7 +6,8 @@ import torch
 from diffrl.algos.bc import BCConfig, DiffusionBC
 from diffrl.algos.iql import IQL, IQLConfig
 from diffrl.algos.sac import SACConfig, train_sac
-from diffrl.data import ReplayBuffer, toy_dataset, toy_actions
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import toy_dataset, toy_actions
 
 pytestmark = pytest.mark.learning
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from diffrl.algos.bc import BCConfig, DiffusionBC
-from diffrl.data import ReplayBuffer, toy_dataset
+from diffrl.buffer import ReplayBuffer
+from diffrl.data import toy_dataset
 from diffrl.train import train_offline
 
 

@@ -212,7 +212,7 @@ def test_a_tilt_change_reruns_only_its_evaluations_and_the_tables(project, monke
     params.update(seeds=[0], algorithms=["bc", "iql", "dql", "bc_tilt", "dql_tilt"], toy_sets=["8gaussians"],
                   bandit_sets=["8gaussians"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (project / "dvc.yaml").write_text(run([sys.executable, "-m", "diffrl.dag", "dvc"], project).stdout)
+    run([sys.executable, "-m", "diffrl.params", "--regenerate"], project)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     # bc_tilt loads the bc and iql runs and reads its own section; it trains nothing
     loads = {"runs/${item.env}/bc/seed${item.seed}", "runs/${item.env}/iql/seed${item.seed}"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrl.data import ReplayBuffer
+from diffrl.buffer import ReplayBuffer
 from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
 from diffrl.fields import param
 from diffrl.nets import adam, Critic, LOG_STD_MAX, LOG_STD_MIN, soft_update, TanhGaussianActor
