@@ -76,7 +76,7 @@ def render(raw: dict) -> str:
            "changes); a test fails when it is stale. Values in italics are dataclass defaults; plain values",
            "are what params.yaml sets for that row. `python -m diffrl.params ROW` prints one row's settings.",
            "Override any key with `snakemake ... --config 'SECTION={KEY: VALUE}'` or",
-           "`dvc exp run -S SECTION.KEY=VALUE`.", ""]
+           "`dvc exp run -S '++SECTION.KEY=VALUE'` (docs/conventions.md).", ""]
     out += ["## Top level", ""]
     plain = [f for f in dataclasses.fields(Params) if not dataclasses.is_dataclass(_default(f)) and f.name != "budgets"]
     cls = dataclasses.make_dataclass("Top", [(f.name, f.type, f) for f in plain])

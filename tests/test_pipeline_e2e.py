@@ -127,7 +127,7 @@ def test_smoke_graph_incremental_reruns_and_dvc(project):
     assert "halfcheetah offline rows" in plots and "halfcheetah online rows" in plots
     assert all(f'"filename": "{r}.csv"' in plots for r in ROWS)  # a line per row file
     # over max_hours, the plan stage fails first and DVC runs nothing else
-    capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "iql.expectile=0.8"], project, check=False)
+    capped = run(["dvc", "exp", "run", "-S", "max_hours=0.0001", "-S", "++iql.expectile=0.8"], project, check=False)
     assert capped.returncode != 0 and "exceeds max_hours=0.0001" in capped.stdout + capped.stderr
     assert set(re.findall(r"Running stage '([^']+)'", capped.stdout + capped.stderr)) == {"plan"}
     run(["git", "checkout", "params.yaml"], project)

@@ -21,7 +21,7 @@ def dvc(*args, cwd, check=True):
 def test_dvc_queue_runs_a_learning_rate_sweep(project):
     shutil.rmtree(project / ".dvc" / "tmp", ignore_errors=True)  # a clone has none
     sweep = ["-S", "budget=smoke", "-S", "seeds=[0]", "-S", "budgets.smoke.toy_steps=20",
-             "-S", "budgets.smoke.toy_samples=200", "-S", "bc.lr=0.001,0.0003"]
+             "-S", "budgets.smoke.toy_samples=200", "-S", "++bc.lr=0.001,0.0003"]
     queued = dvc("exp", "run", "--queue", *sweep, "bandit_train_bc@8gaussians", cwd=project)
     assert queued.stdout.count("Queued experiment") == 2, queued.stdout
     try:
