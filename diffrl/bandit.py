@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from diffrl.algos import AGENTS, PRETRAINED, extra_args
+from diffrl.algos import AGENTS, PRETRAINED, REGISTRY, extra_args
 from diffrl.buffer import ReplayBuffer
 from diffrl.data import toy_dataset, toy_reward
 from diffrl.pipeline import toy_steps_key
@@ -26,14 +26,16 @@ def _build(section: str, cfg, device, steps: int, budget, parts=None):
         # DTQL's released init has zero biases: on the toys' constant zero state every ReLU unit of
         # its one-step policy would start dead, so the toys keep PyTorch's default init
         cfg = dataclasses.replace(cfg, orthogonal_init=False)
-    extra = extra_args(section, reward_scale=1.0, total_steps=steps, support_states=lambda: budget.align_support_states)
+    # the budget keys its agent takes (its registry entry's budget_args), read only when it takes them
+    from_budget = {arg: (lambda key=key: getattr(budget, key)) for arg, key in REGISTRY[section].budget_args.items()}
+    extra = extra_args(section, reward_scale=1.0, total_steps=steps, **from_budget)
     if section in PRETRAINED:
         return compiled(cls(1, 2, cfg, parts["behavior"], parts["critic"], device, **extra))
     return compiled(cls(1, 2, cfg, device, **extra))
 
 
 def toy_steps(section: str, budget) -> int:
-    """EDA's behaviour and alignment keep their own (costly) step counts; the rest run toy_steps
+    """A section's steps in the study: toy_steps, or the budget key its registry entry names
     (diffrl.pipeline.toy_steps_key)."""
     return getattr(budget, toy_steps_key(section))
 

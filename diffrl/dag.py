@@ -9,8 +9,8 @@ modules of the sections the row runs: editing diffrl/algos/dpmd.py reruns the on
 their evaluations, not the dataset or the offline rows. diffrl/resources.py only sizes cluster
 requests and is never a dependency.
 
-The Snakefile takes its rules' inputs and shell commands from here, and dvc.yaml is generated
-from the same declarations:
+Both front ends are built from the stage records (diffrl.pipeline.STAGES): the Snakefile takes its
+rules' inputs and shell commands from here, and dvc.yaml is generated from the same records:
     python -m diffrl.params --regenerate                 # dvc.yaml with every other generated file
     python -m diffrl.dag deps offline_train algo=dtql     # one job's code dependencies
 Stage scripts never import this module, so editing it reruns nothing.
@@ -23,48 +23,28 @@ import string
 import sys
 from pathlib import Path
 
-from diffrl.pipeline import (STAGES, TRAIN_STAGES, bandit_file, bandit_plot_file, budget_keys, dataset_dir,
-                             eval_file, row_curve_file, run_dir, stage_keys, summary_files, toy_file)
+from diffrl.pipeline import STAGES, Job, budget_keys, offline_init_of, row_curve_file, stage_keys, stage_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NEVER_DEPS = {"diffrl/resources.py"}  # sizes cluster requests only: changing it must rerun nothing
 
-COMMANDS = {
-    "dataset": "python stages/dataset.py --env {env}",
-    "toy_dataset": "python stages/toy_dataset.py --name {name}",
-    "critic_pretrain": "python stages/train.py critic_pretrain --critic {critic} --env {env} --seed {seed}",
-    "behavior_pretrain": "python stages/train.py behavior_pretrain --behavior {behavior} --env {env} --seed {seed}",
-    "offline_train": "python stages/train.py offline_train --algo {algo} --env {env} --seed {seed}",
-    "online_train": "python stages/online.py --algo {algo} --env {env} --seed {seed}",
-    "evaluate": "python stages/evaluate.py --env {env} --algo {algo} --seed {seed}",
-    "summary": "python stages/summary.py --env {env}",
-    "bandit_train": "python stages/bandit.py bandit_train --name {name} --algo {algo}",
-    "bandit_plot": "python stages/bandit.py bandit_plot --name {name}",
-    "bandit_summary": "python stages/bandit.py bandit_summary",
-}
-assert set(COMMANDS) == set(STAGES)
-# stages that pick the algorithm module by the row they run (the argument named here)
-DISPATCH = {**TRAIN_STAGES, "online_train": "algo", "evaluate": "algo", "bandit_train": "algo"}
-# the matrix axes of each stage and the params.yaml list each one takes its values from
-AXES = {
-    "dataset": {"env": "envs"}, "toy_dataset": {"name": "toy_sets"},
-    **{s: {"env": "envs", "seed": "seeds"} for s in (*TRAIN_STAGES, "online_train", "evaluate")},
-    "summary": {"env": "envs"},
-    "bandit_train": {"name": "bandit_sets"}, "bandit_plot": {"name": "bandit_sets"}, "bandit_summary": {},
-}
 
-
-def command(stage: str, **values) -> str:
+def command(stage: str, /, **values) -> str:
     """The shell command of a job; `values` fill its fields (wildcards, or DVC's ${item.*})."""
-    return COMMANDS[stage].format(**values)
+    return stage_of(stage).command.format(**values)
 
 
-def command_fields(stage: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(COMMANDS[stage]) if f]
+def command_fields(stage: str, /) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(stage_of(stage).command) if f]
 
 
-def entry_point(stage: str) -> str:
-    return COMMANDS[stage].split()[1]
+def entry_point(stage: str, /) -> str:
+    return stage_of(stage).command.split()[1]
+
+
+def row_wildcards(stage: str, wildcards: dict) -> dict:
+    """A job's wildcards without its matrix axes: its row ({} or {row wildcard: section})."""
+    return {k: v for k, v in wildcards.items() if k not in stage_of(stage).axes}
 
 
 # --------------------------------------------------------------------------- static import graph
@@ -155,21 +135,18 @@ def algorithm_files(section: str) -> list[Path]:
     return [algorithm_file(section)] + [ROOT / "diffrl" / "algos" / f"{m}.py" for m in REGISTRY[section].runs]
 
 
-def row_sections(stage: str, offline_init: str = "", **wildcards) -> list[str]:
-    """The params sections whose algorithm modules a dispatching job runs: the section it trains or
-    loads, the pretrained parts that one starts from, for an offline-to-online row the offline run it
-    starts from (`offline_init`, its section's value), and for a tilted row's evaluation the runs it
-    loads (its base row's and its critic row's)."""
-    from diffrl.algos import PRETRAINED, evaluated_runs, section_of
-    row = wildcards[DISPATCH[stage]]
-    if stage == "online_train":
-        sections = [section_of(row)]
-        if offline_init:
-            sections += [offline_init, *PRETRAINED.get(offline_init, ())]
-        return sections
-    # the trained or evaluated run is saved under the row's name (the online `sac` row as a `sac` agent)
-    runs = evaluated_runs(row) if stage == "evaluate" else (row,)
-    return list(dict.fromkeys([row, *(s for r in runs for s in (r, *PRETRAINED.get(r, ())))]))
+def row_sections(stage: str, /, offline_init: str = "", **wildcards) -> list[str]:
+    """The params sections whose algorithm modules a dispatching job runs (its stage's `runs`): the
+    section it trains or loads, the pretrained parts that one starts from, the offline run an
+    offline-to-online row starts from (`offline_init`), the runs a tilted row's evaluation loads."""
+    st = stage_of(stage)
+    return st.runs(wildcards[st.row], offline_init)
+
+
+def job_init(params: dict, stage: str, row: dict) -> str:
+    """The offline run a job's row starts from (its section's offline_init; '' for none or no row)."""
+    st = stage_of(stage)
+    return offline_init_of(params, row[st.row]) if st.row else ""
 
 
 def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
@@ -179,7 +156,7 @@ def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
     diffrl.algos.REGISTRY), plus the closure of the modules of row_sections(...).
     """
     entry = ROOT / entry_point(stage)
-    if stage in DISPATCH:
+    if STAGES[stage].row:
         from diffrl.algos import REGISTRY
         algorithms = frozenset(algorithm_file(s) for s in REGISTRY)
         files = closure([entry], stop=algorithms)
@@ -190,83 +167,49 @@ def code_deps(stage: str, offline_init: str = "", **wildcards) -> list[str]:
 
 
 # --------------------------------------------------------------------------- data dependencies and jobs
-def offline_init_of(params: dict, row: str) -> str:
-    """The offline row an online row starts from ('' for none); `params` is validated."""
-    from diffrl.algos import section_of
-    return getattr(params[section_of(row)], "offline_init", "")
-
-
-def data_deps(stage: str, params: dict, folders: bool = False, offline_init: str | None = None,
+def data_deps(stage: str, /, params: dict, folders: bool = False, offline_init: str | None = None,
               **wildcards) -> list[str]:
-    """The outputs of other jobs a job reads. `folders`: for DVC, which cannot expand a list of
-    params.yaml inside a stage's deps, the summaries depend on the folders holding those files.
-    `offline_init` (default: its params value) is the offline row an online row starts from."""
-    from diffrl.algos import OFFLINE, PRETRAINED
-    w = wildcards
-    if stage in TRAIN_STAGES:
-        row = w[TRAIN_STAGES[stage]]
-        return [dataset_dir(w["env"]), *(run_dir(w["env"], part, w["seed"]) for part in PRETRAINED.get(row, ()))]
-    if stage == "online_train":
-        init = offline_init_of(params, w["algo"]) if offline_init is None else offline_init
-        return [run_dir(w["env"], init, w["seed"])] if init else []
-    if stage == "evaluate":
-        from diffrl.algos import evaluated_runs
-        return [run_dir(w["env"], r, w["seed"]) for r in evaluated_runs(w["algo"])]
-    if stage == "summary":
-        if folders:
-            return [str(Path(eval_file(w["env"], a, 0)).parent) for a in params["algorithms"]]
-        return [eval_file(w["env"], a, s) for a in params["algorithms"] for s in params["seeds"]]
-    if stage == "bandit_plot":
-        return [bandit_file(w["name"], a) for a in OFFLINE]
-    if stage == "bandit_summary":
-        if folders:
-            return ["runs/bandit"]
-        return [bandit_file(n, a) for n in params["bandit_sets"] for a in OFFLINE]
-    return []
+    """The outputs of other jobs a job reads (its stage's `inputs`). `folders`: for DVC, which cannot
+    expand a list of params.yaml inside a stage's deps, the summaries depend on the folders holding
+    those files. `offline_init` (default: its params value) is the offline run an online row starts from."""
+    st = stage_of(stage)
+    section = wildcards[st.row] if st.row else ""
+    return st.inputs(Job(wildcards, section, params, folders, offline_init))
 
 
-def outputs(stage: str, **w) -> list[str]:
-    if stage == "dataset":
-        return [dataset_dir(w["env"])]
-    if stage == "toy_dataset":
-        return [toy_file(w["name"])]
-    if stage in TRAIN_STAGES or stage == "online_train":
-        return [run_dir(w["env"], w[DISPATCH[stage]], w["seed"])]
-    if stage == "evaluate":
-        return [eval_file(w["env"], w["algo"], w["seed"])]
-    if stage == "summary":
-        return summary_files(w["env"])
-    if stage == "bandit_train":
-        return [bandit_file(w["name"], w["algo"])]
-    if stage == "bandit_plot":
-        return [bandit_plot_file(w["name"])]
-    return ["results/bandit_summary.csv"]
+def outputs(stage: str, /, **wildcards) -> list[str]:
+    return [template.format(**wildcards) for template in stage_of(stage).outputs]
 
 
-def stage_rows(params: dict) -> list[tuple[str, dict]]:
-    """(stage, row wildcards) of every job family the default target builds, in pipeline order:
-    the rows `algorithms` selects with the pretraining and offline runs they start from (a tilted
-    row: the runs it evaluates), their evaluations and tables, the toy sets and the bandit study
-    (every offline row), as the Snakefile's `all` does. The matrix axes (AXES) multiply each family
-    into jobs."""
-    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, PRETRAINED, evaluated_runs
-    selected = list(params["algorithms"])
+def trained_runs(params: dict) -> set[str]:
+    """The sections the selected rows train or start from: the rows `algorithms` selects (a tilted
+    row: the runs it evaluates), their pretraining, and the offline runs online rows start from."""
+    from diffrl.algos import ONLINE, PRETRAINED, evaluated_runs
     trained = set()
-    for row in selected:
+    for row in params["algorithms"]:
         for run in evaluated_runs(row):
             trained |= {run, *PRETRAINED.get(run, ())}
         init = offline_init_of(params, row) if row in ONLINE else ""
         if init:
             trained |= {init, *PRETRAINED.get(init, ())}
-    out = [("dataset", {}), ("toy_dataset", {})]
-    out += [("critic_pretrain", {"critic": s}) for s in CRITICS if s in trained]
-    out += [("behavior_pretrain", {"behavior": s}) for s in BEHAVIORS if s in trained]
-    out += [("offline_train", {"algo": s}) for s in OFFLINE if s in trained]
-    out += [("online_train", {"algo": s}) for s in ONLINE if s in trained]
-    out += [("evaluate", {"algo": a}) for a in selected]
-    out += [("summary", {})]
-    out += [("bandit_train", {"algo": a}) for a in OFFLINE]
-    out += [("bandit_plot", {}), ("bandit_summary", {})]
+    return trained
+
+
+def stage_rows(params: dict) -> list[tuple[str, dict]]:
+    """(stage, row wildcards) of every job family the default target builds, in pipeline order
+    (STAGES): for a stage with a row wildcard, the rows its `builds` names. The matrix axes (Stage.axes)
+    multiply each family into jobs."""
+    import diffrl.algos
+    trained = trained_runs(params)
+    out = []
+    for name, st in STAGES.items():
+        if not st.row:
+            out.append((name, {}))
+            continue
+        values = getattr(diffrl.algos, st.sections)
+        rows = {"trained": [s for s in values if s in trained], "selected": list(params["algorithms"]),
+                "all": list(values)}[st.builds]
+        out += [(name, {st.row: r}) for r in rows]
     return out
 
 
@@ -275,10 +218,18 @@ def jobs(params: dict) -> list[tuple[str, dict]]:
     out = []
     for stage, row in stage_rows(params):
         combos = [dict(row)]
-        for axis, source in AXES[stage].items():
+        for axis, source in STAGES[stage].axes.items():
             combos = [{**c, axis: v} for c in combos for v in params[source]]
         out += [(stage, c) for c in combos]
     return out
+
+
+def default_target(params: dict) -> list[str]:
+    """The outputs the default target builds (the Snakefile's `all`): every job's outputs of the stages
+    with a `target` place, in that order."""
+    targets = sorted((st.target, name) for name, st in STAGES.items() if st.target)
+    every = jobs(params)
+    return [o for _, name in targets for stage, w in every if stage == name for o in outputs(stage, **w)]
 
 
 # --------------------------------------------------------------------------- dvc.yaml
@@ -308,21 +259,22 @@ def stage_name(stage: str, row: dict) -> str:
 
 
 def dvc_stage(stage: str, params: dict, row: dict) -> tuple[str, list[str]]:
-    """(name, yaml lines) of one dvc.yaml stage: one matrix over the stage's AXES per row."""
+    """(name, yaml lines) of one dvc.yaml stage: one matrix over the stage's axes per row."""
     from diffrl.algos import section_of
-    item = {axis: f"${{item.{axis}}}" for axis in AXES[stage]}
+    axes = STAGES[stage].axes
+    item = {axis: f"${{item.{axis}}}" for axis in axes}
     values = {**row, **item}
     name = stage_name(stage, row)
-    init = offline_init_of(params, row["algo"]) if stage == "online_train" else ""
+    init = job_init(params, stage, row)
     lines = [f"  {name}:"]
     if item:
         lines.append("    matrix:")
-        lines += [f"      {axis}: ${{{source}}}" for axis, source in AXES[stage].items()]
+        lines += [f"      {axis}: ${{{source}}}" for axis, source in axes.items()]
     lines.append(f"    cmd: {command(stage, **values)}")
     deps = code_deps(stage, offline_init=init, **row)
     # an online row's starting run follows its params value (`dvc exp run -S dpmd_o2o.offline_init=qg`;
     # its code dependencies are those of the value written here)
-    templated_init = f"${{{section_of(row['algo'])}.offline_init}}" if init else None
+    templated_init = f"${{{section_of(row[STAGES[stage].row])}.offline_init}}" if init else None
     deps += data_deps(stage, params, folders=True, offline_init=templated_init, **values)
     lines.append("    deps:")
     lines += [f"      - {d}" for d in deps]
@@ -331,7 +283,7 @@ def dvc_stage(stage: str, params: dict, row: dict) -> tuple[str, list[str]]:
         lines.append("    params:")
         lines += [f"      - {k}" for k in keys]
     outs = outputs(stage, **values)
-    if stage in ("summary", "bandit_plot", "bandit_summary"):
+    if not STAGES[stage].cached:
         # small result files kept in git (not in the DVC cache); the metrics feed `dvc exp show`, the
         # per-row curves and the intervals the top-level `plots:` (dvc_plots)
         metrics = [o for o in outs if o.endswith("_metrics.json")]

@@ -34,7 +34,6 @@ ENVS = {
 CURVE_SEED = 100_000
 FINAL_SEED = 1_000_000
 TRAIN_ENV_SEED = 10_000
-FINETUNE_CURVE_SEED = 2_000_000  # Diffusion-QL's online tuning (diffrl.algos.dql.online_finetune)
 
 
 def curve_seed(seed: int, step: int) -> int:

@@ -16,7 +16,7 @@ from diffrl.algos import AGENTS, DQL_VARIANTS, PRETRAINED, ROWS, SECTIONS, extra
 from diffrl.buffer import ReplayBuffer
 from diffrl.data import load_offline
 from diffrl.envs import reference_scores
-from diffrl.train import train_offline
+from diffrl.train import run_record, train_offline
 from diffrl.utils import load_checkpoint, save_checkpoint, write_json
 
 MODEL_FILE = "model.pt"
@@ -101,10 +101,12 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
                          reference=reference)
     pre_wall = sum(json.loads((Path(r) / "train.json").read_text()).get("wall_s", 0.0)
                    for r in (pretrained or {}).values())
-    if section in DQL_VARIANTS:  # what the evaluate stage needs for Diffusion-QL's offline model selection
-        info["selection"] = {"k": cfg.selection_k, "published": cfg.published_selection}
-    info.update(section=section, env=env_name, seed=seed, env_steps=0, started=t0, pretraining_wall_s=pre_wall,
-                reference_scores=reference, run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)})
+    # what the evaluate stage needs for Diffusion-QL's offline model selection
+    selection = ({"selection": {"k": cfg.selection_k, "published": cfg.published_selection}}
+                 if section in DQL_VARIANTS else {})
+    info = run_record(section=section, env=env_name, seed=seed, online=False, started=t0, info=info,
+                      pretraining_wall_s=pre_wall, reference_scores=reference,
+                      run_info={"budget": budget, "dataset": describe_dataset(dataset_dir)}, **selection)
     save_checkpoint(out_dir / MODEL_FILE, {"meta": meta, "parts": parts_meta, "obs_dim": obs_dim,
                                            "act_dim": act_dim, "state": agent.state_dict()})
     write_json(out_dir / "train.json", info)

@@ -27,7 +27,7 @@ from diffrl.envs import (curve_seed, env_state, evaluate, make_env, normalized_s
                          train_env_seed)
 from diffrl.fields import ConfigError
 from diffrl.runlog import NumericalError, RunLog
-from diffrl.train import first_non_finite, load_resume, restore_training_state, save_resume, training_state
+from diffrl.train import first_non_finite, fingerprint, load_resume, run_record, save_resume
 from diffrl.utils import read_json, save_checkpoint, write_json
 
 MODEL_FILE = "model.pt"
@@ -35,7 +35,7 @@ PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def variant_config(row: str, **overrides):
-    """An online row's OnlineConfig as params.yaml sets it (a guided variant with the top-level
+    """An online row's config as params.yaml sets it (a guided variant with the top-level
     tfg_lambda), with field overrides: the named variants for tests and benchmarks."""
     from diffrl import config
     from diffrl.algos import ONLINE, section_of
@@ -46,7 +46,7 @@ def variant_config(row: str, **overrides):
     valid = {f.name for f in dataclasses.fields(p[section])}
     for key in overrides:
         if key not in valid:
-            raise ConfigError(f"unknown OnlineConfig field '{key}'")
+            raise ConfigError(f"unknown {type(p[section]).__name__} field '{key}' of row {row}")
     cfg = dataclasses.replace(p[section], **overrides)
     cfg = effective_config(row, cfg, p["tfg_lambda"], None) if "tfg_lambda" not in overrides else cfg
     cfg.check()
@@ -58,7 +58,8 @@ def effective_config(row: str, cfg, tfg_lambda: float, budget):
     row's warm-up is capped by the budget (the published 30000 needs the paper budget; budget None:
     uncapped)."""
     warmup = cfg.warmup if budget is None else min(cfg.warmup, budget.online_warmup)
-    return dataclasses.replace(cfg, tfg_lambda=tfg_lambda if row in GUIDED else cfg.tfg_lambda, warmup=warmup)
+    guided = {"tfg_lambda": tfg_lambda} if row in GUIDED else {}
+    return dataclasses.replace(cfg, warmup=warmup, **guided)
 
 
 def check_offline_init(row: str, cfg, ck: dict, offline_run) -> None:
@@ -86,7 +87,7 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
     pre_wall = 0.0
     t0 = time.time()
     init, reference = None, reference_scores(env_name)
-    if cfg.offline_init:
+    if getattr(cfg, "offline_init", ""):  # the SDAC/DPMD rows' (SAC starts from scratch)
         if offline_run is None:
             raise ConfigError(f"{row}.offline_init={cfg.offline_init!r} needs its offline run: "
                               f"run it through snakemake or dvc, which pass it")
@@ -110,12 +111,9 @@ def train_online_run(row: str, cfg, *, env_name: str, out_dir: Path, seed: int, 
                 "extra": {"action_low": low, "action_high": high}}
     save_checkpoint(Path(out_dir) / MODEL_FILE, {"meta": meta, "parts": {}, "obs_dim": obs_dim, "act_dim": act_dim,
                                                  "state": agent.state_dict()})
-    out = {"section": row, "env": env_name, "seed": seed, "online": True, "started": t0,
-           "curve": info["curve"], "env_steps": int(info["env_steps"]), "grad_steps": int(info["grad_steps"]),
-           # returns of TRAINING episodes (exploration noise on): labelled, never used as a score
-           "train_episode_returns": info.get("train_episodes", []),
-           "wall_s": time.time() - t0, "pretraining_wall_s": pre_wall, "reference_scores": reference,
-           "run_info": run_info}
+    out = run_record(section=row, env=env_name, seed=seed, online=True, started=t0,
+                     info={**info, "wall_s": time.time() - t0}, pretraining_wall_s=pre_wall,
+                     reference_scores=reference, run_info=run_info)
     write_json(Path(out_dir) / "train.json", out)
     return out
 
@@ -126,8 +124,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 
 def sac_config(cfg):
-    """The SACConfig of an alg = sac row (the fork's SAC settings live in its OnlineConfig)."""
+    """The SACConfig of the `sac` row's agent: its section's SAC hyperparameters without the loop's."""
     from diffrl.algos.sac import SACConfig
+    if isinstance(cfg, SACConfig):
+        return cfg.agent_config()
     return SACConfig(hidden=cfg.hidden, layers=cfg.layers, lr=cfg.lr, batch_size=cfg.batch_size, discount=cfg.gamma,
                      tau=cfg.tau, init_temperature=cfg.init_alpha, target_entropy_scale=cfg.target_entropy_scale,
                      buffer_size=cfg.buffer_size, activation=cfg.sac_activation, reward_scale=cfg.reward_scale,
@@ -170,7 +170,8 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
     (the pipeline's evaluate stage); max_episode_steps > 0 cuts evaluation episodes (smoke).
     `reference`: the reference scores that scores are normalised with (None: the built-in table).
 
-    Returns (agent, info): info = {curve: [{step: env_steps, return, score}] (evaluation episodes),
+    Returns (agent, info): info = {curve: [{step, env_steps, return, score}] (evaluation episodes;
+    step, the x axis, is the env steps as in diffrl.train.run_record),
     train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
     env_steps, grad_steps, wall_s}.
     """
@@ -198,22 +199,18 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
     ep_ret = np.zeros(cfg.num_envs)
     env_steps, grad_steps, wall_before = 0, 0, 0.0
     curve, train_eps = [], []
-    # a checkpoint left by a run with other settings is never resumed from
-    fingerprint = repr((env_name, cfg, steps, seed, eval_every, eval_episodes, init_agent is None))
-    ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
-    if ck is not None:
-        restore_training_state(agent, ck, buf)
-        gen.set_state(ck["rng"]["gen"])
-        buf_gen.set_state(ck["rng"]["buf_gen"])
-        rng.bit_generator.state = ck["rng"]["numpy_gen"]
-        torch.set_rng_state(ck["rng"]["torch"])
-        np.random.set_state(ck["rng"]["numpy"])
+    generators = {"sampling": gen, "minibatch": buf_gen, "warmup": rng}
+    fp = (fingerprint(agent, env_name, cfg=cfg, steps=steps, seed=seed, eval_every=eval_every,
+                      eval_episodes=eval_episodes, offline_init=init_agent is not None)
+          if resume_path is not None else "")
+    progress = load_resume(resume_path, agent, device=device, fingerprint=fp, generators=generators, buffer=buf)
+    if progress is not None:
         for e in envs:
             e.close()
-        envs = [restore_env(s) for s in ck["envs"]]
-        obs, ep_ret = ck["obs"], ck["ep_ret"]
-        env_steps, grad_steps, wall_before = ck["env_steps"], ck["grad_steps"], ck["wall_s"]
-        curve, train_eps = ck["curve"], ck["train_episodes"]
+        envs = [restore_env(s) for s in progress["envs"]]
+        obs, ep_ret = progress["obs"], progress["ep_ret"]
+        env_steps, grad_steps, wall_before = progress["env_steps"], progress["grad_steps"], progress["wall_s"]
+        curve, train_eps = progress["curve"], progress["train_episodes"]
         print(f"resumed from {resume_path} at env step {env_steps}", flush=True)
     t0 = time.perf_counter()
     agent.train()
@@ -254,7 +251,7 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
                                ev_seed, max_episode_steps)
             agent.train()
             ret, score = float(returns.mean()), float(normalized_score(env_name, returns, reference).mean())
-            curve.append({"step": env_steps, "return": ret, "score": score})
+            curve.append({"step": env_steps, "env_steps": env_steps, "return": ret, "score": score})
             if log is not None:
                 log.log_eval(env_steps, score, ret)
         if resume_path is not None and _crossed(before, env_steps, checkpoint_every) and env_steps < steps:
@@ -265,12 +262,9 @@ def train_online(env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at env step {env_steps}: lower the learning "
                                      f"rates; the last good checkpoint is kept ({resume_path})")
-            save_resume(resume_path, {
-                **training_state(agent, buf), "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret,
-                "rng": {"gen": gen.get_state(), "buf_gen": buf_gen.get_state(), "numpy_gen": rng.bit_generator.state,
-                        "torch": torch.get_rng_state(), "numpy": np.random.get_state()},
-                "env_steps": env_steps, "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,
-                "fingerprint": fingerprint,
+            save_resume(resume_path, agent, fingerprint=fp, generators=generators, buffer=buf, progress={
+                "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret, "env_steps": env_steps,
+                "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,
                 "wall_s": wall_before + time.perf_counter() - t0})
     for e in envs:
         e.close()

@@ -50,17 +50,18 @@ class Job:
 
     @property
     def row(self) -> str:
-        """The table row a job counts towards: the section it trains or evaluates, else its stage."""
-        w = self.wildcards
-        if self.stage.startswith("bandit") or self.stage == "toy_dataset":
-            return "bandit study"
-        return w.get("algo") or w.get("critic") or w.get("behavior") or self.stage
+        """The table row a job counts towards: its stage's `plan_row`, else the section it trains or
+        evaluates, else its stage."""
+        from diffrl.pipeline import STAGES
+        st = STAGES[self.stage]
+        return st.plan_row or (self.wildcards.get(st.row) if st.row else "") or self.stage
 
 
 def estimate(jobs: list[Job], params: dict, gpu: int) -> None:
+    from diffrl.dag import row_wildcards
     from diffrl.resources import estimate_seconds
     for j in jobs:
-        w = {k: v for k, v in j.wildcards.items() if k in ("algo", "critic", "behavior")}
+        w = row_wildcards(j.stage, j.wildcards)
         j.seconds = JOB_OVERHEAD_S + estimate_seconds(j.stage, params, gpu, **w)
 
 
@@ -93,13 +94,17 @@ def hours(seconds: float) -> str:
 
 
 def _order(row: str) -> tuple[int, int]:
-    """Table order: the dataset, then the registry's sections (pretraining before the rows that start
-    from it), then the tables and the bandit study."""
+    """Table order: the registry's sections (pretraining before the rows that start from it); before
+    them the rows of the stages that come before every stage with a row (the dataset), after them the
+    others (the tables, the bandit study), each at its last stage's place in the pipeline."""
     from diffrl.algos import BEHAVIORS, CRITICS, ROWS
+    from diffrl.pipeline import STAGES
     sections = [*CRITICS, *BEHAVIORS, *ROWS]
     if row in sections:
         return 1, sections.index(row)
-    return (0, 0) if row == "dataset" else (2, 0 if row == "summary" else 1)
+    place = max((i for i, (name, st) in enumerate(STAGES.items()) if (st.plan_row or name) == row), default=len(STAGES))
+    first_row_stage = min(i for i, st in enumerate(STAGES.values()) if st.row)
+    return (0 if place < first_row_stage else 2), place
 
 
 def report(jobs: list[Job], params: dict, workers: int, where: str, gpu: int = 0) -> tuple[str, float, list[str]]:
@@ -181,9 +186,8 @@ def _md5(path: Path) -> str:
 def dvc_name(stage: str, wildcards: dict) -> str:
     """A job's name in dvc.yaml/dvc.lock: STAGE_ROW@AXIS-VALUES (offline_train_dtql@halfcheetah-0)."""
     from diffrl import dag
-    row = {k: v for k, v in wildcards.items() if k not in dag.AXES[stage]}
-    axes = "-".join(str(wildcards[a]) for a in dag.AXES[stage])
-    return dag.stage_name(stage, row) + (f"@{axes}" if axes else "")
+    axes = "-".join(str(wildcards[a]) for a in dag.STAGES[stage].axes)
+    return dag.stage_name(stage, dag.row_wildcards(stage, wildcards)) + (f"@{axes}" if axes else "")
 
 
 def _lookup(raw: dict, path: list[str]):
@@ -208,7 +212,7 @@ def dvc_jobs(params: dict, params_file: str | Path = "params.yaml", lock_file: s
     producer = {o: i for i, (stage, w) in enumerate(listed) for o in dag.outputs(stage, **w)}
     jobs = []
     for stage, w in listed:
-        row = {k: v for k, v in w.items() if k not in dag.AXES[stage]}
+        row = dag.row_wildcards(stage, w)
         entry = lock.get(dvc_name(stage, w))
         ok = entry is not None and all(Path(o).exists() for o in dag.outputs(stage, **w))
         if ok:

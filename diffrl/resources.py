@@ -2,11 +2,14 @@
 
 The Snakefile's rules take their `resources:` from `job_resources(stage, P)`, so the wall time
 a scheduler is asked for grows with the selected budget (`smoke` jobs ask for minutes, `paper`
-jobs for hours) and GPU stages ask for a GPU when the run uses CUDA:
+jobs for hours) and GPU stages ask for a GPU when the run uses CUDA. Each stage's record
+(diffrl.pipeline.STAGES) says whether it uses the GPU, how its compute seconds are estimated
+(`cost`, from the `Cost` below) and how much data it holds (`data_mb`):
 
-    rule offline_train:
+    rule:
+        name: _stage
         ...
-        resources: **job_resources("offline_train", P)
+        resources: **job_resources(_stage, P)
 
 Several jobs share one GPU: the small networks here leave an H200 mostly idle with one job, so a
 GPU job does not claim a whole device. It takes one `gpu_slots` unit and asks the cluster for
@@ -26,7 +29,8 @@ checkpoint. Keys follow snakemake-executor-plugin-slurm: `runtime` (minutes, sba
 The step times are seconds per gradient step with the published network sizes, declared with
 each section in the registry (diffrl.algos.REGISTRY: `step_s`, `act_s`): the CPU figures are
 measured on one core (benchmarks/bench_steps.py, studies/speed/README.md), the GPU figures are
-conservative estimates for small MLPs (kernel-launch bound). They only size requests: a job
+conservative estimates for small MLPs (kernel-launch bound); a section's one-off setup pass
+(`setup_s`) is declared there too. They only size requests: a job
 that needs longer is killed by the scheduler, retried with more time, and resumes from its last
 checkpoint (runs/.resume/).
 """
@@ -34,17 +38,12 @@ from __future__ import annotations
 
 import math
 
-# EDA draws 16 behaviour samples (15-step solver) per support state before alignment: seconds per state
-SUPPORT_S = (0.017, 0.0005)
 EPISODE_STEPS = 1000          # MuJoCo locomotion episodes (HalfCheetah, and the longest of the others)
 STARTUP_S = 60                # interpreter, torch and MuJoCo imports, dataset loading
 SAFETY = 2.0                  # requested wall time / estimate
 MIN_RUNTIME_MIN = 10          # schedulers round tiny requests up; avoid queue-time-limit edge cases
 
 GPU_GRES = "gpu:1"            # what a GPU job (or a group of GPU jobs) asks the cluster for
-GPU_STAGES = ("dataset", "critic_pretrain", "behavior_pretrain", "offline_train", "online_train", "evaluate",
-              "bandit_train")
-STAGES = GPU_STAGES + ("toy_dataset", "summary", "bandit_plot", "bandit_summary")
 
 
 def _minutes(seconds: float, attempt: int = 1) -> int:
@@ -107,56 +106,99 @@ def act_seconds(row: str, gpu: int) -> float:
     return REGISTRY[section_of(row)].act_s[1 if gpu else 0]
 
 
-def _train_seconds(section: str, budget, gpu: int, evaluates: bool) -> float:
-    from diffrl.pipeline import budget_steps
-    steps = budget_steps(section, budget)
-    seconds = steps * _step_s(section, gpu)
-    if section == "eda":  # the support set, drawn once before alignment
-        seconds += (budget.align_support_states or budget.dataset_episodes * EPISODE_STEPS) * SUPPORT_S[gpu]
-    if evaluates:  # learning-curve evaluations along the way
-        evals = max(0, (steps - 1) // budget.eval_every)
-        seconds += evals * budget.curve_episodes * EPISODE_STEPS * act_seconds(section, gpu)
-    return seconds
+def _setup_seconds(section: str, budget, gpu: int, states: int) -> float:
+    """A section's one-off pass over `states` data states before its first step (its registry entry's
+    setup_s), capped by the budget key it names (0: every state)."""
+    from diffrl.algos import REGISTRY
+    entry = REGISTRY[section]
+    cap = getattr(budget, entry.setup_states) if entry.setup_states else 0
+    return min(cap or states, states) * entry.setup_s[gpu]
 
 
-def estimate_seconds(stage: str, params: dict, gpu: int | None = None, **wildcards) -> float:
-    """Estimated compute seconds of one job (without start-up), from the selected budget."""
-    from diffrl.algos import PRETRAINED, ROWS
-    if stage not in STAGES:
-        raise KeyError(f"no resource estimate for stage '{stage}': add it to diffrl.resources "
-                       f"(known: {', '.join(STAGES)})")
-    b = params["budgets"][params["budget"]]
-    gpu = uses_gpu(params) if gpu is None else gpu
-    if stage == "dataset":
+class Cost:
+    """What a stage's `cost` (diffrl.pipeline.STAGES) estimates from: the selected budget preset `b`,
+    the params, whether the run uses the GPU, and the registry's step and action times."""
+
+    def __init__(self, params: dict, gpu: int):
+        self.params, self.gpu = params, gpu
+        self.b = params["budgets"][params["budget"]]
+
+    def dataset(self) -> float:
+        """The dataset's SAC agent: its updates, its evaluations, then the recorded episodes."""
+        b, gpu = self.b, self.gpu
         return (b.sac_steps * _step_s("sac", gpu)
                 + (b.sac_steps // b.sac_eval_every) * 2 * EPISODE_STEPS * 0.001
                 + b.dataset_episodes * EPISODE_STEPS * 0.001)
-    if stage in ("critic_pretrain", "behavior_pretrain", "offline_train"):
-        section = wildcards.get("critic") or wildcards.get("behavior") or wildcards["algo"]
-        return _train_seconds(section, b, gpu, evaluates=section in ROWS)
-    if stage == "online_train":
+
+    def train(self, section: str) -> float:
+        """An offline run: its steps, its setup pass, and for a row its learning-curve evaluations."""
+        from diffrl.algos import REGISTRY, ROWS
+        from diffrl.pipeline import budget_steps
+        b, gpu = self.b, self.gpu
+        steps = budget_steps(section, b)
+        seconds = steps * _step_s(section, gpu)
+        if any(REGISTRY[section].setup_s):
+            seconds += _setup_seconds(section, b, gpu, b.dataset_episodes * EPISODE_STEPS)
+        if section in ROWS:  # learning-curve evaluations along the way
+            evals = max(0, (steps - 1) // b.eval_every)
+            seconds += evals * b.curve_episodes * EPISODE_STEPS * act_seconds(section, gpu)
+        return seconds
+
+    def online(self, row: str) -> float:
+        """An online run: one update per 5 environment steps after the warm-up, an action per step, and
+        its learning-curve evaluations."""
         from diffrl.algos import section_of
-        row = wildcards.get("algo", "dpmd")
+        b, gpu = self.b, self.gpu
         per_update = _step_s(section_of(row), gpu)
         updates = max(0, b.online_steps - b.online_warmup) / 5  # every row: one update per 5 env steps
         act = act_seconds(row, gpu)
         evals = max(0, (b.online_steps - 1) // b.online_eval_every)
         episode = b.max_episode_steps or EPISODE_STEPS
         return updates * per_update + (b.online_steps / 5 + evals * b.curve_episodes * episode) * act
-    if stage == "evaluate":
-        row = wildcards["algo"]
-        act = act_seconds(row, gpu)
-        return b.eval_episodes * (b.max_episode_steps or EPISODE_STEPS) * (act + 0.0002)
-    if stage == "bandit_train":
-        from diffrl.bandit import toy_steps
-        row = wildcards["algo"]
-        per_seed = sum(toy_steps(s, b) * _step_s(s, gpu) for s in (*PRETRAINED.get(row, ()), row))
-        if row == "eda":
-            per_seed += min(b.align_support_states or b.toy_samples, b.toy_samples) * SUPPORT_S[gpu]
-        return len(params["seeds"]) * per_seed
-    if stage == "toy_dataset":
-        return 5.0
-    return 30.0  # summary (bootstrap), plots
+
+    def evaluate(self, row: str) -> float:
+        """The final evaluation: eval_episodes episodes, an action and an environment step per step."""
+        b = self.b
+        return b.eval_episodes * (b.max_episode_steps or EPISODE_STEPS) * (act_seconds(row, self.gpu) + 0.0002)
+
+    def bandit(self, row: str) -> float:
+        """A bandit run: the row and the parts it starts from, each for its toy steps, for every seed."""
+        from diffrl.algos import PRETRAINED, REGISTRY
+        from diffrl.pipeline import toy_steps_key
+        b, gpu = self.b, self.gpu
+        per_seed = sum(getattr(b, toy_steps_key(s)) * _step_s(s, gpu) for s in (*PRETRAINED.get(row, ()), row))
+        if any(REGISTRY[row].setup_s):
+            per_seed += _setup_seconds(row, b, gpu, b.toy_samples)
+        return len(self.params["seeds"]) * per_seed
+
+    def dataset_mb(self, sac: bool = False) -> float:
+        """Transitions (obs, next_obs, action, reward, terminal as float32; obs and action dims below
+        32) held twice while loading; the dataset stage's SAC buffer (`sac`) holds sac_steps more."""
+        b = self.b
+        transitions = b.dataset_episodes * EPISODE_STEPS + (b.sac_steps if sac else 0)
+        return 2 * transitions * (3 * 32 + 2) * 4 / 1e6
+
+    def toy_mb(self) -> float:
+        return self.b.toy_samples * 8 * 4 / 1e6
+
+
+def estimate_seconds(stage: str, params: dict, gpu: int | None = None, **wildcards) -> float:
+    """Estimated compute seconds of one job (without start-up), from the selected budget: the stage's
+    `cost` in diffrl.pipeline.STAGES."""
+    from diffrl.pipeline import section_wildcard
+    cost = _stage(stage).cost
+    if not callable(cost):
+        return cost
+    gpu = uses_gpu(params) if gpu is None else gpu
+    return cost(Cost(params, gpu), section_wildcard(stage, wildcards))
+
+
+def _stage(stage: str):
+    from diffrl.pipeline import STAGES
+    if stage not in STAGES:
+        raise KeyError(f"no resource estimate for stage '{stage}': add it to diffrl.pipeline.STAGES "
+                       f"(known: {', '.join(STAGES)})")
+    return STAGES[stage]
 
 
 def job_resources(stage: str, params: dict, gpu: int | None = None) -> dict:
@@ -165,23 +207,13 @@ def job_resources(stage: str, params: dict, gpu: int | None = None) -> dict:
     `params` is the validated params.yaml (diffrl.config.validate); `gpu` overrides the GPU
     decision (default: `uses_gpu(params)` for the stages that train or act).
     """
-    if stage not in STAGES:
-        raise KeyError(f"no resource estimate for stage '{stage}': add it to diffrl.resources "
-                       f"(known: {', '.join(STAGES)})")
-    on_gpu = (uses_gpu(params) if gpu is None else int(gpu)) if stage in GPU_STAGES else 0
+    st = _stage(stage)
+    on_gpu = (uses_gpu(params) if gpu is None else int(gpu)) if st.gpu else 0
 
     def runtime(wildcards, attempt=1):
         return _minutes(estimate_seconds(stage, params, on_gpu, **dict(wildcards.items())), attempt)
 
-    b = params["budgets"][params["budget"]]
-    data_mb = 0.0
-    if stage in ("dataset", "critic_pretrain", "behavior_pretrain", "offline_train"):
-        # transitions (obs, next_obs, action, reward, terminal as float32; obs and action dims
-        # below 32) held twice while loading; the dataset stage's SAC buffer holds sac_steps more
-        transitions = b.dataset_episodes * EPISODE_STEPS + (b.sac_steps if stage == "dataset" else 0)
-        data_mb = 2 * transitions * (3 * 32 + 2) * 4 / 1e6
-    if stage == "bandit_train":
-        data_mb = b.toy_samples * 8 * 4 / 1e6
+    data_mb = st.data_mb(Cost(params, on_gpu)) if st.data_mb else 0.0
     res = {
         "runtime": runtime,
         "mem_mb": _mem_mb(data_mb, bool(on_gpu)),

@@ -5,12 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffrl.buffer import ReplayBuffer
@@ -18,7 +16,7 @@ from diffrl.fields import ConfigError
 from diffrl.nets import Adam
 from diffrl.envs import curve_seed, evaluate, normalized_score
 from diffrl.runlog import NumericalError, RunLog
-from diffrl.utils import load_checkpoint, save_checkpoint
+from diffrl.utils import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 
@@ -37,28 +35,6 @@ def eval_score(agent, env_name: str, episodes: int, seed: int, reference: dict |
     returns = evaluate(policy_fn(agent, seed), env_name, episodes, seed)
     agent.train(was_training)
     return float(returns.mean()), float(normalized_score(env_name, returns, reference).mean())
-
-
-def _rng_state(gen: torch.Generator, sample_gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if sample_gen is not gen:  # the device generator of a CUDA run
-        state["sample_gen"] = sample_gen.get_state()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(gen: torch.Generator, sample_gen: torch.Generator, state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["gen"])
-    np.random.set_state(state["numpy"])
-    if "python" in state:
-        random.setstate(state["python"])
-    if sample_gen is not gen and "sample_gen" in state:
-        sample_gen.set_state(state["sample_gen"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def training_state(agent, buffer: ReplayBuffer | None = None) -> dict:
@@ -101,12 +77,22 @@ def checkpoint_interval(every: int) -> tuple[int, float]:
     return env("DIFFRL_CHECKPOINT_EVERY", int, every), env("DIFFRL_CHECKPOINT_SECONDS", float, 600.0)
 
 
-def _fingerprint(agent, buffer: ReplayBuffer, steps: int, batch_size: int, seed: int) -> str:
-    """What a resume checkpoint must match: a checkpoint left by a run with other settings (a
-    changed hyperparameter, budget or dataset) is never resumed from."""
+def data_fingerprint(buffer: ReplayBuffer) -> tuple:
+    """What identifies a fixed dataset in a fingerprint: its size and a hash of its rewards and
+    terminals (another dataset of the same size differs there; a few MB to hash)."""
+    h = hashlib.sha256()
+    for key in ("reward", "terminal"):
+        h.update(buffer.data[key][: buffer.size].cpu().numpy().tobytes())
+    return buffer.size, h.hexdigest()[:16]
+
+
+def fingerprint(agent, data, **settings) -> str:
+    """What a resume checkpoint must match to be resumed from, the same recipe for every loop: the
+    agent (its class, config and tensor shapes), what it learns from (`data`: an environment's name,
+    or data_fingerprint of a dataset) and the run's settings (steps, seed, batch size, evaluation
+    schedule, ...). The code that wrote it is checked separately (code_version)."""
     shapes = [(k, tuple(v.shape)) for k, v in agent.state_dict().items() if torch.is_tensor(v)]
-    return repr((type(agent).__name__, repr(getattr(agent, "cfg", None)), steps, batch_size, seed,
-                 buffer.size, shapes))
+    return repr((type(agent).__name__, repr(getattr(agent, "cfg", None)), shapes, data, sorted(settings.items())))
 
 
 def first_non_finite(agent) -> str | None:
@@ -128,33 +114,67 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def save_resume(resume_path: Path, payload: dict) -> None:
-    """Write a resume checkpoint (every training loop's), stamped with the code version."""
-    save_checkpoint(resume_path, {**payload, "code_version": code_version()})
+def save_resume(resume_path: Path, agent, *, fingerprint: str, generators: dict, progress: dict,
+                buffer: ReplayBuffer | None = None) -> None:
+    """Write the resume checkpoint of a training loop, the one layout every loop uses:
+    {fingerprint, code_version, agent, optims[, buffer], rng, progress}: the learner
+    (training_state), every random state (diffrl.utils.rng_state with the loop's named
+    `generators`) and `progress`, what the loop itself needs to continue (its step counters, curve,
+    environment states, ...)."""
+    save_checkpoint(resume_path, {"fingerprint": fingerprint, "code_version": code_version(),
+                                  **training_state(agent, buffer), "rng": rng_state(generators),
+                                  "progress": progress})
 
 
-def load_resume(resume_path: Path, device, fingerprint: str):
-    """The resume checkpoint at resume_path, or None when there is none or it cannot be used (the
-    reason on stderr, one line naming the file): unreadable (truncated, corrupted), written with
-    other settings than `fingerprint` says, or written by other code."""
-    if not Path(resume_path).exists():
+def load_resume(resume_path: Path | None, agent, *, device, fingerprint: str, generators: dict,
+                buffer: ReplayBuffer | None = None) -> dict | None:
+    """Restore a run from the checkpoint save_resume wrote at resume_path: the agent, its
+    optimisers, the buffer and every random state (into `generators`), and return its `progress`.
+    None, with nothing restored, when there is none or it cannot be used (the reason on stderr, one
+    line naming the file): unreadable (truncated, corrupted), written with other settings than
+    `fingerprint` says, by other code, or by a run on another kind of device (other generators)."""
+    if resume_path is None or not Path(resume_path).exists():
         return None
     try:
         ck = load_checkpoint(resume_path, device)
-        if not isinstance(ck, dict):
+        if not isinstance(ck, dict) or "progress" not in ck:
             raise RuntimeError(f"checkpoint {resume_path} holds no training state")
     except (RuntimeError, FileNotFoundError) as e:
         print(f"warning: {e}; starting from step 0", file=sys.stderr, flush=True)
         return None
+    reason = None
     if ck.get("fingerprint") != fingerprint:
-        print(f"warning: resume checkpoint {resume_path} was written with other settings (a changed "
-              f"hyperparameter, budget or dataset); starting from step 0", file=sys.stderr, flush=True)
+        reason = "was written with other settings (a changed hyperparameter, budget or dataset)"
+    elif ck.get("code_version") != code_version():
+        reason = "was written by another version of the code"
+    elif set(ck["rng"]["generators"]) != set(generators):
+        reason = "was written on another kind of device"
+    if reason is not None:
+        print(f"warning: resume checkpoint {resume_path} {reason}; starting from step 0", file=sys.stderr, flush=True)
         return None
-    if ck.get("code_version") != code_version():
-        print(f"warning: resume checkpoint {resume_path} was written by another version of the code; "
-              f"starting from step 0", file=sys.stderr, flush=True)
-        return None
-    return ck
+    restore_training_state(agent, ck, buffer)
+    set_rng_state(ck["rng"], generators)
+    return ck["progress"]
+
+
+def run_record(*, section: str, env: str, seed: int, online: bool, started: float, info: dict,
+               pretraining_wall_s: float, reference_scores: dict, run_info: dict, **extra) -> dict:
+    """A run's train.json, one schema for both loops. Every run: section, env, seed, online,
+    started, curve (points {step, return, score}: step is the x axis, gradient steps offline and
+    env steps online, where points also hold env_steps; offline points of agents with a BC loss
+    also bc_loss), grad_steps, wall_s (this run's training), pretraining_wall_s (the runs it started
+    from), reference_scores (what its scores are normalised with), run_info (budget, data). An
+    online run adds env_steps and train_episode_returns (returns of TRAINING episodes, exploration
+    noise on: labelled, never a score); an offline run prepare_s and, where they apply,
+    final_bc_loss and selection (diffrl.offline.train_run). `info`: the loop's result."""
+    out = {"section": section, "env": env, "seed": seed, "online": online, "started": started,
+           "curve": info["curve"], "grad_steps": int(info["grad_steps"]), "wall_s": info["wall_s"],
+           "pretraining_wall_s": pretraining_wall_s, "reference_scores": reference_scores, "run_info": run_info}
+    if online:
+        out.update(env_steps=int(info["env_steps"]), train_episode_returns=info["train_episodes"])
+    else:
+        out.update({k: info[k] for k in ("prepare_s", "final_bc_loss") if k in info})
+    return {**out, **extra}
 
 
 def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, seed: int, run_dir: Path,
@@ -186,15 +206,15 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
     # device, read once per evaluation
     bc_sum, bc_n = torch.zeros((), device=device), 0
     every_steps, every_s = checkpoint_interval(checkpoint_every) if resume_path is not None else (0, 0.0)
-    fingerprint = _fingerprint(agent, buffer, steps, batch_size, seed) if resume_path is not None else ""
-    if resume_path is not None and Path(resume_path).exists():
-        ck = load_resume(Path(resume_path), device, fingerprint)
-        if ck is not None:
-            restore_training_state(agent, ck)
-            _set_rng_state(gen, sample_gen, ck["rng"])
-            start, curve, wall_before = ck["step"], ck["curve"], ck["wall_s"]
-            bc_sum, bc_n = ck.get("bc_loss_acc", (bc_sum, 0))
-            print(f"resumed from {resume_path} at step {start}", flush=True)
+    # the sampling generator of a CUDA run is the device's own
+    generators = {"minibatch": gen} if sample_gen is gen else {"minibatch": gen, "sampling": sample_gen}
+    fp = (fingerprint(agent, data_fingerprint(buffer), steps=steps, batch_size=batch_size, seed=seed)
+          if resume_path is not None else "")
+    progress = load_resume(resume_path, agent, device=device, fingerprint=fp, generators=generators)
+    if progress is not None:
+        start, curve, wall_before = progress["step"], progress["curve"], progress["wall_s"]
+        bc_sum, bc_n = progress["bc_loss_acc"]
+        print(f"resumed from {resume_path} at step {start}", flush=True)
     prepare_s = 0.0
     if hasattr(agent, "prepare"):  # what an agent derives from the data once (EDA's support actions);
         t_prep = time.perf_counter()  # its own generator, so a resumed run derives the same
@@ -224,10 +244,9 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at step {step}: lower the learning rate or "
                                      f"check the data; the last good checkpoint is kept ({resume_path})")
-            save_resume(resume_path, {**training_state(agent),
-                                          "rng": _rng_state(gen, sample_gen), "step": step, "curve": curve,
-                                          "fingerprint": fingerprint, "bc_loss_acc": (bc_sum, bc_n),
-                                          "wall_s": wall_before + time.perf_counter() - t0})
+            save_resume(resume_path, agent, fingerprint=fp, generators=generators,
+                        progress={"step": step, "curve": curve, "bc_loss_acc": (bc_sum, bc_n),
+                                  "wall_s": wall_before + time.perf_counter() - t0})
             last_save = time.perf_counter()
     log.close()
     bad = first_non_finite(agent)
@@ -241,8 +260,3 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
         out["final_bc_loss"] = float(bc_sum) / bc_n
     return out
 
-
-def check_finite(name: str, value: torch.Tensor, step: int) -> None:
-    """Stop with a message naming the quantity and the step (used outside the logged metrics)."""
-    if not torch.isfinite(value).all():
-        raise NumericalError(f"non-finite {name} at step {step}: the last good checkpoint is kept")

@@ -92,6 +92,38 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     return g
 
 
+def rng_state(generators: dict | None = None) -> dict:
+    """Every random state a training loop draws from: python's `random`, numpy's global state,
+    torch's CPU generator, each CUDA device's (when CUDA is present) and the loop's own generators
+    by name (torch.Generator or numpy.random.Generator). set_rng_state restores it, so a resumed run
+    draws exactly what an uninterrupted one would."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "generators": {name: g.bit_generator.state if isinstance(g, np.random.Generator) else g.get_state()
+                            for name, g in (generators or {}).items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators: dict | None = None) -> None:
+    """Restore what rng_state captured, into the same named generators. The CUDA states are
+    restored when this process sees as many devices as the run that saved them."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state["generators"]
+    if set(saved) != set(generators or {}):
+        raise RuntimeError(f"the checkpoint holds the generators {sorted(saved)}, this loop has "
+                           f"{sorted(generators or {})}")
+    for name, g in (generators or {}).items():
+        if isinstance(g, np.random.Generator):
+            g.bit_generator.state = saved[name]
+        else:
+            g.set_state(saved[name])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

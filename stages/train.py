@@ -1,24 +1,25 @@
 """Stages `critic_pretrain`, `behavior_pretrain` and `offline_train`: train one params section
 on data/{env}/dataset for one seed and write runs/{env}/{section}/seed{seed}/.
 
-    python stages/train.py critic_pretrain --critic eda_critic --env halfcheetah --seed 0
-    python stages/train.py behavior_pretrain --behavior eda_behavior --env halfcheetah --seed 0
+    python stages/train.py critic_pretrain --critic dtql_critic --env halfcheetah --seed 0
+    python stages/train.py behavior_pretrain --behavior dtql_behavior --env halfcheetah --seed 0
     python stages/train.py offline_train --algo dtql --env halfcheetah --seed 0
-Every offline row (bc, iql, the Diffusion-QL variants, DTQL, EDA) is an offline_train job; DTQL and
-EDA load the critic and behaviour checkpoints of their own pretraining runs (diffrl.algos.REGISTRY)."""
+Every offline row is an offline_train job; a row that starts from pretrained parts (DTQL, say) loads
+the critic and behaviour checkpoints of its own pretraining runs (diffrl.algos.REGISTRY)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffrl import stage  # noqa: E402
-from diffrl.pipeline import TRAIN_STAGES, dataset_dir, log_file, resume_file, run_dir  # noqa: E402
+from diffrl.pipeline import STAGES, dataset_dir, log_file, resume_file, run_dir  # noqa: E402
 
-WILDCARD = TRAIN_STAGES  # stage -> the argument naming the section it trains
+# stage -> the argument naming the section it trains (its row wildcard in diffrl.pipeline.STAGES)
+WILDCARD = {s: st.row for s, st in STAGES.items() if st.command.startswith("python stages/train.py ")}
 
 
 def main(p, args):
-    from diffrl.algos import PRETRAINED, ROWS
+    from diffrl.algos import PRETRAINED, REGISTRY, ROWS
     from diffrl.offline import train_run
     from diffrl.pipeline import budget_steps
     from diffrl.utils import atomic_path, run_device, seed_everything
@@ -37,18 +38,17 @@ def main(p, args):
                          seed=args.seed, steps=budget_steps(section, b), eval_every=b.eval_every if row else None,
                          curve_episodes=b.curve_episodes if row else None, device=run_device(p),
                          resume_path=resume, budget=p["budget"], pretrained=pretrained,
-                         support_states=b.align_support_states if section == "eda" else 0)
+                         **{arg: getattr(b, key) for arg, key in REGISTRY[section].budget_args.items()})
     resume.unlink(missing_ok=True)
     print(f"{args.stage} {section} {args.env} seed {args.seed}: {info['grad_steps']} steps in {info['wall_s']:.0f}s")
 
 
 if __name__ == "__main__":
-    from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE
+    import diffrl.algos
     a = stage.parser(__doc__)
     a.add_argument("stage", choices=list(WILDCARD))
-    a.add_argument("--critic", choices=CRITICS)
-    a.add_argument("--behavior", choices=BEHAVIORS)
-    a.add_argument("--algo", choices=OFFLINE)
+    for name, key in WILDCARD.items():  # --critic, --behavior, --algo: the sections of each stage
+        a.add_argument(f"--{key}", choices=getattr(diffrl.algos, STAGES[name].sections))
     a.add_argument("--env", required=True)
     a.add_argument("--seed", type=int, required=True)
     args = a.parse_args()

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from diffrl import config
-from diffrl.resources import GPU_STAGES, MIN_RUNTIME_MIN, job_resources
+from diffrl.pipeline import STAGES
+from diffrl.resources import MIN_RUNTIME_MIN, job_resources
 
 from conftest import ENV1, ROOT, run
 
@@ -166,11 +167,14 @@ def test_gpu_slots_let_several_jobs_share_one_gpu(project):
     assert walls[1] != walls[4], walls
 
 
-def test_the_slurm_profile_groups_every_gpu_stage_but_the_dataset():
+def test_the_slurm_profile_groups_the_stages_its_record_groups():
+    """The profile (YAML, read by Snakemake before the workflow) lists each stage's `group` of
+    diffrl.pipeline.STAGES: every GPU stage but the dataset, which every job depends on."""
     profile = (ROOT / "workflow/profiles/slurm/config.yaml").read_text()
     import yaml
     groups = dict(g.split("=") for g in yaml.safe_load(profile)["groups"])
-    assert set(groups) == set(GPU_STAGES) - {"dataset"} and set(groups.values()) == {"gpu"}
+    assert groups == {name: st.group for name, st in STAGES.items() if st.group}
+    assert set(groups) == {name for name, st in STAGES.items() if st.gpu} - {"dataset"}
 
 
 def test_job_resources_follow_the_budget_device_and_attempt():
@@ -188,10 +192,8 @@ def test_job_resources_follow_the_budget_device_and_attempt():
     assert eda != job_resources("offline_train", cpu)["runtime"](wc)  # per-algorithm cost
     with pytest.raises(KeyError, match="no resource estimate for stage 'nope'"):
         job_resources("nope", cpu)
-    # every rule of the Snakefile has an estimate
-    rules = [line.split()[1].rstrip(":") for f in (ROOT / "workflow/rules").glob("*.smk")
-             for line in f.read_text().splitlines() if line.startswith("rule ")]
-    for rule in rules:
+    # every stage (a rule of the Snakefile) has an estimate
+    for rule in STAGES:
         assert job_resources(rule, cpu)["mem_mb"] > 0, rule
 
 

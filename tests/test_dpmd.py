@@ -275,7 +275,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path):
     path = tmp_path / "resume.pt"
     with pytest.raises(Killed):
         _resume_run(path, die_at=200)  # grad step 200 = env step 438; last checkpoint at 300
-    assert torch.load(path, weights_only=False)["env_steps"] == 300
+    assert torch.load(path, weights_only=False)["progress"]["env_steps"] == 300
     resumed, info2 = _run_and_state(_resume_run(path))
     assert info2["curve"] == info["curve"] and info2["train_episodes"] == info["train_episodes"]
     assert info2["grad_steps"] == info["grad_steps"] == 231 and len(info["train_episodes"]) == 2
@@ -308,7 +308,7 @@ def test_a_nan_stops_the_online_run_and_keeps_the_last_good_checkpoint(tmp_path,
         train_online("pendulum", cfg, steps=500, seed=3, eval_every=10_000, eval_episodes=1,
                      log=RunLog(None, 230, "nan test", every=1000), resume_path=path, checkpoint_every=150)
     ck = torch.load(path, weights_only=False)
-    assert ck["env_steps"] == 150 and ck["grad_steps"] < 120
+    assert ck["progress"]["env_steps"] == 150 and ck["progress"]["grad_steps"] < 120
     assert all(torch.isfinite(v).all() for v in ck["agent"].values() if torch.is_tensor(v) and v.is_floating_point())
 
 

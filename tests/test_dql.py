@@ -145,18 +145,6 @@ def test_select_checkpoint():
         select_checkpoint(curve, "best")
 
 
-def test_online_finetune_runs():
-    from diffrl.algos.dql import online_finetune
-    torch.manual_seed(0)
-    agent = DiffusionQL(OBS, ACT, small_cfg(hidden=16, T=2, eval_candidates=4), total_steps=10)
-    offline = {k: v.numpy() for k, v in cheetah_batch(B=32).items()}
-    curve = online_finetune(agent, "halfcheetah", steps=12, buffer_size=40, seed=0, offline_data=offline,
-                            batch_size=8, eval_every=6, eval_episodes=1)
-    assert [c["env_steps"] for c in curve] == [6, 12]
-    assert curve[-1]["grad_steps"] == 12 and all(math.isfinite(c["score"]) for c in curve)
-    assert agent.current_lr() == agent.cfg.lr  # the online phase restarts at a constant lr
-
-
 # --------------------------------------------------------------------------- learning tests
 def toy_buffer(seed):
     data = toy_dataset("8gaussians", 2000, seed)

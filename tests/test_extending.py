@@ -1,7 +1,7 @@
-"""docs/extending.md is the recipe for a new algorithm: its module, one registry entry, one params
-section, the regenerate command. This test applies the recipe's code blocks and runs its commands,
-as written in the doc, in a copy of the project and checks that both front ends build the new row's
-jobs and that its stages run."""
+"""docs/extending.md is the recipe for a new algorithm (its module, one registry entry, one params
+section, the regenerate command) and for a new stage (its script, one stage record). These tests
+apply the recipes' code blocks and run their commands, as written in the doc, in a copy of the
+project and check that both front ends build the new jobs and that they run."""
 import json
 import re
 import shlex
@@ -16,9 +16,12 @@ from conftest import ROOT, run
 ROW = "mlp_bc"
 
 
+STAGE = "dataset_stats"
+
+
 def _blocks() -> dict[str, str]:
-    """The doc's code blocks: the module, the registry entry, the params section."""
-    text = (ROOT / "docs/extending.md").read_text()
+    """The doc's code blocks of the algorithm: the module, the registry entry, the params section."""
+    text = (ROOT / "docs/extending.md").read_text().split("## Adding a stage")[0]
     python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     yml = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
     bash = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
@@ -41,10 +44,10 @@ def _add_the_algorithm(project) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _run_the_commands(project) -> dict[str, str]:
+def _run_the_commands(project, commands: str) -> dict[str, str]:
     """The doc's commands, in order, as written; returns each one's output."""
     outputs = {}
-    for line in _blocks()["commands"].strip().splitlines():
+    for line in commands.strip().splitlines():
         argv = shlex.split(line)
         argv = [sys.executable, *argv[1:]] if argv[0] == "python" else argv
         outputs[line] = run(argv, project).stdout
@@ -60,7 +63,7 @@ def _job_counts(dry_run: str) -> dict[str, int]:
 def test_an_algorithm_added_as_docs_extending_md_says_joins_both_graphs_and_runs(project):
     _add_the_algorithm(project)
     seeds = len(yaml.safe_load((project / "params.yaml").read_text())["seeds"])
-    outputs = _run_the_commands(project)
+    outputs = _run_the_commands(project, _blocks()["commands"])
     regenerated, shown, dry_run = outputs.values()
     assert regenerated.startswith("regenerated: dvc.yaml, workflow/schemas/params.schema.json, docs/params.md")
     assert shown.splitlines()[:2] == [f"{ROW}:", "  lr: 0.001"]
@@ -96,3 +99,44 @@ def test_an_algorithm_added_as_docs_extending_md_says_joins_both_graphs_and_runs
     line = json.loads(run([sys.executable, "benchmarks/bench_steps.py", "--one", ROW, "cpu", "1", "--steps", "2"],
                           project).stdout.strip().splitlines()[-1])
     assert line["algo"] == ROW and line["ms_per_step"] > 0
+
+
+def _stage_blocks() -> dict[str, str]:
+    """The doc's code blocks of the stage: the script, the record, the commands."""
+    text = (ROOT / "docs/extending.md").read_text().split("## Adding a stage")[1]
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    bash = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    script = next(b for b in python if b.startswith(f"# stages/{STAGE}.py"))
+    record = next(b for b in python if b.lstrip().startswith(f'"{STAGE}": Stage('))
+    return {"script": script, "record": record, "commands": bash[0]}
+
+
+@pytest.mark.pipeline
+def test_a_stage_added_as_docs_extending_md_says_joins_both_graphs_and_runs(project):
+    blocks = _stage_blocks()
+    (project / f"stages/{STAGE}.py").write_text(blocks["script"])
+    pipeline = project / "diffrl/pipeline.py"
+    text = pipeline.read_text()
+    anchor = "    # the 2-D toy bandit datasets\n"  # "after the stages whose outputs it reads": after `dataset`
+    assert text.count(anchor) == 1
+    pipeline.write_text(text.replace(anchor, blocks["record"] + anchor))
+    regenerated, dry_run = _run_the_commands(project, blocks["commands"]).values()
+    assert regenerated.startswith("regenerated: dvc.yaml")
+
+    # Snakemake: one job per environment in the default target, after the dataset it reads
+    envs = yaml.safe_load((project / "params.yaml").read_text())["envs"]
+    assert _job_counts(dry_run)[STAGE] == len(envs)
+    assert f"rule {STAGE}:" in dry_run and "results/halfcheetah_dataset_stats.json" in dry_run
+
+    # DVC: its stage, a matrix over envs, its script and the dataset as deps, its result kept in git
+    dvc = yaml.safe_load((project / "dvc.yaml").read_text())["stages"][STAGE]
+    assert dvc["matrix"] == {"env": "${envs}"} and dvc["cmd"] == f"python stages/{STAGE}.py --env ${{item.env}}"
+    assert dvc["deps"][0] == f"stages/{STAGE}.py" and "data/${item.env}/dataset" in dvc["deps"]
+    assert dvc["outs"] == [{"results/${item.env}_dataset_stats.json": {"cache": False}}]
+
+    # it runs, on the locally generated test dataset
+    shutil.copytree(ROOT / "tests/data/halfcheetah_medium_small", project / "data/halfcheetah/dataset")
+    run([sys.executable, f"stages/{STAGE}.py", "--env", "halfcheetah"], project)
+    stats = json.loads((project / "results/halfcheetah_dataset_stats.json").read_text())
+    assert stats["transitions"] > 0 and stats["episodes"] > 0
+    assert (project / f"logs/{STAGE}/halfcheetah.log").exists()

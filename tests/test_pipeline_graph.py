@@ -56,9 +56,9 @@ def test_dvc_and_snakemake_build_the_same_jobs():
     jobs = dag.jobs(PARAMS)
     expected = {}
     for stage, w in jobs:
-        row = {k: v for k, v in w.items() if k not in dag.AXES[stage]}
+        row = dag.row_wildcards(stage, w)
         key = dvc_name(stage, w)
-        init = dag.offline_init_of(PARAMS, w["algo"]) if stage == "online_train" else ""
+        init = dag.job_init(PARAMS, stage, row)
         expected[key] = {
             "cmd": dag.command(stage, **w), "outs": sorted(dag.outputs(stage, **w)),
             "code": dag.code_deps(stage, offline_init=init, **w),
@@ -86,7 +86,7 @@ def test_dvc_and_snakemake_build_the_same_jobs():
 def test_dvc_builds_the_selected_rows_and_what_they_start_from():
     p = config.load(ROOT / "params.yaml", ["algorithms=[bc, dpmd_o2o]", "seeds=[0]"])
     families = dag.stage_rows(p)
-    trained = {row_of(w) for s, w in families if s in dag.DISPATCH and s not in ("evaluate", "bandit_train")}
+    trained = {row_of(w) for s, w in families if STAGES[s].builds == "trained"}
     assert trained == {"bc", "dql", "dpmd_o2o"}  # dpmd_o2o starts from the dql run of its seed
     assert {w["algo"] for s, w in families if s == "evaluate"} == {"bc", "dpmd_o2o"}
 
@@ -95,7 +95,7 @@ def test_dvc_builds_the_selected_rows_and_what_they_start_from():
 def test_code_deps_follow_the_imports_of_each_row():
     deps = {}
     for stage, w in dag.jobs(PARAMS):
-        init = dag.offline_init_of(PARAMS, w["algo"]) if stage == "online_train" else ""
+        init = dag.job_init(PARAMS, stage, dag.row_wildcards(stage, w))
         deps[stage, row_of(w)] = set(dag.code_deps(stage, offline_init=init, **w))
     for files in deps.values():
         assert "diffrl/resources.py" not in files and "diffrl/dag.py" not in files
@@ -289,13 +289,16 @@ def test_another_preset_changes_nothing():
     assert {s for s, _ in changed} == {"critic_pretrain", "behavior_pretrain", "offline_train", "online_train"}
 
 
-def test_snakemake_params_are_the_declared_keys():
-    """Every rule's params: carries exactly the values its stage declares."""
+def test_every_stage_is_one_rule_made_from_its_record():
+    """The rules are generated from diffrl.pipeline.STAGES, one per stage: no rule is written by hand
+    besides the default target, so a rule's params, inputs and command are its stage's."""
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    rules = re.findall(r"rule (\w+):.*?declared=(?:lambda wc: )?declared\(\"(\w+)\"", text, flags=re.S)
-    assert rules and all(a == b for a, b in rules), rules
-    assert {a for a, _ in rules} == set(STAGES)
-    assert all(f'input: inputs("{a}")' in text and f'shell: shell_command("{a}")' in text for a in STAGES)
+    text += (ROOT / "workflow" / "Snakefile").read_text()
+    assert re.findall(r"^\s*rule (\w+):", text, flags=re.M) == ["all"]
+    assert "for _stage in STAGES:" in text and "name: _stage" in text
+    for directive in ("output: rule_outputs(_stage)", "input: inputs(_stage)", "declared=declared(_stage)",
+                      "resources: **job_resources(_stage, P)", 'shell: "{params.cmd}{params.set}"'):
+        assert directive in text, directive
 
 
 @pytest.mark.pipeline
@@ -311,8 +314,13 @@ def test_hopper_and_walker2d_go_through_the_same_graph():
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_stage_has_a_command_axes_and_outputs(stage):
+    import diffrl.algos
+    st = STAGES[stage]
     assert dag.entry_point(stage).startswith("stages/") and (ROOT / dag.entry_point(stage)).is_file()
-    assert set(dag.command_fields(stage)) - set(dag.AXES[stage]) <= {"algo", "critic", "behavior"}
+    assert set(dag.command_fields(stage)) <= set(st.axes) | {st.row} and st.outputs
+    assert set(st.axes.values()) <= set(PARAMS), st.axes  # each axis takes its values from a params.yaml list
+    if st.row:
+        assert st.row in dag.command_fields(stage) and isinstance(getattr(diffrl.algos, st.sections), tuple)
 
 
 # --------------------------------------------------------------------------- the cost plan

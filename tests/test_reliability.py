@@ -70,7 +70,7 @@ def test_sigkilled_stage_and_scheduler_resume_with_the_same_command(project):
             sm.kill()
     assert sm.returncode == -signal.SIGKILL, log[-2000:]
     assert list((project / ".snakemake/locks").glob("*.lock")), "the killed scheduler left no lock"
-    killed_at = torch.load(project / RESUME, weights_only=False)["step"]
+    killed_at = torch.load(project / RESUME, weights_only=False)["progress"]["step"]
     assert 100 <= killed_at < 1000 and killed_at % 100 == 0
 
     # 2. nothing looks finished: no output folder, Snakemake schedules the job again; the first
@@ -123,7 +123,7 @@ def test_a_resume_checkpoint_that_cannot_be_trusted_is_not_used(tmp_path, one_th
     with pytest.raises(Stop):
         train_offline(agent, buf, steps=30, batch_size=32, seed=0, run_dir=None, env_name=None, eval_every=10,
                       curve_episodes=1, resume_path=resume, checkpoint_every=10)
-    assert torch.load(resume, weights_only=False)["step"] == 10
+    assert torch.load(resume, weights_only=False)["progress"]["step"] == 10
     lr = 3e-4 if damage == "other settings" else 1e-3
     if damage == "truncated":
         resume.write_bytes(resume.read_bytes()[:300])
@@ -204,7 +204,7 @@ def test_nan_stops_with_step_and_quantity_and_keeps_last_good_checkpoint(tmp_pat
         assert "non-finite" in msg and "at step 1" in msg, msg  # weights (or the loss they give) by step 15
     assert "last good checkpoint is kept" in msg
     ck = torch.load(resume, weights_only=False)
-    assert ck["step"] == 10
+    assert ck["progress"]["step"] == 10
     assert all(torch.isfinite(v).all() for v in ck["agent"].values() if v.is_floating_point())
 
 

@@ -35,7 +35,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     with pytest.raises(Killed):
         _run(resume, die_at=27)
     assert resume.exists()
-    assert torch.load(resume, weights_only=False)["step"] == 20
+    assert torch.load(resume, weights_only=False)["progress"]["step"] == 20
     resumed, info = _run(resume)
     assert info["grad_steps"] == 40
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
@@ -73,7 +73,7 @@ def test_sac_resumes_bit_identically(tmp_path, one_thread):
     path = tmp_path / "sac.pt"
     with pytest.raises(Killed):
         _sac(path, die_at=620)
-    assert torch.load(path, weights_only=False)["step"] == 500
+    assert torch.load(path, weights_only=False)["progress"]["step"] == 500
     resumed, info2, eps2 = _sac(path)
     assert info2 == info and len(eps2) == len(eps) == 3
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):

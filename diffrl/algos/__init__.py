@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # kind -> the stage that trains a section of that kind (the dataset stage trains the `sac` section;
 # a tilted row is not trained: the evaluate stage evaluates its base row's run under its tilt);
@@ -48,6 +48,16 @@ class Section:
     # conservative estimates for small MLPs. They size cluster requests (diffrl.resources).
     step_s: tuple[float, float] = (0.0, 0.0)
     act_s: tuple[float, float] = (0.0, 0.0)  # seconds to choose one action for one state (rows)
+    # constructor arguments its agent takes from the selected budget preset (argument -> budget key): the
+    # stages that build it pass them, and its jobs declare those keys (diffrl.pipeline.budget_keys)
+    budget_args: dict[str, str] = field(default_factory=dict)
+    # a one-off pass over the data's states before its first step (e.g. drawing a support set): seconds per
+    # state on (one CPU core, one GPU), for as many states as the budget key `setup_states` says (0: all)
+    setup_s: tuple[float, float] = (0.0, 0.0)
+    setup_states: str = ""
+    toy_steps_key: str = "toy_steps"  # the budget key of its steps in the 2-D bandit study
+    title: str = ""                  # its name in the report's labels ('' = its row name)
+    steps_label: str = ""            # the report's name for its steps when they are not the shared key's
 
     def __post_init__(self):
         if self.kind not in KIND_STAGES:
@@ -77,9 +87,10 @@ REGISTRY: dict[str, Section] = {
     "eda_critic": Section(**_IQL_CRITIC, step_s=(0.006, 0.003)),
     "dtql_behavior": Section("dtql", "DTQLBehaviorConfig", "EDMBehavior", "behavior", "behavior_steps",
                              step_s=(0.012, 0.004)),
-    # batch 2048 through the bottleneck energy net: its own, smaller step count
+    # batch 2048 through the bottleneck energy net: its own, smaller step count (in the bandit study too)
     "eda_behavior": Section("eda", "EDABehaviorConfig", "BottleneckBehavior", "behavior", "energy_behavior_steps",
-                            step_s=(1.0, 0.03)),
+                            step_s=(1.0, 0.03), toy_steps_key="energy_behavior_steps",
+                            steps_label="energy behaviour"),
     # offline rows: the final policy of each gets offline_steps, so a table compares equals; EDA's
     # alignment has align_steps (about 10x a Diffusion-QL step on a CPU; 200k published against 2M)
     "bc": Section("bc", "BCConfig", "DiffusionBC", "offline", "offline_steps", step_s=(0.008, 0.003),
@@ -91,9 +102,12 @@ REGISTRY: dict[str, Section] = {
     "eg_ood": Section(**_DQL),
     "dtql": Section("dtql", "DTQLConfig", "DTQL", "offline", "offline_steps", ("dtql_critic", "dtql_behavior"),
                     step_s=(0.060, 0.012), act_s=(0.003, 0.002)),
-    # 256 states x 16 support actions through two energy nets
+    # 256 states x 16 support actions through two energy nets; before alignment it draws 16 behaviour
+    # samples (15-step solver) for each of align_support_states dataset states, its support set
     "eda": Section("eda", "EDAConfig", "EDAAlign", "offline", "align_steps", ("eda_critic", "eda_behavior"),
-                   step_s=(0.6, 0.02), act_s=(0.02, 0.01)),
+                   step_s=(0.6, 0.02), act_s=(0.02, 0.01), budget_args={"support_states": "align_support_states"},
+                   setup_s=(0.017, 0.0005), setup_states="align_support_states", toy_steps_key="align_steps",
+                   title="EDA", steps_label="alignment"),
     # online rows (one update per 5 env steps; batch 256, T=20, the variant's particles; sdac's reference
     # loss draws a second particle sample every other update). sac_online is the `sac` row's section
     # (section `sac` is the dataset agent): an OnlineConfig whose SAC agent (sac.py) the online loop

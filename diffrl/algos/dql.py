@@ -38,9 +38,8 @@ eval_candidates samples per state and one drawn ~ softmax(min Q_target) (Diffusi
 fork's qg, edp and eg_ood: 1). The EMA (targets a') keeps its initial weights until ema_start
 (`ema_copy_before_start` copies the actor before), as released.
 
-Also here: `online_finetune` (the online tuning mode), `select_checkpoint` (model selection),
-and `DPMSolver`. The nets' Mish (diffrl.nets.Mish) is computed through one sigmoid on CPU, where
-aten::mish is slow. `DiffusionQL.update_critic` runs a critic-only TD step (warm-up).
+Also here: `select_checkpoint` (model selection) and `DPMSolver`. The nets' Mish (diffrl.nets.Mish)
+is computed through one sigmoid on CPU, where aten::mish is slow. `DiffusionQL.update_critic` runs a critic-only TD step (warm-up).
 """
 from __future__ import annotations
 
@@ -214,13 +213,6 @@ class DiffusionQL(torch.nn.Module):
     @property
     def step(self) -> int:
         return self._step
-
-    def restart_lr_schedule(self, steps: int | None) -> None:
-        """Start a fresh cosine from cfg.lr over `steps` more gradient steps (None: constant lr)."""
-        self._lr_start = self._step
-        self._lr_constant = steps is None
-        self._lr_T_max = int(steps or 0)
-        self._set_lr()
 
     def current_lr(self) -> float:
         """The lr of the next gradient step (closed-form cosine, clamped at T_max)."""
@@ -458,64 +450,6 @@ def ood_penalised_next_q(agent: DiffusionQL, b: dict, nobs, a2, generator) -> tu
 
 
 NEXT_VALUES = {"ql": next_q, "qg": next_q, "edp": next_q, "bc": next_q, "eg_ood": ood_penalised_next_q}
-
-
-# --------------------------------------------------------------------------- online tuning
-def online_finetune(agent: DiffusionQL, env_name: str, steps: int, buffer_size: int = 200_000, seed: int = 0,
-                    offline_data: dict | None = None, batch_size: int | None = None, eval_every: int = 5000,
-                    eval_episodes: int = 5, lr_decay: bool = False, log=None) -> list[dict]:
-    """Online tuning: keep training `agent` while it collects `steps` env steps with its own
-    evaluation policy (agent.act, no extra noise) into a ReplayBuffer of `buffer_size`.
-
-    The buffer starts empty or holds the last `buffer_size` transitions of `offline_data`
-    (ReplayBuffer.KEYS arrays). One gradient step per env step once the buffer holds a batch.
-    The lr restarts at cfg.lr: constant, or (lr_decay) a cosine over the `steps` updates.
-    Every `eval_every` env steps (and at the end) the agent is evaluated on `eval_episodes`
-    fresh-seed episodes, separate from the training episodes. Returns the curve: dicts of
-    env_steps, grad_steps, return, score (evaluation) and train_return (mean return of the
-    training episodes finished since the previous point, NaN if none).
-    """
-    from diffrl.buffer import ReplayBuffer
-    from diffrl.envs import FINETUNE_CURVE_SEED, make_env
-    from diffrl.train import eval_score
-
-    device = agent.schedule.betas.device
-    batch_size = batch_size or agent.cfg.batch_size
-    env = make_env(env_name)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    buf = ReplayBuffer(obs_dim, act_dim, buffer_size, device)
-    if offline_data is not None:
-        n = len(offline_data["obs"])
-        lo = max(0, n - buffer_size)
-        buf.add(**{k: np.asarray(offline_data[k])[lo:] for k in ReplayBuffer.KEYS})
-    gen = torch.Generator(device=device).manual_seed(seed)
-    buf_gen = torch.Generator().manual_seed(seed + 1)
-    agent.restart_lr_schedule(steps if lr_decay else None)
-    agent.train()
-    obs, _ = env.reset(seed=seed)
-    curve, ep_ret, finished = [], 0.0, []
-    for k in range(1, steps + 1):
-        action = agent.act(obs[None].astype(np.float32), generator=gen)[0]
-        nxt, r, term, trunc, _ = env.step(action)
-        buf.add(obs=obs[None], action=action[None], reward=[r], next_obs=nxt[None], terminal=[float(term)])
-        ep_ret += float(r)
-        obs = nxt
-        if term or trunc:
-            finished.append(ep_ret)
-            ep_ret = 0.0
-            obs, _ = env.reset()
-        if buf.size >= batch_size:
-            metrics = agent.update(buf.sample(batch_size, generator=buf_gen), generator=gen)
-            if log is not None:
-                log.log(k, metrics)
-        if k % eval_every == 0 or k == steps:
-            ret, score = eval_score(agent, env_name, eval_episodes, FINETUNE_CURVE_SEED + 1000 * seed + k)
-            agent.train()
-            curve.append({"env_steps": k, "grad_steps": agent.step, "return": ret, "score": score,
-                          "train_return": float(np.mean(finished)) if finished else float("nan")})
-            finished = []
-    env.close()
-    return curve
 
 
 # --------------------------------------------------------------------------- model selection

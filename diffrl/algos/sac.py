@@ -11,7 +11,7 @@ per iteration of 5 env steps), configured by an OnlineConfig with alg = sac (dif
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 
 from diffrl.buffer import ReplayBuffer
 from diffrl.envs import env_state, evaluate, make_env, normalized_score, restore_env
-from diffrl.fields import param
+from diffrl.fields import ConfigError, param
 from diffrl.nets import adam, Critic, LOG_STD_MAX, LOG_STD_MIN, soft_update, TanhGaussianActor
 
 
@@ -43,6 +43,26 @@ class SACConfig:
                                   "density); False = the fork's log-prob of the pre-tanh sample")
     log_std_min: float = param(LOG_STD_MIN, "lower clip of the policy log std (the fork's SAC: -20)")
     log_std_max: float = param(LOG_STD_MAX, "upper clip of the policy log std (the fork's SAC: 0.5)")
+
+    def check(self, prefix: str = "sac") -> None:
+        if self.log_std_max < self.log_std_min:
+            raise ConfigError(f"{prefix}.log_std_max={self.log_std_max} is below {prefix}.log_std_min="
+                              f"{self.log_std_min}: make max >= min")
+
+    def agent_config(self) -> "SACConfig":
+        """The agent's hyperparameters alone (what a saved SAC run records)."""
+        return SACConfig(**{f.name: getattr(self, f.name) for f in fields(SACConfig)})
+
+
+@dataclass
+class SACOnlineConfig(SACConfig):
+    """SAC in the online loop (diffrl.online.train_online): the agent's hyperparameters (SACConfig)
+    and the loop's. The `sac` row's section, sac_online, sets the fork's values."""
+    alg: str = param("sac", "the online loop's agent: SAC", choices=("sac",))
+    num_envs: int = param(5, "environments stepped side by side; one update per iteration of num_envs env steps",
+                          low=1)
+    warmup: int = param(30_000, "uniform-random env steps before the first update (capped by the budget's "
+                        "online_warmup)", low=0)
 
 
 class SAC(torch.nn.Module):
@@ -114,7 +134,7 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     one there continues from it bit-identically on CPU.
     """
     from diffrl.runlog import NumericalError
-    from diffrl.train import first_non_finite, load_resume, restore_training_state, save_resume, training_state
+    from diffrl.train import fingerprint, first_non_finite, load_resume, save_resume
 
     env = make_env(env_name)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -129,22 +149,19 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     episodes, cur = [], new_episode(obs)
     info = {"env_steps": 0, "grad_steps": 0, "score": None, "target_reached": False, "evaluations": []}
     start = 1
-    # a checkpoint left by a run with other settings is never resumed from
-    fingerprint = repr((env_name, cfg, steps, warmup, eval_every, seed, stop_score, record_episodes))
-    ck = load_resume(resume_path, device, fingerprint) if resume_path is not None else None
-    if ck is not None:
-        restore_training_state(agent, ck, buf)
+    # minibatches are drawn from torch's global generator (saved with the other random states)
+    generators = {"sampling": gen, "warmup": rng}
+    fp = (fingerprint(agent, env_name, steps=steps, warmup=warmup, eval_every=eval_every, seed=seed,
+                      stop_score=stop_score, record_episodes=record_episodes) if resume_path is not None else "")
+    progress = load_resume(resume_path, agent, device=device, fingerprint=fp, generators=generators, buffer=buf)
+    if progress is not None:
         env.close()
-        env = restore_env(ck["env"])
-        obs, info, episodes, cur = ck["obs"], ck["info"], ck["episodes"], ck["episode"]
-        gen.set_state(ck["rng"]["gen"])
-        rng.bit_generator.state = ck["rng"]["numpy_gen"]
-        torch.set_rng_state(ck["rng"]["torch"])
-        np.random.set_state(ck["rng"]["numpy"])
-        start = ck["step"] + 1
+        env = restore_env(progress["env"])
+        obs, info, episodes, cur = progress["obs"], progress["info"], progress["episodes"], progress["episode"]
+        start = progress["step"] + 1
         if log is not None:
-            log.bar.update(ck["step"])
-        print(f"resumed from {resume_path} at env step {ck['step']}", flush=True)
+            log.bar.update(progress["step"])
+        print(f"resumed from {resume_path} at env step {progress['step']}", flush=True)
     for step in range(start, steps + 1):
         if step <= warmup:
             action = rng.uniform(-1, 1, act_dim).astype(np.float32)
@@ -186,10 +203,8 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
             if bad is not None:
                 raise NumericalError(f"non-finite weights ({bad}) at env step {step}: lower sac.lr; the last "
                                      f"good checkpoint is kept ({resume_path})")
-            save_resume(resume_path, {
-                **training_state(agent, buf), "env": env_state(env), "obs": obs, "info": info,
-                "episodes": episodes, "episode": cur, "step": step, "fingerprint": fingerprint,
-                "rng": {"gen": gen.get_state(), "numpy_gen": rng.bit_generator.state,
-                        "torch": torch.get_rng_state(), "numpy": np.random.get_state()}})
+            save_resume(resume_path, agent, fingerprint=fp, generators=generators, buffer=buf, progress={
+                "env": env_state(env), "obs": obs, "info": info, "episodes": episodes, "episode": cur,
+                "step": step})
     env.close()
     return agent, info, episodes

@@ -1,15 +1,17 @@
 # What the rules share, and only that (the Snakemake workflow catalog's rules/common.smk): the
-# diffrl names they use and the helper functions that turn diffrl's declarations into a rule's
-# params, inputs, shell command and report entries. Included first, after the Snakefile has
-# validated the config into P (validated params), MERGED (params.yaml with --config on top) and
-# OVERRIDES (the --config overrides as key=value).
+# diffrl names they use and the helper functions that turn a stage's record (diffrl.pipeline.STAGES)
+# into its rule's outputs, params, inputs, log, shell command and report entries. Included first,
+# after the Snakefile has validated the config into P (validated params), MERGED (params.yaml with
+# --config on top) and OVERRIDES (the --config overrides as key=value).
 import shlex
+from pathlib import Path
 
-from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, ROWS
-from diffrl.dag import code_deps, command, command_fields, data_deps, offline_init_of
+import diffrl.algos
+from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, PRETRAINED, REGISTRY, ROWS
+from diffrl.dag import code_deps, command, command_fields, data_deps, default_target, job_init, row_wildcards
 from diffrl.resources import job_resources
-from diffrl.pipeline import (SUMMARY_OUTPUTS, bandit_file, bandit_plot_file, budget_keys, dataset_dir,
-                             declared_values, eval_file, log_file, run_dir, stage_keys, summary_files, toy_file)
+from diffrl.pipeline import (BANDIT_SUMMARY, STAGES, SUMMARY_OUTPUTS, bandit_plot_file, budget_keys,
+                             declared_values, log_file, offline_init_of, stage_keys, summary_files)
 
 
 def overrides(stage, **wildcards):
@@ -26,8 +28,14 @@ def overrides(stage, **wildcards):
     return "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES if reads(o))
 
 
-def declared(stage, **wildcards):
-    return declared_values(stage, P, MERGED, **wildcards)
+def declared(stage):
+    """The rule's `params.declared`: the values its job reads (diffrl.pipeline.declared_values)."""
+    return lambda wc: declared_values(stage, P, MERGED, **row_wildcards(stage, dict(wc.items())))
+
+
+def override_param(stage):
+    """The rule's `params.set`: overrides(...) of its job."""
+    return lambda wc: overrides(stage, **row_wildcards(stage, dict(wc.items())))
 
 
 def inputs(stage):
@@ -35,15 +43,46 @@ def inputs(stage):
     modules, and only the algorithm modules of the job's row) and the outputs of other jobs it reads."""
     def job_inputs(wc):
         w = dict(wc.items())
-        init = offline_init_of(P, w["algo"]) if stage == "online_train" else ""
+        init = job_init(P, stage, row_wildcards(stage, w))
         return code_deps(stage, offline_init=init, **w) + data_deps(stage, P, **w)
     return job_inputs
 
 
-def shell_command(stage):
-    """The rule's shell command: the stage's command (diffrl.dag.COMMANDS, also dvc.yaml's) with its
-    wildcards, and the `--config` overrides it reads."""
-    return command(stage, **{f: f"{{wildcards.{f}}}" for f in command_fields(stage)}) + "{params.set}"
+def job_command(stage):
+    """The rule's `params.cmd`: the stage's command (diffrl.pipeline.STAGES, also dvc.yaml's) with its
+    job's wildcards. A param rather than the `shell:` text itself: Snakemake evaluates a rule's
+    `shell:` expression again when the job runs, and by then the loop variable of stages.smk names
+    the last stage."""
+    return lambda wc: command(stage, **{f: wc[f] for f in command_fields(stage)})
+
+
+def job_log(stage):
+    """logs/{stage}/...log: its axes (seed last, as seed{seed}) around its row, or `all` for none."""
+    st = STAGES[stage]
+    parts = [f"{{{a}}}" for a in st.axes if a != "seed"] + ([f"{{{st.row}}}"] if st.row else [])
+    parts += ["seed{seed}"] if "seed" in st.axes else []
+    return log_file(stage, *(parts or ["all"]))
+
+
+def row_constraint(stage):
+    """The values the rule's row wildcard takes (its stage's `sections`), so that stages writing the
+    same path pattern (runs/{env}/{algo}/seed{seed}) each match only their own rows."""
+    st = STAGES[stage]
+    return {st.row: "|".join(getattr(diffrl.algos, st.sections))} if st.row else {}
+
+
+def rule_outputs(stage):
+    """The stage's outputs for its rule: a path without a suffix is a folder (directory()), and a
+    result of the report (REPORT) is wrapped in report() with its caption, category and labels."""
+    out = []
+    for template in STAGES[stage].outputs:
+        if template in REPORT:
+            caption, category, subcategory, labels = REPORT[template]
+            out.append(report(template, caption=f"../report/{caption}", category=category,
+                              subcategory=subcategory, labels=labels))
+        else:
+            out.append(directory(template) if not Path(template).suffix else template)
+    return out
 
 
 # --------------------------------------------------------------------------- the report's labels
@@ -64,8 +103,10 @@ def report_labels(kind, env):
     final = f"{report_count(budget.eval_episodes, 'fresh episode')} per seed{cap}"
     steps, points = [], []
     if offline:
-        eda = f" (EDA: {report_count(budget.align_steps, 'alignment step')})" if "eda" in algos else ""
-        steps.append(f"offline rows {report_count(budget.offline_steps, 'gradient step')}{eda}")
+        # a selected offline row whose final policy has its own step count (its registry entry's steps_label)
+        own = "".join(f" ({e.title or a}: {report_count(getattr(budget, e.steps_key), f'{e.steps_label} step')})"
+                      for a in algos if a in OFFLINE for e in [REGISTRY[a]] if e.steps_label)
+        steps.append(f"offline rows {report_count(budget.offline_steps, 'gradient step')}{own}")
         points.append(f"offline every {budget.eval_every} gradient steps")
     if online:
         steps.append(f"online rows {report_count(budget.online_steps, 'environment step')}")
@@ -87,6 +128,33 @@ def report_labels(kind, env):
     }
 
 
+def summary_labels(result, kind):
+    return lambda wc: {"result": result, **report_labels(kind, wc.env)}
+
+
+def bandit_labels(name):
+    """The report labels of a bandit result (toy set `name`, or every set of bandit_sets): budget,
+    seeds, steps and data from the validated params, as report_labels does."""
+    budget = P["budgets"][P["budget"]]
+    # the rows whose sections keep their own step counts (their registry entries' toy_steps_key)
+    own = []
+    for row in OFFLINE:
+        parts = [f"{getattr(budget, REGISTRY[s].toy_steps_key)} {REGISTRY[s].steps_label}"
+                 for s in (*PRETRAINED.get(row, ()), row) if REGISTRY[s].toy_steps_key != "toy_steps"]
+        own += [f"{REGISTRY[row].title or row}: {', '.join(parts)}"] if parts else []
+    return {
+        "toy set": name,
+        "budget": P["budget"],
+        "seeds": ", ".join(map(str, P["seeds"])),
+        "steps": f"{budget.toy_steps} gradient steps per stage" + (f" ({'; '.join(own)})" if own else ""),
+        "data": f"{budget.toy_samples} samples per toy set",
+    }
+
+
+def bandit_plot_labels(wildcards):
+    return bandit_labels(wildcards.name)
+
+
 # summary_files() name -> (caption, subcategory, result label, rows it covers); a name not listed
 # (metrics.json, read by `dvc exp show`; plots/, the per-row curves `dvc plots show` draws) stays out
 # of the report
@@ -98,35 +166,11 @@ SUMMARY_REPORT = {
     "online_curves.png": ("online_curves.rst", "learning curves", "online rows, environment steps", "online"),
     "intervals.png": ("intervals.rst", "final scores", "IQM and 95% interval", "final"),
 }
-
-
-def summary_outputs(env):
-    """summary_files(env): the same files in the same order, each result of the report wrapped in
-    report() with its caption, its environment's category, a subcategory and labels."""
-    out = []
-    for name, path in zip(SUMMARY_OUTPUTS, summary_files(env)):
-        if name not in SUMMARY_REPORT:
-            out.append(directory(path) if name == "plots" else path)
-            continue
-        caption, subcategory, result, kind = SUMMARY_REPORT[name]
-        out.append(report(path, caption=f"../report/{caption}", category="{env}", subcategory=subcategory,
-                          labels=lambda wc, result=result, kind=kind: {"result": result, **report_labels(kind, wc.env)}))
-    return out
-
-
-def bandit_labels(name):
-    """The report labels of a bandit result (toy set `name`, or every set of bandit_sets): budget,
-    seeds, steps and data from the validated params, as report_labels does."""
-    budget = P["budgets"][P["budget"]]
-    return {
-        "toy set": name,
-        "budget": P["budget"],
-        "seeds": ", ".join(map(str, P["seeds"])),
-        "steps": f"{budget.toy_steps} gradient steps per stage (EDA: {budget.energy_behavior_steps} energy "
-                 f"behaviour, {budget.align_steps} alignment)",
-        "data": f"{budget.toy_samples} samples per toy set",
-    }
-
-
-def bandit_plot_labels(wildcards):
-    return bandit_labels(wildcards.name)
+# the report's results: output path template -> (caption, category, subcategory, labels)
+REPORT = {
+    **{path: (caption, "{env}", subcategory, summary_labels(result, kind))
+       for name, path in zip(SUMMARY_OUTPUTS, summary_files("{env}")) if name in SUMMARY_REPORT
+       for caption, subcategory, result, kind in [SUMMARY_REPORT[name]]},
+    bandit_plot_file("{name}"): ("bandit_plot.rst", "bandit study", "policy samples", bandit_plot_labels),
+    BANDIT_SUMMARY: ("bandit_summary.rst", "bandit study", "table", bandit_labels(", ".join(P["bandit_sets"]))),
+}
