@@ -125,14 +125,7 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 def sac_config(cfg):
     """The SACConfig of the `sac` row's agent: its section's SAC hyperparameters without the loop's."""
-    from diffrl.algos.sac import SACConfig
-    if isinstance(cfg, SACConfig):
-        return cfg.agent_config()
-    return SACConfig(hidden=cfg.hidden, layers=cfg.layers, lr=cfg.lr, batch_size=cfg.batch_size, discount=cfg.gamma,
-                     tau=cfg.tau, init_temperature=cfg.init_alpha, target_entropy_scale=cfg.target_entropy_scale,
-                     buffer_size=cfg.buffer_size, activation=cfg.sac_activation, reward_scale=cfg.reward_scale,
-                     alpha_lr=cfg.alpha_lr, tanh_correction=cfg.sac_tanh_correction, log_std_min=cfg.sac_log_std_min,
-                     log_std_max=cfg.sac_log_std_max)
+    return cfg.agent_config()
 
 
 def make_online_agent(cfg, obs_dim: int, act_dim: int, device, action_low, action_high):

@@ -232,7 +232,7 @@ def test_variants_reproduce_the_reference_commands():
     # its reference guidance is MALA's (per sample, target -E + lambda Q, chains from N(0, I))
     assert not t.mala_sigma_energy and t.mala_init_scale == 1.0 and t.mala_adaptation == "per_chain"
     sac = variant_config("sac")
-    assert sac.alg == "sac" and sac.init_alpha == math.e and sac.alpha_lr == 3e-4 and sac.num_envs == 5
+    assert sac.alg == "sac" and sac.init_temperature == math.e and sac.alpha_lr == 3e-4 and sac.num_envs == 5
     s = variant_config("dpmd_select")
     assert s.num_particles == 128 and s.q_critic_agg == "mean" and s.particle_selection_lambda == 64
     assert math.isinf(OnlineConfig().particle_selection_lambda)

@@ -101,8 +101,9 @@ def test_code_deps_follow_the_imports_of_each_row():
         assert "diffrl/resources.py" not in files and "diffrl/dag.py" not in files
         assert "diffrl/pipeline.py" in files and "diffrl/algos/__init__.py" in files
     with_dpmd = {k for k, files in deps.items() if "diffrl/algos/dpmd.py" in files}
-    online_evals = {("evaluate", r) for r in ONLINE if r != "sac"}  # the sac row is saved as a sac.py agent
-    assert with_dpmd == {("online_train", r) for r in ONLINE} | online_evals
+    # the sac row's config and agent live in sac.py: it neither trains nor evaluates with dpmd.py
+    online = {r for r in ONLINE if r != "sac"}
+    assert with_dpmd == {("online_train", r) for r in online} | {("evaluate", r) for r in online}
     assert {k for k, files in deps.items() if "diffrl/algos/eda.py" in files} == \
         {("behavior_pretrain", "eda_behavior"), ("offline_train", "eda"), ("evaluate", "eda"), ("bandit_train", "eda")}
     # the o2o row loads its offline run (dql): Diffusion-QL's code is its code too
@@ -173,7 +174,7 @@ def _make_outputs(root: Path, params: dict, mtime: float | None = None) -> None:
 def test_snakemake_reruns_what_a_change_affects(project):
     """An up-to-date project (stand-in outputs, their params recorded by `snakemake --touch`):
     another preset's key reruns nothing, a key of the selected one only the jobs that read it, and
-    editing dpmd.py only the online rows, their evaluations and the table."""
+    editing dpmd.py only the SDAC/DPMD rows, their evaluations and the table."""
     target = "results/halfcheetah_summary.csv"
     now = time.time()
     _make_outputs(project, PARAMS, mtime=now - 1000)
@@ -192,15 +193,15 @@ def test_snakemake_reruns_what_a_change_affects(project):
     with open(project / "diffrl/algos/dpmd.py", "a") as f:  # an edit (Snakemake ignores a bare touch)
         f.write("\n# an edit\n")
     out = snakemake_dry_run(project, target)
-    n = len(ONLINE) * seeds
+    n = (len(ONLINE) - 1) * seeds  # every online row but sac, whose config and agent live in sac.py
     assert job_stats(out) == {"online_train": n, "evaluate": n, "summary": 1}, out[-3000:]
-    # the evaluations rerun because their runs do (the sac row's own code, sac.py, is unchanged)
+    assert "algo=sac," not in out
     assert not re.search(r"rule (dataset|critic_pretrain|behavior_pretrain|offline_train|bandit_\w+):", out)
 
 
 @pytest.mark.pipeline
 def test_dvc_status_lists_only_what_a_change_affects(project, monkeypatch):
-    """With dvc.lock in place (stand-in outputs, `dvc commit`): editing dpmd.py changes the online
+    """With dvc.lock in place (stand-in outputs, `dvc commit`): editing dpmd.py changes the SDAC/DPMD
     rows and their evaluations only; editing budgets.paper changes nothing while budget is quick;
     budgets.quick.offline_steps changes the runs that train a final offline policy; iql.expectile
     changes the iql row's run and its bandit run. The cost plan's
@@ -229,7 +230,7 @@ def test_dvc_status_lists_only_what_a_change_affects(project, monkeypatch):
     assert changed() == set()
     with open(project / "diffrl/algos/dpmd.py", "a") as f:
         f.write("\n# an edit\n")
-    assert changed() == {"online_train_sac@halfcheetah-0", "online_train_dpmd@halfcheetah-0",
+    assert changed() == {"online_train_dpmd@halfcheetah-0",
                          "online_train_dpmd_o2o@halfcheetah-0", "evaluate_dpmd@halfcheetah-0",
                          "evaluate_dpmd_o2o@halfcheetah-0"}
     run(["dvc", "commit", "-f", "-q"], project)

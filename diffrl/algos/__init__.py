@@ -110,10 +110,9 @@ REGISTRY: dict[str, Section] = {
                    title="EDA", steps_label="alignment"),
     # online rows (one update per 5 env steps; batch 256, T=20, the variant's particles; sdac's reference
     # loss draws a second particle sample every other update). sac_online is the `sac` row's section
-    # (section `sac` is the dataset agent): an OnlineConfig whose SAC agent (sac.py) the online loop
-    # trains and saves as a `sac` agent.
-    "sac_online": Section("dpmd", "OnlineConfig", None, "online", runs=("sac",), step_s=(0.012, 0.004),
-                          act_s=(0.006, 0.003)),
+    # (section `sac` is the dataset agent): a SACOnlineConfig (SACConfig and the loop's num_envs and
+    # warmup) whose SAC agent the online loop trains and saves as a `sac` agent.
+    "sac_online": Section("sac", "SACOnlineConfig", None, "online", step_s=(0.012, 0.004), act_s=(0.006, 0.003)),
     "sdac": Section(**_DPMD, step_s=(1.6, 0.04)),
     "dpmd": Section(**_DPMD, step_s=(0.9, 0.03)),
     "dpmd_tilt": Section(**{**_DPMD, "act_s": (0.12, 0.03)}, top_keys=TILT, step_s=(25.0, 0.5)),

@@ -7,7 +7,7 @@ particle selection are the shared tilt implementation (`diffrl.algos.tilts.Tilte
 the agent supplies with its policy net, schedule and tilt value (Q, or the model values of the
 model-based tilts and plans, defined here); the world models of the model-based tilts live in
 `diffrl.algos.dpmd_models`, the named variants in params.yaml, and the training loop, which also
-runs the fork's SAC baseline (alg = sac, diffrl.algos.sac), in `diffrl.online.train_online`. Where
+runs the fork's SAC baseline (diffrl.algos.sac.SACOnlineConfig), in `diffrl.online.train_online`. Where
 our code offers an alternative to the reference, the reference is the default and the alternative a
 documented OnlineConfig field (named below).
 
@@ -106,11 +106,8 @@ class OnlineConfig:
     """SDAC / DPMD online hyperparameters (docs/algorithms.md, "SDAC and DPMD (online)"); defaults are
     the published HalfCheetah settings, except that published bugs are off (the variants that reproduce a
     published number turn them on in params.yaml)."""
-    alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent; "
-                     "sac: the fork's Gaussian SAC baseline (diffrl.algos.sac.SAC in the online loop; reads hidden, layers, "
-                     "num_envs, batch_size, buffer_size, warmup, gamma, tau, lr, reward_scale, init_alpha, alpha_lr, "
-                     "target_entropy_scale and the sac_* keys)",
-                     choices=("sdac", "dpmd", "sac"))
+    alg: str = param("dpmd", "sdac: reverse-sampling score matching; dpmd: diffusion policy mirror descent",
+                     choices=("sdac", "dpmd"))
     # networks and diffusion
     hidden: int = param(256, "hidden width of the policy net and the twin critics", low=1)
     layers: int = param(3, "hidden layers of the policy net and the twin critics", low=1)
@@ -214,13 +211,6 @@ class OnlineConfig:
     model_lr: float = param(1e-3, "Adam lr of the world model and the state value V_psi", low=0, low_open=True)
     plan_horizon: int = param(0, "H > 0: denoise H actions jointly, tilt by the model return, execute the first",
                               low=0)
-    # alg = sac (the fork's SAC: relax/network/sac.py, common.py)
-    sac_activation: str = param("gelu", "sac: activation of the actor and critic MLPs (the fork: exact GELU)",
-                                choices=("gelu", "relu", "mish"))
-    sac_tanh_correction: bool = param(False, "sac: subtract the tanh Jacobian from the log-prob; False = the "
-                                      "fork's Gaussian log-prob of the pre-tanh sample")
-    sac_log_std_min: float = param(-20.0, "sac: lower clip of the policy log std")
-    sac_log_std_max: float = param(0.5, "sac: upper clip of the policy log std")
     # offline-to-online
     offline_init: str = param("", "offline row whose policy and critic the run starts from (its run of the same "
                               "seed; the networks and diffusion schedule must match it): '' = none, or dql, qg, "
@@ -232,9 +222,6 @@ class OnlineConfig:
         return TiltConfig(**shared, q_agg=self.q_critic_agg)
 
     def check(self, prefix: str = "dpmd") -> None:
-        if self.sac_log_std_max < self.sac_log_std_min:
-            raise ConfigError(f"{prefix}.sac_log_std_max={self.sac_log_std_max} is below {prefix}.sac_log_std_min="
-                              f"{self.sac_log_std_min}: make max >= min")
         if self.lr_decay_end < self.lr_decay_begin:
             raise ConfigError(f"{prefix}.lr_decay_end={self.lr_decay_end} is before {prefix}.lr_decay_begin="
                               f"{self.lr_decay_begin}: make end >= begin")
@@ -248,7 +235,7 @@ class DiffusionOnline(TiltedSampler, nn.Module):
                  action_high=None):
         super().__init__()
         if cfg.alg not in UPDATES:
-            raise ConfigError(f"DiffusionOnline runs sdac or dpmd, not {cfg.alg!r}: use diffrl.algos.sac for sac")
+            raise ConfigError(f"DiffusionOnline runs sdac or dpmd, not {cfg.alg!r}")
         cfg.check()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.H = max(1, cfg.plan_horizon)

@@ -7,7 +7,7 @@ fork's "SAC 11114" (pnielsen2/inference_mirror_descent, relax/algorithm/sac.py, 
 network/common.py): 3x256 exact GELU, rewards scaled by 0.2, log alpha starting at 1 (alpha = e),
 alpha lr 3e-4, log std clipped to [-20, 0.5] and the log-prob of the pre-tanh Gaussian sample
 WITHOUT the tanh correction. It runs in the online loop, diffrl.online.train_online (5 envs, one update
-per iteration of 5 env steps), configured by an OnlineConfig with alg = sac (diffrl.online.sac_config)."""
+per iteration of 5 env steps), configured by a SACOnlineConfig: SACConfig and the loop's num_envs and warmup."""
 from __future__ import annotations
 
 import math
