@@ -1,7 +1,8 @@
 """Chaos: a small graph whose scheduler, job shells and jobs are SIGKILLed ten times at seeded random
 moments, each time recovered as docs/troubleshooting.md says (the same command again), ends with
 every output, every declared seed in the summary, and every per-seed evaluation and model equal
-bit for bit to an uninterrupted run. The longer version: studies/chaos/chaos.py."""
+bit for bit to an uninterrupted run in another copy of the project (so also: the same params and
+seeds give the same bits in two copies). The longer version: studies/chaos/chaos.py."""
 import importlib.util
 import json
 
