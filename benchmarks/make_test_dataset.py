@@ -1,9 +1,10 @@
 """Build the small HalfCheetah-v5 "medium" fixture of tests/halfcheetah_learning.py.
 
-It uses the pipeline's own generator (diffrl.generate.generate_dataset: a SAC behaviour agent
-trained until its evaluation score reaches the target, then rolled out stochastically and
-written as a real Minari dataset by diffrl.data.write_minari). The data is locally generated,
-NOT D4RL data. Run from the repository root, single-threaded (deterministic on CPU):
+It uses the pipeline's own generator (diffrl.generate.train_data_agent: a SAC data agent trained
+until its evaluation score reaches the target; then diffrl.generate.make_dataset: its medium policy
+rolled out stochastically and written as a real Minari dataset by diffrl.data.write_minari). The
+data is locally generated, NOT D4RL data. Run from the repository root, single-threaded
+(deterministic on CPU):
 
     OMP_NUM_THREADS=1 python benchmarks/make_test_dataset.py
 
@@ -40,20 +41,27 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from diffrl.algos.sac import SACConfig
-    from diffrl.generate import generate_dataset
+    from diffrl.generate import make_dataset, train_data_agent
+    from diffrl.tasks import parse
     from diffrl.utils import seed_everything
 
     seed_everything(args.seed, True)
     out = args.out
     if out.exists():
         shutil.rmtree(out)
-    tmp = out.parent / f".{out.name}.tmp"
+    tmp, agent_dir = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.agent"
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(agent_dir, ignore_errors=True)
     t0 = time.time()
-    info = generate_dataset("halfcheetah", "medium", tmp, sac_cfg=SACConfig(), sac_steps=args.sac_steps,
-                            sac_warmup=args.sac_warmup, sac_eval_every=args.sac_eval_every,
-                            episodes=args.episodes, medium_target=args.medium_target, seed=args.seed,
-                            device="cpu")
+    # the data agent stops at its medium point: a medium dataset needs no expert policy
+    agent = train_data_agent("halfcheetah", agent_dir, sac_cfg=SACConfig(), sac_steps=args.sac_steps,
+                             sac_warmup=args.sac_warmup, sac_eval_every=args.sac_eval_every,
+                             medium_target=args.medium_target, seed=args.seed, device="cpu", stop_at_medium=True)
+    info = make_dataset(parse("halfcheetah-medium"), tmp, agent_dir=agent_dir, episodes=args.episodes, seed=args.seed,
+                        device="cpu")
+    shutil.rmtree(agent_dir)
+    info.update(sac_env_steps=agent["medium"]["env_steps"], agent_score=agent["medium"]["score"],
+                target_reached=agent["target_reached"], sac_evaluations=agent["evaluations"])
     info.update(source="generate", medium_target_score=args.medium_target, sac_steps_cap=args.sac_steps,
                 sac_warmup=args.sac_warmup, sac_eval_every=args.sac_eval_every, sac_config="SACConfig() defaults",
                 wall_s=round(time.time() - t0, 1), torch_version=torch.__version__,

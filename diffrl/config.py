@@ -22,9 +22,9 @@ import yaml
 
 from diffrl.algos import SECTIONS as ALGORITHM_SECTIONS
 from diffrl.fields import REQUIRED, ConfigError, param
+from diffrl.tasks import ENV_NAMES  # noqa: F401 (re-exported)
 
 
-ENV_NAMES = ("halfcheetah", "hopper", "walker2d")
 BUDGET_NAMES = ("smoke", "quick", "paper")
 
 
@@ -36,14 +36,16 @@ class Budget:
     sac_warmup: int = param(REQUIRED, "uniform-random env steps before SAC starts learning", low=0)
     sac_eval_every: int = param(REQUIRED, "SAC env steps between checks of the dataset quality target", low=1)
     dataset_episodes: int = param(REQUIRED, "episodes rolled out into a generated dataset", low=1)
-    critic_steps: int = param(REQUIRED, "gradient steps of critic pretraining (DTQL's and EDA's IQL critics; the iql "
-                              "row is an offline row and takes offline_steps)", low=1)
-    behavior_steps: int = param(REQUIRED, "gradient steps of DTQL's EDM behaviour pretraining (the bc row is an offline "
-                                "row and takes offline_steps)", low=1)
+    dtql_pretrain_steps: int = param(REQUIRED, "gradient steps of DTQL's pretraining, its critic and its EDM behaviour "
+                                     "each (the reference's joint 50k)", low=1)
+    eda_critic_steps: int = param(REQUIRED, "gradient steps of EDA's IQL critic (the reference's 1.5M)", low=1)
     energy_behavior_steps: int = param(REQUIRED, "gradient steps of EDA's bottleneck energy behaviour (batch 2048, "
                                        "about 1 s a step on a CPU core)", low=1)
-    offline_steps: int = param(REQUIRED, "gradient steps of the final policy of every offline row (bc, iql, the "
-                               "Diffusion-QL variants, DTQL; EDA: align_steps)", low=1)
+    offline_steps: int = param(REQUIRED, "gradient steps of diffusion BC and the Diffusion-QL variants (their "
+                               "reference's 2M)", low=1)
+    iql_steps: int = param(REQUIRED, "gradient steps of the iql row (the official IQL's 1M)", low=1)
+    dtql_steps: int = param(REQUIRED, "gradient steps of DTQL's one-step policy, its critic and behaviour still "
+                            "training (the reference's 1M after pretraining)", low=1)
     align_steps: int = param(REQUIRED, "gradient steps of EDA alignment (EDA's final policy)", low=1)
     align_support_states: int = param(REQUIRED, "dataset states whose 16 behaviour samples EDA draws before alignment "
                                       "(0 = every state, as released; the 15-step sampler dominates EDA's "
@@ -67,19 +69,12 @@ class Budget:
 
 @dataclass
 class DatasetConfig:
-    """Where the offline data comes from."""
-    source: str = param("generate", "generate: build a Minari dataset locally with a SAC agent; "
-                        "minari: load (and download when online) a Minari dataset id",
-                        choices=("generate", "minari"))
-    quality: str = param("medium", "behaviour quality of a generated dataset",
-                         choices=("random", "medium", "expert", "medium-replay"))
-    medium_target_score: float = param(33.0, "normalised score at which the SAC agent is frozen for "
-                                       "'medium' (about a third of expert, as D4RL did)", low=0, high=100)
-    minari_ids: dict = param({"halfcheetah": "mujoco/halfcheetah/medium-v0",
-                              "hopper": "mujoco/hopper/medium-v0",
-                              "walker2d": "mujoco/walker2d/medium-v0"},
-                             "Minari dataset id per environment, used when source is minari")
-    seed: int = param(0, "seed of the data-collection agent and its rollouts", low=0)
+    """How the pipeline generates a task's dataset (a task named by a Minari id is fetched instead;
+    docs/data.md). Per task: `tasks: {hopper-medium: {dataset: {seed: 1}}}`."""
+    medium_target_score: float = param(33.0, "normalised evaluation score at which the SAC agent's medium policy is "
+                                       "frozen (about a third of expert, as D4RL did); its run goes on to "
+                                       "sac_steps for the expert policy", low=0, high=100)
+    seed: int = param(0, "seed of the data-collection agent and of the dataset's rollouts", low=0)
 
 
 @dataclass
@@ -106,7 +101,10 @@ class Params:
     tf32: bool = param(REQUIRED, "allow TF32 matrix multiplies on CUDA (faster on Ampere and later, about 3 "
                        "significant digits in the products; no effect on CPU)")
     seeds: list = param(REQUIRED, "training seeds; every algorithm runs each one")
-    envs: list = param(REQUIRED, "environments that `snakemake` (target all) and `dvc repro` build")
+    tasks: dict = param(REQUIRED, "the tasks `snakemake` (target all) and `dvc repro` build, each an environment and "
+                        "a dataset named as D4RL names it (halfcheetah-medium, hopper-medium-replay) or a Minari id, "
+                        "mapped to what it changes for that task: {SECTION: {key: value}} over the row's settings "
+                        "and its algorithm's published ones for the task ({}: nothing; docs/tasks.md)")
     algorithms: list = param(REQUIRED, "rows of the summary table (offline algorithms and online variants)")
     tfg_lambda: float = param(REQUIRED, "training-free guidance strength of the guided online variants "
                               "(dpmd_tilt, dpmd_model): `dvc exp run -S tfg_lambda=64` reruns exactly those", low=0)
@@ -260,14 +258,56 @@ def read_params(path: str | Path = "params.yaml", overrides=()) -> dict:
     return apply_overrides(raw, overrides)
 
 
-def validate(raw: dict, sections=None) -> dict:
+def _task_changes(tasks: dict, sections) -> dict:
+    """`tasks` checked: each name a task (diffrl.tasks), each value a mapping of sections to changes."""
+    from diffrl.tasks import parse
+    if not tasks:
+        raise ConfigError("tasks is empty: list at least one task, e.g. tasks: {halfcheetah-medium: {}}")
+    out = {}
+    for name, changes in tasks.items():
+        try:
+            parse(name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        changes = changes or {}
+        if not isinstance(changes, dict):
+            raise ConfigError(f"tasks.{name}={changes!r} must be a mapping of sections to changes, e.g. "
+                              f"{{dql: {{eta: 0.5}}}} ({{}} for none)")
+        for key, value in changes.items():
+            if key not in sections:
+                raise ConfigError(f"unknown section 'tasks.{name}.{key}'{_suggest(key, sections, f'tasks.{name}.')}")
+            if not isinstance(value, dict):
+                raise ConfigError(f"tasks.{name}.{key}={value!r} must be a mapping of keys to values")
+            if key == "sac" or (key == "dataset" and set(value) - {"seed"}):
+                # the SAC agent and its medium point serve every task of an environment
+                raise ConfigError(f"tasks.{name}.{key}: the data agent is shared by an environment's tasks; set "
+                                  f"{'sac' if key == 'sac' else 'dataset.medium_target_score'} for all of them at the "
+                                  f"top level (a task may change only dataset.seed, its rollouts' seed)")
+        out[name] = changes
+    return out
+
+
+def task_section(raw: dict, section: str, task: str) -> dict:
+    """A section's raw values for one task: its algorithm's published settings for the task (its
+    module's PUBLISHED_TASKS), then params.yaml's section (what makes the row), then what the task's
+    entry of `tasks` changes. The dataclass defaults fill the rest."""
+    from diffrl.algos import published_settings
+    from diffrl.tasks import parse
+    name = parse(task).name
+    published = published_settings(section, name) if section in ALGORITHM_SECTIONS else {}
+    changes = ((raw.get("tasks") or {}).get(name) or {}).get(section) or {}
+    return {**published, **(raw.get(section) or {}), **changes}
+
+
+def validate(raw: dict, sections=None, task: str | None = None) -> dict:
     """Validate the params mapping; return a dict of top-level key -> validated value.
 
     Sections become dataclass instances; `budgets` becomes {name: Budget}; plain keys are coerced.
     `sections`: the algorithm sections to validate (default: all). A stage passes the ones it reads,
     so it imports only their modules (the code dependencies diffrl.dag declares for it); the others
     are left out of the result. Plain keys, budgets, dataset and stats are always validated, and the
-    Snakefile validates everything before any job starts.
+    Snakefile validates everything before any job starts. `task`: the sections (and dataset) as one
+    job of that task reads them (task_section).
     """
     top = _fields(Params)
     algo_sections = [s for s in ALGORITHM_SECTIONS if sections is None or s in sections]
@@ -293,9 +333,16 @@ def validate(raw: dict, sections=None) -> dict:
                 raise ConfigError(f"'{key}' is not set: params.yaml holds every top-level key (docs/params.md "
                                   f"lists them); add it")
             out[key] = _coerce(key, value, top[key])
-    for env in out["envs"]:
-        if env not in ENV_NAMES:
-            raise ConfigError(f"envs: unknown environment '{env}'{_suggest(env, ENV_NAMES)}")
+    out["tasks"] = _task_changes(out["tasks"], [*ALGORITHM_SECTIONS, "dataset"])
+    if task is not None:  # one job's task: its sections with what the task changes
+        for key in ["dataset", *algo_sections]:
+            cls = SECTION_TYPES.get(key) or ALGORITHM_SECTIONS[key]
+            out[key] = build_section(f"{key} (task {task})", cls, task_section(raw, key, task))
+    elif sections is None:  # everything: what each task changes is checked too
+        for name, changes in out["tasks"].items():
+            for key in changes:
+                cls = SECTION_TYPES.get(key) or ALGORITHM_SECTIONS[key]
+                build_section(f"tasks.{name}.{key}", cls, task_section(raw, key, name))
     from diffrl.data import TOY_SETS
     for name in out["toy_sets"] + out["bandit_sets"]:
         if name not in TOY_SETS:
@@ -383,8 +430,8 @@ def validate_graph(raw: dict) -> dict:
     return out
 
 
-def load(path: str | Path = "params.yaml", overrides=(), sections=None) -> dict:
-    return validate(read_params(path, overrides), sections)
+def load(path: str | Path = "params.yaml", overrides=(), sections=None, task: str | None = None) -> dict:
+    return validate(read_params(path, overrides), sections, task)
 
 
 class BudgetView:

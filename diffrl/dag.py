@@ -23,7 +23,8 @@ import string
 import sys
 from pathlib import Path
 
-from diffrl.pipeline import STAGES, Job, budget_keys, offline_init_of, row_curve_file, stage_keys, stage_of
+from diffrl.pipeline import (AXIS_SOURCES, STAGES, Job, axis_values, budget_keys, offline_init_of, row_curve_file,
+                             stage_keys, stage_of)
 
 ROOT = Path(__file__).resolve().parents[1]
 NEVER_DEPS = {"diffrl/resources.py"}  # sizes cluster requests only: changing it must rerun nothing
@@ -219,7 +220,7 @@ def jobs(params: dict) -> list[tuple[str, dict]]:
     for stage, row in stage_rows(params):
         combos = [dict(row)]
         for axis, source in STAGES[stage].axes.items():
-            combos = [{**c, axis: v} for c in combos for v in params[source]]
+            combos = [{**c, axis: v} for c in combos for v in axis_values(params, source)]
         out += [(stage, c) for c in combos]
     return out
 
@@ -238,18 +239,24 @@ HEADER = """\
 # diffrl/pipeline.py (commands, inputs, the keys each stage reads), the registry or params.yaml and
 # regenerate; tests/test_config.py fails while this file is stale.
 # The same jobs as the Snakefile, for `dvc repro` and `dvc exp run -S key=value`: one stage per
-# row (STAGE_ROW), a matrix over envs and seeds (or toy sets), which DVC reads from params.yaml
+# row (STAGE_ROW), a matrix over tasks and seeds (or toy sets), which DVC reads from params.yaml
 # itself, as it does budget. The rows built (those `algorithms` selects and the runs they start
-# from) and each job's code dependencies (its stage script and the diffrl files it imports, its
-# own algorithm's only) are written out here: regenerate after changing `algorithms` or an online
-# row's offline_init. A stage depends on the values it reads of the selected budget preset only
+# from), the environments with a data agent and the summaries (derived from `tasks`) and each job's
+# code dependencies (its stage script and the diffrl files it imports, its own algorithm's only)
+# are written out here: regenerate after changing `algorithms`, `tasks` or an online row's
+# offline_init. A stage depends on the values it reads of the selected budget preset only
 # (budgets.${budget}.KEY), so editing another preset reruns nothing.
 """
 
 
 def dvc_params(stage: str, **row) -> list[str]:
-    """A stage's dvc.yaml params: its declared keys, and its budget keys in the preset DVC selects."""
-    return stage_keys(stage, **row) + [f"budgets.${{budget}}.{k}" for k in budget_keys(stage, **row)]
+    """A stage's dvc.yaml params: its declared keys, what its task changes (the task's entry of
+    `tasks`: DVC cannot list a key a task may not set), and its budget keys in the preset DVC selects."""
+    task = ["tasks.${item.task}"] if "task" in STAGES[stage].axes else []
+    # a summary reads the task names, which DVC cannot track apart from what each task changes: its deps
+    # list every task's evaluations, written out here (regenerated when the tasks change)
+    keys = [k for k in stage_keys(stage, **row) if k != "tasks"]
+    return keys + task + [f"budgets.${{budget}}.{k}" for k in budget_keys(stage, **row)]
 
 
 def stage_name(stage: str, row: dict) -> str:
@@ -269,7 +276,10 @@ def dvc_stage(stage: str, params: dict, row: dict) -> tuple[str, list[str]]:
     lines = [f"  {name}:"]
     if item:
         lines.append("    matrix:")
-        lines += [f"      {axis}: ${{{source}}}" for axis, source in axes.items()]
+        # a list of params.yaml, which DVC reads itself (`tasks`: its keys), or one derived from the
+        # tasks (the data agents' environments, the summaries), written out
+        lines += [f"      {axis}: ${{{source}}}" if source == "tasks" or source not in AXIS_SOURCES else
+                  f"      {axis}: [{', '.join(axis_values(params, source))}]" for axis, source in axes.items()]
     lines.append(f"    cmd: {command(stage, **values)}")
     deps = code_deps(stage, offline_init=init, **row)
     # an online row's starting run follows its params value (`dvc exp run -S dpmd_o2o.offline_init=qg`;
@@ -313,21 +323,20 @@ PLAN_STAGE = """\
 
 
 def dvc_plots(params: dict) -> list[str]:
-    """dvc.yaml's top-level `plots:`: per environment, one line per selected row (its mean score over
-    seeds) against gradient steps for the offline rows and environment steps for the online rows,
-    and the IQM intervals; `dvc plots show`, `dvc plots diff` draw them."""
+    """dvc.yaml's top-level `plots:`, for the suite of tasks: one line per selected row (its mean score
+    over tasks and seeds) against gradient steps for the offline rows and environment steps for the
+    online rows, the IQM intervals and the performance profile; `dvc plots show` draws them."""
     from diffrl.algos import OFFLINE, ONLINE
     lines = ["plots:"]
-    for env in params["envs"]:
-        for kind, rows, unit in (("offline", OFFLINE, "gradient steps"), ("online", ONLINE, "environment steps")):
-            selected = [r for r in params["algorithms"] if r in rows]
-            if not selected:
-                continue
-            lines += [f"  - {env} {kind} rows:", "      template: linear", "      x: step", "      y:"]
-            lines += [f"        {row_curve_file(env, r)}: score" for r in selected]
-            lines += [f"      title: '{env}, {kind} rows: normalised score, mean over seeds'",
-                      f"      x_label: {unit}", "      y_label: normalised score"]
-        lines.append(f"  - results/{env}_intervals.png")
+    for kind, rows, unit in (("offline", OFFLINE, "gradient steps"), ("online", ONLINE, "environment steps")):
+        selected = [r for r in params["algorithms"] if r in rows]
+        if not selected:
+            continue
+        lines += [f"  - suite {kind} rows:", "      template: linear", "      x: step", "      y:"]
+        lines += [f"        {row_curve_file('suite', r)}: score" for r in selected]
+        lines += [f"      title: 'suite, {kind} rows: normalised score, mean over tasks and seeds'",
+                  f"      x_label: {unit}", "      y_label: normalised score"]
+    lines += ["  - results/suite_intervals.png", "  - results/suite_profile.png"]
     return lines
 
 

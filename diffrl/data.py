@@ -244,10 +244,13 @@ def fetch_minari(dataset_id: str, out_dir: Path, timeout_s: float = 10.0) -> Non
                 socket.setdefaulttimeout(old)
             local = Path(get_dataset_path(dataset_id))
     except Exception as e:
+        parts = dataset_id.split("/")
+        env = parts[1] if len(parts) == 3 else "hopper"  # mujoco/ENV/QUALITY-vN
         raise DatasetError(
             f"Minari dataset '{dataset_id}' is not available locally and could not be downloaded "
             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'}); offline? "
-            f"set dataset.source: generate to build the dataset locally, or check dataset.minari_ids") from None
+            f"use a generated task, built locally, instead (e.g. {env}-medium in tasks: docs/tasks.md), or check "
+            f"the Minari id") from None
     shutil.copytree(local, out_dir)
 
 

@@ -1,5 +1,11 @@
-"""Local dataset generation: train a SAC behaviour agent to the requested quality, roll it out,
-and write a real Minari dataset (D4RL's recipes, rebuilt offline; the data is NOT D4RL's)."""
+"""Local dataset generation, D4RL's recipes rebuilt offline (the data is NOT D4RL's).
+
+One SAC run per environment (its data agent, `train_data_agent`) serves every generated dataset of
+that environment: it keeps its policy at the first evaluation that reaches the medium score, with
+the training episodes up to then, and goes on to the end of its budget for the expert policy.
+`make_dataset` then writes one task's dataset as a real Minari dataset: random, medium,
+medium-replay, expert or medium-expert (diffrl.tasks.QUALITIES).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrl.algos.sac import SACConfig, train_sac
+from diffrl.algos.sac import SAC, SACConfig, train_sac
 from diffrl.data import write_minari
 from diffrl.envs import make_env, normalized_score
-from diffrl.utils import cpu_name
+from diffrl.tasks import Task
+from diffrl.utils import cpu_name, load_checkpoint, save_checkpoint, write_json
+
+# the data agent's policies (medium.pt also holds its training episodes up to the medium point)
+AGENT_FILES = {"medium": "medium.pt", "expert": "expert.pt"}
 
 
 def rollout(act, env_name: str, episodes: int, seed: int) -> list[dict]:
@@ -34,48 +44,85 @@ def rollout(act, env_name: str, episodes: int, seed: int) -> list[dict]:
     return out
 
 
-def generate_dataset(env_name: str, quality: str, out_dir: Path, *, sac_cfg: SACConfig, sac_steps: int,
-                     sac_warmup: int, sac_eval_every: int, episodes: int, medium_target: float, seed: int,
-                     device="cpu", log=None, resume_path=None) -> dict:
-    """Build `out_dir` as a Minari dataset of `quality` and return what was achieved.
+def train_data_agent(env_name: str, out_dir: Path, *, sac_cfg: SACConfig, sac_steps: int, sac_warmup: int,
+                     sac_eval_every: int, medium_target: float, seed: int, device="cpu", log=None,
+                     resume_path=None, stop_at_medium: bool = False) -> dict:
+    """Train the environment's SAC data agent and write `out_dir`: its medium and expert policies
+    (AGENT_FILES; the medium one with the training episodes up to the medium point) and info.json. When
+    the medium score is never reached, the medium policy is the last one (info says so).
+    `stop_at_medium`: stop there (no expert policy), for a medium dataset alone."""
+    agent, info, medium = train_sac(env_name, sac_cfg, sac_steps, sac_warmup, sac_eval_every, seed, device,
+                                    eval_episodes=2, medium_score=medium_target, stop_at_medium=stop_at_medium,
+                                    log=log, resume_path=resume_path, checkpoint_every=sac_eval_every)
+    final = {k: v.detach().clone() for k, v in agent.state_dict().items()}
+    if medium is None:  # the target was not reached: the last policy and every training episode
+        medium = {"state": final, "episodes": None, "env_steps": info["env_steps"], "score": info["score"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = make_env(env_name)
+    meta = {"obs_dim": env.observation_space.shape[0], "act_dim": env.action_space.shape[0], "config": sac_cfg}
+    env.close()
+    save_checkpoint(out_dir / AGENT_FILES["medium"], {**meta, "state": medium["state"], "episodes": medium["episodes"]})
+    if not stop_at_medium:
+        save_checkpoint(out_dir / AGENT_FILES["expert"], {**meta, "state": final})
+    summary = {"env": env_name, "seed": seed, "machine": f"{cpu_name()}, {device}", "medium_target": medium_target,
+               "target_reached": info["target_reached"], "env_steps": info["env_steps"],
+               "grad_steps": info["grad_steps"], "evaluations": info["evaluations"],
+               "medium": {"env_steps": medium["env_steps"], "score": medium["score"]},
+               "expert": None if stop_at_medium else {"env_steps": info["env_steps"], "score": info["score"]}}
+    write_json(out_dir / "info.json", summary)
+    return summary
 
-    random: uniform random actions. medium: SAC trained until its evaluation score reaches
-    `medium_target` (or the budget ends), then rolled out stochastically as D4RL did.
-    expert: SAC trained for the whole budget. medium-replay: the training episodes of the
-    medium run (its replay buffer). With resume_path, the SAC run checkpoints at every quality
-    check and continues from a checkpoint it finds there.
-    """
-    # the CPU model (and device) that computed it: the same seed gives the same data only on the same
-    # CPU model, since kernels round differently across models and the SAC run diverges (docs/data.md)
-    info = {"quality": quality, "env": env_name, "seed": seed, "machine": f"{cpu_name()}, {device}"}
+
+def _policy_rollouts(agent_dir: Path, which: str, env_name: str, episodes: int, seed: int, device) -> list[dict]:
+    """Stochastic rollouts of the data agent's medium or expert policy (D4RL's rollouts), episode
+    seeds seed + 50000 on."""
+    ck = load_checkpoint(Path(agent_dir) / AGENT_FILES[which], device)
+    agent = SAC(ck["obs_dim"], ck["act_dim"], ck["config"], device)
+    agent.load_state_dict(ck["state"])
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return rollout(lambda o: agent.act(o, deterministic=False, generator=gen), env_name, episodes, seed + 50_000)
+
+
+def make_dataset(task: Task, out_dir: Path, *, agent_dir: Path | None, episodes: int, seed: int,
+                 device="cpu") -> dict:
+    """Write `out_dir` as the Minari dataset of a generated task and return what it holds.
+
+    random: uniform random actions. medium / expert: `episodes` stochastic rollouts of the data
+    agent's medium / expert policy. medium-replay: the agent's training episodes up to its medium
+    point. medium-expert: the medium and the expert rollouts together (2 x `episodes`)."""
+    env_name, quality = task.env, task.quality
+    agent = {"score": None, "env_steps": 0, "seed": seed}
     if quality == "random":
         rng = np.random.default_rng(seed)
         env = make_env(env_name)
         act_dim = env.action_space.shape[0]
         env.close()
         eps = rollout(lambda o: rng.uniform(-1, 1, (len(o), act_dim)).astype(np.float32), env_name, episodes, seed)
-        info.update(sac_env_steps=0, agent_score=None, target_reached=None)
     else:
-        stop = medium_target if quality in ("medium", "medium-replay") else None
-        agent, train_info, train_eps = train_sac(
-            env_name, sac_cfg, sac_steps, sac_warmup, sac_eval_every, seed, device, eval_episodes=2,
-            stop_score=stop, record_episodes=quality == "medium-replay", log=log, resume_path=resume_path,
-            checkpoint_every=sac_eval_every)
-        info.update(sac_env_steps=train_info["env_steps"], agent_score=train_info["score"],
-                    target_reached=train_info["target_reached"] if stop is not None else None,
-                    sac_evaluations=train_info["evaluations"])
+        import json
+        trained = json.loads((Path(agent_dir) / "info.json").read_text())
+        policy = "expert" if quality == "expert" else "medium"
+        if trained[policy] is None:
+            raise FileNotFoundError(f"{agent_dir} holds no {policy} policy: rerun its data_agent stage")
+        agent = {**trained[policy], "seed": trained["seed"]}
         if quality == "medium-replay":
-            eps = train_eps
+            eps = load_checkpoint(Path(agent_dir) / AGENT_FILES["medium"], device)["episodes"]
+            if eps is None:
+                raise FileNotFoundError(f"{agent_dir}: the data agent never reached its medium score "
+                                        f"({trained['medium_target']}), so there is no medium-replay data: lower "
+                                        f"dataset.medium_target_score or raise the budget's sac_steps")
         else:
-            gen = torch.Generator(device=device).manual_seed(seed)
-            eps = rollout(lambda o: agent.act(o, deterministic=False, generator=gen), env_name, episodes,
-                          seed + 50_000)
+            eps = [] if quality == "expert" else _policy_rollouts(agent_dir, "medium", env_name, episodes, seed, device)
+            if quality in ("expert", "medium-expert"):
+                if trained["expert"] is None:
+                    raise FileNotFoundError(f"{agent_dir} holds no expert policy: rerun its data_agent stage")
+                eps += _policy_rollouts(agent_dir, "expert", env_name, episodes, seed, device)
+                agent = {**trained["expert"], "seed": trained["seed"]}
     returns = np.array([float(e["rewards"].sum()) for e in eps])
-    info.update(episodes=len(eps), transitions=int(sum(len(e["actions"]) for e in eps)),
-                return_mean=float(returns.mean()), score_mean=float(normalized_score(env_name, returns).mean()))
+    info = {"task": task.name, "quality": quality, "env": env_name, "seed": seed, "machine": f"{cpu_name()}, {device}",
+            "agent": agent, "episodes": len(eps), "transitions": int(sum(len(e["actions"]) for e in eps)),
+            "return_mean": float(returns.mean()), "score_mean": float(normalized_score(env_name, returns).mean())}
     algorithm = "SAC" if quality != "random" else "random"
-    # the behaviour agent: its normalised evaluation score when training stopped and its training env steps
-    agent = {"score": info["agent_score"], "env_steps": info["sac_env_steps"], "seed": seed}
     score = "none" if agent["score"] is None else f"{agent['score']:.2f}"
     desc = (f"Locally generated {quality} data for {env_name} by the diffrl pipeline (behaviour agent {algorithm}, "
             f"{agent['env_steps']} env steps, normalised score {score}; data mean score {info['score_mean']:.2f}). "

@@ -128,6 +128,29 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([x.sin(), x.cos()], -1)
 
 
+class ScaledSinusoidalEmbedding(nn.Module):
+    """The SDAC/DPMD reference's time embedding (pnielsen2/inference_mirror_descent@833e14c,
+    relax/network/blocks.py:228-248, `scaled_sinusoidal_encoding`): frequencies theta^(-j/half) for
+    j = 0 .. half-1, [sin, cos] of t times them, scaled by 1/sqrt(dim). SinusoidalEmbedding (Diffusion-QL's)
+    divides by half - 1 instead, so its last frequency is exactly 1/theta, and does not scale. t is the
+    integer level 0 .. T-1 in both (the reference's p_sample and randint levels). No parameters: the
+    frequencies are a buffer named as the reference names them, so a state dict of the other embedding
+    does not load into it."""
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"the embedding's dim must be even (sin and cos halves), got {dim}")
+        half = dim // 2
+        # float32, as the reference's jnp.arange(half) / half and theta ** -freq_seq (blocks.py:235-236)
+        self.register_buffer("inv_freq", theta ** -(torch.arange(half, dtype=torch.float32) / half))
+        self.scale = dim ** -0.5
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = t.float().unsqueeze(-1) * self.inv_freq
+        return torch.cat([x.sin(), x.cos()], -1) * self.scale
+
+
 class NoiseNet(nn.Module):
     """eps_theta(a_t, t, s): time embedding 16 -> Linear 32 -> Mish -> Linear 16, then
     concat(a_t, t_emb, s) -> layers x hidden Mish -> action dim (the Diffusion-QL policy net)."""

@@ -59,7 +59,8 @@ def describe_dataset(dataset_dir: str) -> str:
     if info.get("source") == "minari":
         return f"Minari {info.get('minari_id')}"
     machine = f"; generated on {info['machine']}" if "machine" in info else ""
-    return (f"locally generated {info['quality']} (SAC behaviour agent, {info['episodes']} episodes, mean score "
+    agent = "uniform random actions" if info["quality"] == "random" else "SAC behaviour agent"
+    return (f"locally generated {info['quality']} ({agent}, {info['episodes']} episodes, mean score "
             f"{info['score_mean']:.1f}{machine}; not D4RL)")
 
 
@@ -75,8 +76,6 @@ def train_run(section: str, cfg, *, env_name: str, dataset_dir: str, out_dir: Pa
     eval_every or curve_episodes (so changing those does not rerun them) and checkpoint ten times
     per run (both also every DIFFRL_CHECKPOINT_SECONDS, see diffrl.train.checkpoint_interval).
     """
-    if hasattr(cfg, "for_env"):  # per-task values (DTQL's alpha)
-        cfg = cfg.for_env(env_name)
     data = load_offline(dataset_dir, env_name)
     reference = reference_scores(env_name, data.metadata)  # what every score of this run is normalised with
     obs_dim, act_dim = data.obs.shape[1], data.action.shape[1]

@@ -2,6 +2,7 @@
 regenerates every file generated from the declarations.
 
     python -m diffrl.params ROW [ROW ...]   # each row's (or section's) effective settings, as YAML
+    python -m diffrl.params dql --task hopper-medium-replay   # as a job of that task reads them
     python -m diffrl.params --regenerate    # dvc.yaml, workflow/schemas/params.schema.json, docs/params.md
 
 A key's meaning and range live in its config dataclass (diffrl/config.py, diffrl/algos/*.py), its
@@ -113,22 +114,35 @@ def resolve(name: str) -> str:
     raise ConfigError(f"unknown row or section '{name}'{_suggest(name, known)}")
 
 
-def effective(section: str, raw: dict) -> dict:
-    """A section's settings as a job reads them: its dataclass defaults with params.yaml's values on top."""
+def effective(section: str, raw: dict, task: str | None = None) -> dict:
+    """A section's settings as a job reads them: its dataclass defaults, then (for a job of `task`) its
+    algorithm's published settings for the task, params.yaml's values, then what the task changes."""
     from diffrl import config
-    return dataclasses.asdict(config.validate(raw, sections=[section])[section])
+    return dataclasses.asdict(config.validate(raw, sections=[section], task=task)[section])
 
 
-def show(name: str, raw: dict | None = None) -> str:
-    """A row's or section's effective settings as YAML; each value params.yaml sets is marked."""
+def show(name: str, raw: dict | None = None, task: str | None = None) -> str:
+    """A row's or section's effective settings as YAML (for a job of `task` when given); each value not
+    the dataclass default is marked with where it comes from."""
+    from diffrl.algos import published_settings
+    from diffrl.tasks import parse
     raw = yaml.safe_load((ROOT / "params.yaml").read_text()) if raw is None else raw
     section = resolve(name)
-    own = raw.get(section) or {}
+    sources = {}
+    if task is not None:
+        task = parse(task).name
+        if section in SECTIONS:
+            sources.update(dict.fromkeys(published_settings(section, task), f"published for {task}"))
+    sources.update(dict.fromkeys(raw.get(section) or {}, "set in params.yaml"))
+    if task is not None:
+        changes = ((raw.get("tasks") or {}).get(task) or {}).get(section) or {}
+        sources.update(dict.fromkeys(changes, f"tasks.{task}"))
     head = f"{section}:" + (f"    # the `{name}` row's section" if section != name else "")
+    head += f"    # on task {task}" if task else ""
     lines = [head]
-    for key, value in effective(section, raw).items():
+    for key, value in effective(section, raw, task).items():
         text = yaml.safe_dump({key: value}, default_flow_style=True, width=10**6).strip()[1:-1]
-        lines.append(f"  {text}" + ("    # set in params.yaml" if key in own else ""))
+        lines.append(f"  {text}" + (f"    # {sources[key]}" if key in sources else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -159,13 +173,20 @@ def main(argv: list[str]) -> int:
         written = regenerate()
         print("regenerated: " + (", ".join(written) if written else "nothing (every generated file is current)"))
         return 0
-    if not argv or any(a.startswith("-") for a in argv):
-        print("usage: python -m diffrl.params ROW [ROW ...]   (a row's effective settings)\n"
+    task = None
+    if "--task" in argv:
+        at = argv.index("--task")
+        task, argv = (argv[at + 1] if at + 1 < len(argv) else ""), argv[:at] + argv[at + 2:]
+    if not argv or not task and task is not None or any(a.startswith("-") for a in argv):
+        print("usage: python -m diffrl.params ROW [ROW ...] [--task TASK]   (a row's effective settings, on a task)\n"
               "       python -m diffrl.params --regenerate    (dvc.yaml, the params schema, docs/params.md)",
               file=sys.stderr)
         return 2
     try:
-        sys.stdout.write("".join(show(a) for a in argv))
+        sys.stdout.write("".join(show(a, task=task) for a in argv))
+    except ValueError as e:  # a bad task name
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

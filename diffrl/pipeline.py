@@ -27,20 +27,25 @@ RUN_KEYS = ("device", "deterministic", "compile", "tf32")  # how a job runs, rea
 
 
 # --------------------------------------------------------------------------- paths
-def dataset_dir(env: str) -> str:
-    return f"data/{env}/dataset"
+def agent_dir(env: str) -> str:
+    """The SAC data agent of an environment, which its generated datasets are drawn from."""
+    return f"data/{env}/agent"
+
+
+def dataset_dir(task: str) -> str:
+    return f"data/{task}/dataset"
 
 
 def toy_file(name: str) -> str:
     return f"data/toy/{name}.npz"
 
 
-def run_dir(env: str, algo: str, seed) -> str:
-    return f"runs/{env}/{algo}/seed{seed}"
+def run_dir(task: str, algo: str, seed) -> str:
+    return f"runs/{task}/{algo}/seed{seed}"
 
 
-def eval_file(env: str, algo: str, seed) -> str:
-    return f"runs/{env}/eval/{algo}/seed{seed}.json"
+def eval_file(task: str, algo: str, seed) -> str:
+    return f"runs/{task}/eval/{algo}/seed{seed}.json"
 
 
 def bandit_file(name: str, algo: str) -> str:
@@ -58,22 +63,45 @@ def log_file(stage: str, *parts) -> str:
     return "logs/" + "/".join([stage, *map(str, parts)]) + ".log"
 
 
-def resume_file(section: str, env: str, seed) -> str:
-    """Resume checkpoints live outside the stage outputs, so a failed job's progress survives."""
-    return f"runs/.resume/{env}/{section}/seed{seed}.pt"
+def resume_file(section: str, where: str, seed) -> str:
+    """Resume checkpoints live outside the stage outputs, so a failed job's progress survives
+    (`where`: the job's task, or the environment of a data agent)."""
+    return f"runs/.resume/{where}/{section}/seed{seed}.pt"
 
 
-SUMMARY_OUTPUTS = ("summary.csv", "summary.md", "metrics.json", "curves.csv", "curves.png", "online_curves.png",
-                   "intervals.png", "plots")   # plots: a folder, one mean curve per row (`dvc plots show`)
+# a summary's outputs, for one scope (a task, an environment's tasks, or `suite`: every task)
+SUMMARY_OUTPUTS = ("summary.csv", "summary.md", "metrics.json", "table.csv", "table.md", "table.tex",
+                   "profile.png", "curves.csv", "curves.png", "online_curves.png", "intervals.png",
+                   "plots")   # plots: a folder, one mean curve per row (`dvc plots show`)
 
 
-def summary_files(env: str) -> list[str]:
-    return [f"results/{env}_{name}" for name in SUMMARY_OUTPUTS]
+def summary_files(scope: str) -> list[str]:
+    return [f"results/{scope}_{name}" for name in SUMMARY_OUTPUTS]
 
 
-def row_curve_file(env: str, row: str) -> str:
-    """A row's learning curve, mean over seeds, in the summary's `plots` folder."""
-    return f"results/{env}_plots/{row}.csv"
+def row_curve_file(scope: str, row: str) -> str:
+    """A row's learning curve, mean over seeds (and tasks), in the summary's `plots` folder."""
+    return f"results/{scope}_plots/{row}.csv"
+
+
+def axis_values(params: dict, source: str) -> list:
+    """The values of a matrix axis: a params.yaml list, or one derived from `tasks` (AXIS_SOURCES)."""
+    if source in AXIS_SOURCES:
+        return AXIS_SOURCES[source](params["tasks"])
+    return list(params[source])
+
+
+def _summary_scopes(tasks) -> list[str]:
+    return [*tasks, "suite"]
+
+
+def _agent_envs(tasks) -> list[str]:
+    from diffrl.tasks import agent_envs
+    return agent_envs(tasks)
+
+
+# axes whose values derive from `tasks`: the tasks, the environments with a data agent, the summaries
+AXIS_SOURCES: dict[str, Callable] = {"tasks": list, "agent_envs": _agent_envs, "scopes": _summary_scopes}
 
 
 # --------------------------------------------------------------------------- the record
@@ -168,20 +196,31 @@ def _bandit_budget(row: str) -> list[str]:
     return keys + list(dict.fromkeys(k for s in sections for k in REGISTRY[s].budget_args.values()))
 
 
+def _dataset_inputs(job: Job) -> list[str]:
+    """The data agent of the task's environment (none for random data or a Minari id). DVC, whose
+    matrix cannot derive the environment from the task, depends on every data agent: a rerun whose
+    dataset comes out the same leaves what reads it cached."""
+    from diffrl.tasks import agent_envs, parse
+    if job.folders:
+        return [agent_dir(env) for env in agent_envs(job.params["tasks"])]
+    task = parse(job.w["task"])
+    return [agent_dir(task.env)] if task.needs_agent else []
+
+
 def _train_inputs(job: Job) -> list[str]:
     from diffrl.algos import PRETRAINED
     w = job.w
-    return [dataset_dir(w["env"]), *(run_dir(w["env"], part, w["seed"]) for part in PRETRAINED.get(job.section, ()))]
+    return [dataset_dir(w["task"]), *(run_dir(w["task"], part, w["seed"]) for part in PRETRAINED.get(job.section, ()))]
 
 
 def _online_inputs(job: Job) -> list[str]:
     init = job.offline_init()
-    return [run_dir(job.w["env"], init, job.w["seed"])] if init else []
+    return [run_dir(job.w["task"], init, job.w["seed"])] if init else []
 
 
 def _evaluate_inputs(job: Job) -> list[str]:
     from diffrl.algos import evaluated_runs
-    return [run_dir(job.w["env"], r, job.w["seed"]) for r in evaluated_runs(job.section)]
+    return [run_dir(job.w["task"], r, job.w["seed"]) for r in evaluated_runs(job.section)]
 
 
 def _runs_online(row: str, offline_init: str) -> list[str]:
@@ -198,10 +237,14 @@ def _runs_evaluated(row: str, offline_init: str) -> list[str]:
 
 
 def _summary_inputs(job: Job) -> list[str]:
-    algos, env = job.params["algorithms"], job.w["env"]
+    """The evaluations of the tasks a summary covers (DVC, whose matrix cannot derive them from the
+    scope: those of every task, whose folders it lists)."""
+    from diffrl.tasks import in_scope
+    algos = job.params["algorithms"]
     if job.folders:
-        return [str(Path(eval_file(env, a, 0)).parent) for a in algos]
-    return [eval_file(env, a, s) for a in algos for s in job.params["seeds"]]
+        return [str(Path(eval_file(t, a, 0)).parent) for t in job.params["tasks"] for a in algos]
+    tasks = in_scope(job.w["scope"], job.params["tasks"])
+    return [eval_file(t, a, s) for t in tasks for a in algos for s in job.params["seeds"]]
 
 
 def _bandit_plot_inputs(job: Job) -> list[str]:
@@ -216,48 +259,55 @@ def _bandit_summary_inputs(job: Job) -> list[str]:
     return [bandit_file(n, a) for n in job.params["bandit_sets"] for a in OFFLINE]
 
 
-_ENV_SEED = {"env": "envs", "seed": "seeds"}
-_TRAINED = dict(axes=_ENV_SEED, builds="trained", budget=_train_budget, inputs=_train_inputs, gpu=True, group="gpu",
+_TASK_SEED = {"task": "tasks", "seed": "seeds"}
+_TRAINED = dict(axes=_TASK_SEED, builds="trained", budget=_train_budget, inputs=_train_inputs, gpu=True, group="gpu",
                 cost=lambda c, section: c.train(section), data_mb=lambda c: c.dataset_mb())
 
 # in pipeline order: dvc.yaml lists the stages so, and each stage's jobs come after those they read
 STAGES: dict[str, Stage] = {
-    # the offline dataset of each environment: generated by the pipeline's SAC agent, or fetched from Minari
-    "dataset": Stage("python stages/dataset.py --env {env}", (dataset_dir("{env}"),), {"env": "envs"},
-                     keys=(*RUN_KEYS, "dataset", "sac"),
-                     budget=("sac_steps", "sac_warmup", "sac_eval_every", "dataset_episodes"), gpu=True,
-                     cost=lambda c, section: c.dataset(), data_mb=lambda c: c.dataset_mb(sac=True)),
+    # each environment's SAC data agent (its medium and expert policies, its training episodes up to
+    # the medium point), which every generated dataset of that environment is drawn from
+    "data_agent": Stage("python stages/dataset.py data_agent --env {env}", (agent_dir("{env}"),),
+                        {"env": "agent_envs"}, keys=(*RUN_KEYS, "dataset", "sac"),
+                        budget=("sac_steps", "sac_warmup", "sac_eval_every"), gpu=True,
+                        cost=lambda c, section: c.data_agent(), data_mb=lambda c: c.dataset_mb(sac=True)),
+    # each task's offline dataset: generated from its environment's data agent (or random), or fetched from Minari
+    "dataset": Stage("python stages/dataset.py dataset --task {task}", (dataset_dir("{task}"),), {"task": "tasks"},
+                     keys=(*RUN_KEYS, "dataset"), budget=("dataset_episodes",), inputs=_dataset_inputs,
+                     cost=lambda c, section: c.dataset(), data_mb=lambda c: c.dataset_mb()),
     # the 2-D toy bandit datasets
     "toy_dataset": Stage("python stages/toy_dataset.py --name {name}", (toy_file("{name}"),), {"name": "toy_sets"},
                          budget=("toy_samples",), target=2, plan_row="bandit study", cost=5.0),
     # critic pretraining (IQL losses) and behaviour pretraining of the rows that start from them
-    "critic_pretrain": Stage("python stages/train.py critic_pretrain --critic {critic} --env {env} --seed {seed}",
-                             (run_dir("{env}", "{critic}", "{seed}"),), row="critic", sections="CRITICS",
+    "critic_pretrain": Stage("python stages/train.py critic_pretrain --critic {critic} --task {task} --seed {seed}",
+                             (run_dir("{task}", "{critic}", "{seed}"),), row="critic", sections="CRITICS",
                              keys=(*RUN_KEYS, "budget", "{section}"), **_TRAINED),
-    "behavior_pretrain": Stage("python stages/train.py behavior_pretrain --behavior {behavior} --env {env} "
-                               "--seed {seed}", (run_dir("{env}", "{behavior}", "{seed}"),), row="behavior",
+    "behavior_pretrain": Stage("python stages/train.py behavior_pretrain --behavior {behavior} --task {task} "
+                               "--seed {seed}", (run_dir("{task}", "{behavior}", "{seed}"),), row="behavior",
                                sections="BEHAVIORS", keys=(*RUN_KEYS, "budget", "{section}"), **_TRAINED),
     # every offline row, on the dataset (and on the pretraining runs it starts from)
-    "offline_train": Stage("python stages/train.py offline_train --algo {algo} --env {env} --seed {seed}",
-                           (run_dir("{env}", "{algo}", "{seed}"),), row="algo", sections="OFFLINE",
+    "offline_train": Stage("python stages/train.py offline_train --algo {algo} --task {task} --seed {seed}",
+                           (run_dir("{task}", "{algo}", "{seed}"),), row="algo", sections="OFFLINE",
                            keys=(*RUN_KEYS, "budget", "{section}"), **_TRAINED),
     # every online row, in the environment; an offline-to-online row starts from its offline_init run
-    "online_train": Stage("python stages/online.py --algo {algo} --env {env} --seed {seed}",
-                          (run_dir("{env}", "{algo}", "{seed}"),), _ENV_SEED, row="algo", sections="ONLINE",
+    "online_train": Stage("python stages/online.py --algo {algo} --task {task} --seed {seed}",
+                          (run_dir("{task}", "{algo}", "{seed}"),), _TASK_SEED, row="algo", sections="ONLINE",
                           builds="trained", keys=(*RUN_KEYS, "budget", "{section}", "{top_keys}"),
                           budget=("online_steps", "online_warmup", "online_eval_every", "curve_episodes",
                                   "max_episode_steps"),
                           inputs=_online_inputs, runs=_runs_online, gpu=True, group="gpu",
                           cost=lambda c, section: c.online(section)),
     # the final evaluation of every selected row (a tilted row: its base row's run under its tilt)
-    "evaluate": Stage("python stages/evaluate.py --env {env} --algo {algo} --seed {seed}",
-                      (eval_file("{env}", "{algo}", "{seed}"),), _ENV_SEED, row="algo", sections="ROWS",
-                      builds="selected", keys=(*RUN_KEYS, "{tilt}"), budget=("eval_episodes", "max_episode_steps"),
+    "evaluate": Stage("python stages/evaluate.py --task {task} --algo {algo} --seed {seed}",
+                      (eval_file("{task}", "{algo}", "{seed}"),), _TASK_SEED, row="algo", sections="ROWS",
+                      builds="selected", keys=(*RUN_KEYS, "{tilt}"),
+                      budget=("eval_episodes", "curve_episodes", "max_episode_steps"),
                       inputs=_evaluate_inputs, runs=_runs_evaluated, gpu=True, group="gpu",
                       cost=lambda c, section: c.evaluate(section)),
-    # the multi-seed statistics, tables and figures of each environment
-    "summary": Stage("python stages/summary.py --env {env}", tuple(summary_files("{env}")), {"env": "envs"},
-                     keys=("seeds", "algorithms", "stats"), budget=("below_regime",), inputs=_summary_inputs,
+    # the multi-seed statistics, tables and figures of each task and of the suite of tasks (an
+    # environment's tasks on request: results/hopper_summary.csv)
+    "summary": Stage("python stages/summary.py --scope {scope}", tuple(summary_files("{scope}")),
+                     {"scope": "scopes"}, keys=("seeds", "algorithms", "tasks", "stats"), budget=("below_regime",), inputs=_summary_inputs,
                      cached=False, target=1),
     # the 2-D bandit study: every offline row (its pretraining in the same job) on each toy set, all seeds
     "bandit_train": Stage("python stages/bandit.py bandit_train --name {name} --algo {algo}",
@@ -347,7 +397,14 @@ def declared_values(stage: str, /, validated: dict, raw: dict, **wildcards) -> s
     params.yaml value of each declared key, and of the selected budget preset only the resolved
     values of the keys the job reads: another preset, or an unread key of this one, reruns nothing
     (the preset's name counts only for the stages that declare `budget`)."""
-    out = {key: raw.get(key) for key in stage_keys(stage, **wildcards)}
+    keys = stage_keys(stage, **wildcards)
+    # the task list by name: what a task changes is declared by its own jobs (below), so editing one
+    # task's entry reruns that task's jobs only
+    out = {key: (sorted(raw.get(key) or {}) if key == "tasks" else raw.get(key)) for key in keys}
+    if "task" in wildcards:
+        from diffrl.tasks import parse
+        changes = (raw.get("tasks") or {}).get(parse(wildcards["task"]).name) or {}
+        out["tasks[task]"] = {k: v for k, v in changes.items() if k in keys}
     preset = validated["budgets"][validated["budget"]]
     budget = {key: getattr(preset, key) for key in budget_keys(stage, **wildcards)}
     if budget:

@@ -123,12 +123,14 @@ class Cost:
         self.params, self.gpu = params, gpu
         self.b = params["budgets"][params["budget"]]
 
-    def dataset(self) -> float:
-        """The dataset's SAC agent: its updates, its evaluations, then the recorded episodes."""
+    def data_agent(self) -> float:
+        """An environment's SAC data agent: its updates and its evaluations."""
         b, gpu = self.b, self.gpu
-        return (b.sac_steps * _step_s("sac", gpu)
-                + (b.sac_steps // b.sac_eval_every) * 2 * EPISODE_STEPS * 0.001
-                + b.dataset_episodes * EPISODE_STEPS * 0.001)
+        return b.sac_steps * _step_s("sac", gpu) + (b.sac_steps // b.sac_eval_every) * 2 * EPISODE_STEPS * 0.001
+
+    def dataset(self) -> float:
+        """A task's dataset: its rolled-out episodes (medium-expert: twice as many)."""
+        return 2 * self.b.dataset_episodes * EPISODE_STEPS * 0.001
 
     def train(self, section: str) -> float:
         """An offline run: its steps, its setup pass, and for a row its learning-curve evaluations."""
@@ -173,7 +175,7 @@ class Cost:
 
     def dataset_mb(self, sac: bool = False) -> float:
         """Transitions (obs, next_obs, action, reward, terminal as float32; obs and action dims below
-        32) held twice while loading; the dataset stage's SAC buffer (`sac`) holds sac_steps more."""
+        32) held twice while loading; the data agent's SAC buffer (`sac`) holds sac_steps more."""
         b = self.b
         transitions = b.dataset_episodes * EPISODE_STEPS + (b.sac_steps if sac else 0)
         return 2 * transitions * (3 * 32 + 2) * 4 / 1e6

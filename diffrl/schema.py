@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from diffrl.algos import KIND_STAGES, OFFLINE, REGISTRY, ROWS, SECTIONS, module_of
-from diffrl.config import BUDGET_NAMES, ENV_NAMES, SECTION_TYPES, Budget, Params, _default, kind_of
+from diffrl.config import BUDGET_NAMES, SECTION_TYPES, Budget, Params, _default, kind_of
 from diffrl.params import _summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +30,7 @@ def _items() -> dict[tuple[str, str], dict]:
     """The elements of list fields, which param() metadata does not describe: what
     diffrl.config.validate checks them against, as (class, field) -> item schema."""
     from diffrl.data import TOY_SETS
-    return {("Params", "envs"): {"enum": list(ENV_NAMES)},
-            ("Params", "algorithms"): {"enum": list(ROWS)},
+    return {("Params", "algorithms"): {"enum": list(ROWS)},
             ("Params", "toy_sets"): {"enum": list(TOY_SETS)},
             ("Params", "bandit_sets"): {"enum": list(TOY_SETS)},
             ("Params", "seeds"): {"type": "integer", "minimum": 0},
@@ -51,7 +50,11 @@ def field_schema(cls, f: dataclasses.Field) -> dict:
     if meta.get("high") is not None:
         out["exclusiveMaximum" if meta["high_open"] else "maximum"] = meta["high"]
     items = _items().get((cls.__name__, f.name))
-    if items is not None:
+    if (cls.__name__, f.name) == ("Params", "tasks"):  # task name -> {section: {key: value}} (diffrl.tasks)
+        from diffrl.tasks import PATTERN
+        out.update(minProperties=1, propertyNames={"pattern": f"^(?:{PATTERN})$"},
+                   additionalProperties={"type": ["object", "null"]})
+    elif items is not None:
         out["items"] = items
         if f.name == "seeds":
             out.update(minItems=1, uniqueItems=True)

@@ -1,6 +1,6 @@
 """What every stage entry point shares: arguments, validated params, logging, errors.
 
-A stage is `python stages/NAME.py --env E [--seed S] [--set key=value ...]`. It validates
+A stage is `python stages/NAME.py --task T [--seed S] [--set key=value ...]`. It validates
 params.yaml (plus overrides) before doing any work, sees only the keys it declared in
 diffrl.pipeline (STAGES and budget_keys), tees its output to its log file, and turns known
 failures (bad params or data, NaNs, an output it cannot write) into one line naming the key
@@ -62,14 +62,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def task_arg(name: str):
+    """argparse type of --task: the task a name denotes (diffrl.tasks), or one line naming the fix."""
+    from diffrl.tasks import parse
+    try:
+        return parse(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) -> None:
-    """Validate params, open the log, run `main(params, args)`; map known failures to one line."""
+    """Validate params (a job of a task: with what the task changes), open the log, run
+    `main(params, args)`; map known failures to one line."""
     stop_with_scheduler()  # a job whose scheduler was killed stops too (diffrl/scheduler.py)
     try:
         keys = stage_keys(stage, **wildcards)
         # only the algorithm sections this job reads are validated, so it imports only their modules
         # (the code dependencies diffrl.dag declares for it); the Snakefile validates them all
-        validated = config.load(args.params, args.set, sections=keys)
+        validated = config.load(args.params, args.set, sections=keys, task=wildcards.get("task"))
         params = StageParams(stage, validated, keys, budget_keys(stage, **wildcards))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

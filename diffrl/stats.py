@@ -1,20 +1,18 @@
-"""Multi-seed statistics: the summary table (mean, SE, std, IQM with a stratified-bootstrap CI; a
-tilted row next to its base row with its probability of improvement over it), probability of
-improvement against a baseline, learning curves and interval plots."""
+"""Multi-seed statistics: the summary table (mean, SE, std, and rliable's aggregates over tasks x
+seeds from diffrl.suite; a tilted row next to its base row with its probability of improvement over
+it), learning curves and interval plots."""
 from __future__ import annotations
 
 import textwrap
-import warnings
 
 import numpy as np
 import pandas as pd
 
-# rliable hands arch a RandomState, which arch now warns about; the seeding is still exact.
-warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
-COLUMNS = ["algorithm", "n_seeds", "score_mean", "score_se", "score_std", "score_iqm", "iqm_ci_low",
-           "iqm_ci_high", "best_mean", "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s", "note",
-           "base_row", "poi_vs_base", "poi_vs_base_low", "poi_vs_base_high"]
+COLUMNS = ["algorithm", "n_seeds", "n_tasks", "score_mean", "score_se", "score_std", "score_iqm", "iqm_ci_low",
+           "iqm_ci_high", "median", "optimality_gap", "optimality_gap_ci_low", "optimality_gap_ci_high", "best_mean",
+           "selected_mean", "return_mean", "env_steps", "grad_steps", "wall_s", "note", "base_row", "poi_vs_base",
+           "poi_vs_base_low", "poi_vs_base_high"]
 BELOW_REGIME = "below its learning regime at this budget (docs/budgets.md)"
 
 
@@ -24,42 +22,19 @@ def iqm(x: np.ndarray) -> float:
     return float(metrics.aggregate_iqm(np.asarray(x, dtype=np.float64).reshape(-1, 1)))
 
 
-def iqm_interval(scores: dict[str, np.ndarray], reps: int, confidence: float, seed: int = 0) -> dict:
-    """IQM point estimate and stratified-bootstrap CI per algorithm (rliable)."""
-    from rliable import library as rly
-    from rliable import metrics
-    score_dict = {k: np.asarray(v, dtype=np.float64).reshape(-1, 1) for k, v in scores.items()}
+def score_matrix(results: list[dict], algorithms: list[str]) -> dict[str, np.ndarray]:
+    """Each row's final scores as a (seeds, tasks) array, rliable's layout (diffrl.suite), from the
+    evaluation records (a record without a task counts as one task)."""
+    tasks = list(dict.fromkeys(r.get("task") for r in results))
+    seeds = sorted({r["seed"] for r in results}) if all("seed" in r for r in results) else None
     out = {}
-    for k, v in score_dict.items():
-        if len(v) < 2:  # a single run has no spread to resample
-            out[k] = (float(v.mean()), float(v.mean()), float(v.mean()))
+    for a in algorithms:
+        rs = [r for r in results if r["algorithm"] == a]
+        if seeds is None:  # records without seeds: one run per record, in order
+            out[a] = np.array([[r["final_score"]] for r in rs], dtype=np.float64)
             continue
-        point, ci = rly.get_interval_estimates({k: v}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps,
-                                               confidence_interval_size=confidence,
-                                               random_state=np.random.RandomState(seed))
-        out[k] = (float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0]))
-    return out
-
-
-def probability_of_improvement(scores: dict[str, np.ndarray], baseline: str, reps: int, confidence: float,
-                               seed: int = 0) -> dict:
-    """P(X > Y) of each algorithm X over the baseline Y (Mann-Whitney, ties count half), with CI."""
-    from rliable import library as rly
-    from rliable import metrics
-    out = {}
-    y = np.asarray(scores[baseline], dtype=np.float64).reshape(-1, 1)
-    for k, v in scores.items():
-        if k == baseline:
-            continue
-        x = np.asarray(v, dtype=np.float64).reshape(-1, 1)
-        point = float(metrics.probability_of_improvement(x, y))
-        if len(x) > 1 and len(y) > 1:
-            _, ci = rly.get_interval_estimates({k: (x, y)}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-                                               reps=reps, confidence_interval_size=confidence,
-                                               random_state=np.random.RandomState(seed))
-            out[k] = (point, float(ci[k][0, 0]), float(ci[k][1, 0]))
-        else:
-            out[k] = (point, point, point)
+        by = {(r.get("task"), r["seed"]): r["final_score"] for r in rs}
+        out[a] = np.array([[by[t, s] for t in tasks] for s in seeds], dtype=np.float64)
     return out
 
 
@@ -77,27 +52,40 @@ def table_order(algorithms: list[str], bases: dict[str, str]) -> list[str]:
 
 
 def summarize(results: list[dict], algorithms: list[str], reps: int, confidence: float,
-              below_regime=(), bases: dict[str, str] | None = None) -> pd.DataFrame:
+              below_regime=(), bases: dict[str, str] | None = None, aggregate: pd.DataFrame | None = None
+              ) -> pd.DataFrame:
     """One row per algorithm from the evaluation records of its seeds; rows in `below_regime`, and the
     tilted rows of a base row in it, carry the BELOW_REGIME note (their score says what the budget
     allowed, not what the algorithm does). `bases`: tilted row -> its base row, whose probability
-    of improvement over the base (with its CI) fills base_row and poi_vs_base*."""
+    of improvement over the base (with its CI) fills base_row and poi_vs_base*. `aggregate`: the rows'
+    diffrl.suite.aggregate, when the caller has it already."""
+    from diffrl import suite
     bases = bases or {}
     by = {a: [r for r in results if r["algorithm"] == a] for a in algorithms}
-    scores = {a: np.array([r["final_score"] for r in rs]) for a, rs in by.items()}
-    intervals = iqm_interval(scores, reps, confidence)
+    matrix = score_matrix(results, algorithms)
+    agg = (suite.aggregate(matrix, reps, confidence) if aggregate is None else aggregate).set_index("algorithm")
     rows = []
     for a, rs in by.items():
-        s = scores[a]
+        s = matrix[a].ravel()
         n = len(s)
-        poi = (probability_of_improvement({a: s, bases[a]: scores[bases[a]]}, bases[a], reps, confidence)[a]
-               if a in bases else (float("nan"),) * 3)
+        if a in bases:
+            p = suite.improvement({a: matrix[a], bases[a]: matrix[bases[a]]}, bases[a], reps, confidence).iloc[0]
+            poi = (p.probability, p.ci_low, p.ci_high)
+        else:
+            poi = (float("nan"),) * 3
         rows.append({
-            "algorithm": a, "n_seeds": n, "score_mean": s.mean(),
+            "algorithm": a, "n_seeds": matrix[a].shape[0], "n_tasks": matrix[a].shape[1],
+            "score_mean": s.mean(),
             "score_se": s.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
             "score_std": s.std(ddof=1) if n > 1 else float("nan"),
-            "score_iqm": intervals[a][0], "iqm_ci_low": intervals[a][1], "iqm_ci_high": intervals[a][2],
-            "best_mean": float(np.mean([r["best_during_training_score"] for r in rs])),
+            # rliable's aggregates over tasks x seeds (diffrl.suite), stratified-bootstrap CIs
+            "score_iqm": agg.loc[a, "iqm"], "iqm_ci_low": agg.loc[a, "iqm_ci_low"],
+            "iqm_ci_high": agg.loc[a, "iqm_ci_high"], "median": agg.loc[a, "median"],
+            "optimality_gap": agg.loc[a, "optimality_gap"], "optimality_gap_ci_low": agg.loc[a, "optimality_gap_ci_low"],
+            "optimality_gap_ci_high": agg.loc[a, "optimality_gap_ci_high"],
+            # the best of evaluations with eval_episodes episodes each, where the runs had them (stages/evaluate.py)
+            "best_mean": (float(np.mean([r["best_during_training_score"] for r in rs]))
+                          if all(r.get("best_during_training_score") is not None for r in rs) else float("nan")),
             # Diffusion-QL's offline model selection (by BC loss): NaN for rows without it
             "selected_mean": (float(np.mean([r["offline_selected_score"] for r in rs]))
                               if all("offline_selected_score" in r for r in rs) else float("nan")),
@@ -207,8 +195,10 @@ def markdown(table: pd.DataFrame, poi: dict, baseline: str, header: str) -> str:
         return str(v)
     lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for _, row in table.iterrows()]
-    lines += ["", "score_* are final scores (D4RL-normalised, fresh evaluation episodes); best_mean is the "
-              "best-during-training score (selected on evaluation episodes, optimistic by construction); "
+    lines += ["", "score_* are final scores (D4RL-normalised, fresh evaluation episodes), over every task and seed; "
+              "score_iqm, median and optimality_gap (mean shortfall below 100) are rliable's aggregates with "
+              "stratified-bootstrap CIs (seeds resampled within each task); best_mean is the best of the run's "
+              "evaluations when each had eval_episodes episodes (nan when its curve points had fewer); "
               "selected_mean is the score of the checkpoint chosen by offline model selection (Diffusion-QL "
               "rows: lowest BC loss, no return looked at; nan for other rows). A tilted row evaluates the trained "
               "policy of its base_row under an inference-time tilt, on the same episodes; poi_vs_base is the "

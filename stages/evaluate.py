@@ -1,9 +1,10 @@
 """Stage `evaluate`: final evaluation of one trained row in the real environment.
 
-Writes runs/{env}/eval/{algo}/seed{seed}.json: the final score (fresh evaluation episodes,
-separate seeds from training), raw returns, and the best-during-training score taken from the
-run's learning curve (labelled as such: it is selected on evaluation episodes; the reference's
-results tool reports each seed's best checkpoint, so online rows are compared on both). Scores
+Writes runs/{task}/eval/{algo}/seed{seed}.json: the final score (fresh evaluation episodes,
+separate seeds from training), raw returns, and the best-during-training score: the best of the
+run's evaluations when each had eval_episodes episodes or more (curve_episodes >= eval_episodes), as
+the references select a best checkpoint; none when its curve points had fewer (a best of 2-episode
+evaluations is optimistic). Scores
 are normalised with the reference scores the run recorded in its train.json (an offline run's
 dataset's; diffrl.envs.reference_scores), the built-in D4RL table where it recorded none.
 Online rows act through their agent's `act`: for SDAC/DPMD the reference protocol (EMA policy
@@ -28,20 +29,21 @@ def main(p, args):
     from diffrl.train import policy_fn
     from diffrl.utils import read_json, run_device, seed_everything, write_json
 
+    task = args.task
     seed_everything(args.seed, p["deterministic"])
     tilted = args.algo in TILT_BASES
     if tilted:
         from diffrl.algos.tilted import load_tilted
-        agent, train = load_tilted(args.algo, p[args.algo], args.env, args.seed, run_device(p))
+        agent, train = load_tilted(args.algo, p[args.algo], task.name, args.seed, run_device(p))
     else:
-        rdir = run_dir(args.env, args.algo, args.seed)
+        rdir = run_dir(task.name, args.algo, args.seed)
         train = read_json(Path(rdir) / "train.json")
         agent, _ = load_agent(rdir, run_device(p))
     ep_seed = final_seed(args.seed)
     cap = p.budget.max_episode_steps
-    returns = evaluate(policy_fn(agent, ep_seed), args.env, p.budget.eval_episodes, ep_seed, cap)
-    reference = reference_scores(args.env, train.get("reference_scores"))
-    scores = normalized_score(args.env, returns, reference)
+    returns = evaluate(policy_fn(agent, ep_seed), task.env, p.budget.eval_episodes, ep_seed, cap)
+    reference = reference_scores(task.env, train.get("reference_scores"))
+    scores = normalized_score(task.env, returns, reference)
     # the learning curve ends with this final evaluation; its x axis is gradient steps for offline
     # rows and environment steps for online ones
     online = bool(train.get("online", False))
@@ -49,10 +51,11 @@ def main(p, args):
     final = {"step": last, "return": float(returns.mean()), "score": float(scores.mean())}
     curve = [final] if tilted else train.get("curve", []) + [final]
     result = {
-        "algorithm": args.algo, "env": args.env, "seed": args.seed,
+        "algorithm": args.algo, "task": task.name, "env": task.env, "seed": args.seed,
         "final_score": float(scores.mean()), "final_return": float(returns.mean()),
         "episode_returns": returns.tolist(), "eval_episodes": int(len(returns)),
-        "best_during_training_score": float(max([c["score"] for c in curve] + [scores.mean()])),
+        "best_during_training_score": (float(max([c["score"] for c in curve] + [scores.mean()]))
+                                       if p.budget.curve_episodes >= p.budget.eval_episodes else None),
         "curve": curve, "grad_steps": int(train.get("grad_steps", 0)), "env_steps": int(train.get("env_steps", 0)),
         # wall time of the row: its own training plus the pretraining runs it started from
         "wall_s": float(train.get("wall_s", 0.0)) + float(train.get("pretraining_wall_s", 0.0)),
@@ -69,14 +72,15 @@ def main(p, args):
         curve[-1]["bc_loss"] = train["final_bc_loss"]
         idx = select_checkpoint(curve, "offline", selection["k"], selection["published"])
         result.update(offline_selected_score=float(curve[idx]["score"]), offline_selected_step=int(curve[idx]["step"]))
-    write_json(eval_file(args.env, args.algo, args.seed), result)
-    print(f"{args.algo} {args.env} seed {args.seed}: return {returns.mean():.1f}, score {np.mean(scores):.2f}")
+    write_json(eval_file(task.name, args.algo, args.seed), result)
+    print(f"{args.algo} {task.name} seed {args.seed}: return {returns.mean():.1f}, score {np.mean(scores):.2f}")
 
 
 if __name__ == "__main__":
     a = stage.parser(__doc__)
-    a.add_argument("--env", required=True)
+    a.add_argument("--task", required=True, type=stage.task_arg)
     a.add_argument("--algo", required=True)
     a.add_argument("--seed", type=int, required=True)
     args = a.parse_args()
-    stage.run("evaluate", args, log_file("evaluate", args.env, args.algo, f"seed{args.seed}"), main, algo=args.algo)
+    stage.run("evaluate", args, log_file("evaluate", args.task.name, args.algo, f"seed{args.seed}"), main,
+              algo=args.algo, task=args.task.name)

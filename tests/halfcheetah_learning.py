@@ -75,7 +75,7 @@ CONFIGS = {
     **{section: EDA_OURS[section] for section in ("eda_critic", "eda_behavior", "eda")},
 }
 _EDA_STEPS = EDA_OURS["budgets"]["quick"]
-STEPS = {"bc": 4000, "dql": 10000, "eda_critic": _EDA_STEPS["critic_steps"],
+STEPS = {"bc": 4000, "dql": 10000, "eda_critic": _EDA_STEPS["eda_critic_steps"],
          "eda_behavior": _EDA_STEPS["energy_behavior_steps"], "eda": _EDA_STEPS["align_steps"]}
 SUPPORT_STATES = _EDA_STEPS["align_support_states"]  # EDA: states whose 16 behaviour samples are drawn first
 MARGIN = 1.5  # normalised-score points; see the module docstring for the measured gaps

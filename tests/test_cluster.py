@@ -103,14 +103,14 @@ def fake_slurm(project, tmp_path, *args):
 def test_slurm_profile_renders_sbatch_arguments_from_the_budget(project, tmp_path):
     """The SLURM plugin reads the profile and builds one sbatch call per ready job (a GPU stage: per
     group of one job)."""
-    targets = {"dataset": "data/halfcheetah/dataset", "toy_dataset": "data/toy/8gaussians.npz",
+    targets = {"data_agent": "data/halfcheetah/agent", "toy_dataset": "data/toy/8gaussians.npz",
                "bandit_train": "runs/bandit/8gaussians/dql.npz"}
     calls = fake_slurm(project, tmp_path, "--config", "budget=paper", "device=cuda", "--", *targets.values())
     by_rule = {name.removeprefix("gpu_"): argv for name, argv in calls.items()}
     assert set(by_rule) == set(targets), calls
 
     P = config.load(project / "params.yaml", ["budget=paper", "device=cuda"])
-    wildcards = {"dataset": {"env": "halfcheetah"}, "toy_dataset": {"name": "8gaussians"},
+    wildcards = {"data_agent": {"env": "halfcheetah"}, "toy_dataset": {"name": "8gaussians"},
                  "bandit_train": {"name": "8gaussians", "algo": "dql"}}
     for rule, argv in by_rule.items():
         want = job_resources(rule, P)
@@ -127,7 +127,7 @@ def test_slurm_profile_renders_sbatch_arguments_from_the_budget(project, tmp_pat
         # the profile's own settings hold (the default workflow profile's local ones do not override them)
         assert wrapped[wrapped.index("--latency-wait") + 1] == "120", wrapped
     # paper-budget jobs ask for hours, toy data for the minimum
-    assert int(by_rule["dataset"][by_rule["dataset"].index("-t") + 1]) > 60
+    assert int(by_rule["data_agent"][by_rule["data_agent"].index("-t") + 1]) > 60
     assert by_rule["toy_dataset"][by_rule["toy_dataset"].index("-t") + 1] == str(MIN_RUNTIME_MIN)
 
 
@@ -153,10 +153,11 @@ def test_slurm_profile_packs_several_runs_onto_one_gpu(project, tmp_path):
 def test_gpu_slots_let_several_jobs_share_one_gpu(project):
     """On one machine, `--resources gpu_slots=N` runs up to N GPU jobs at once: every GPU job takes one
     slot (the dry run lists it), and the cost plan schedules N of them side by side."""
-    targets = [f"runs/halfcheetah/eval/bc/seed{s}.json" for s in range(4)]
+    targets = [f"runs/halfcheetah-medium/eval/bc/seed{s}.json" for s in range(4)]
     cfg = ["--config", "device=cuda", "budget=quick", "seeds=[0,1,2,3]", "--", *targets]
     dry = run(["snakemake", "-n", "--printshellcmds", *cfg], project).stdout
-    assert dry.count("gpu_slots=1") == 9 and dry.count("gres=gpu:1") == 9, dry[-2000:]  # dataset, 4 train, 4 eval
+    # the data agent, 4 train, 4 eval (the dataset, rolled out from the agent, runs on the CPU)
+    assert dry.count("gpu_slots=1") == 9 and dry.count("gres=gpu:1") == 9, dry[-2000:]
     walls = {}
     for n in (1, 4):
         out = run(["snakemake", "--cores", "8", "--resources", f"gpu_slots={n}", *cfg], project,
@@ -169,16 +170,17 @@ def test_gpu_slots_let_several_jobs_share_one_gpu(project):
 
 def test_the_slurm_profile_groups_the_stages_its_record_groups():
     """The profile (YAML, read by Snakemake before the workflow) lists each stage's `group` of
-    diffrl.pipeline.STAGES: every GPU stage but the dataset, which every job depends on."""
+    diffrl.pipeline.STAGES: every GPU stage but the data agent, which every dataset of its environment
+    depends on."""
     profile = (ROOT / "workflow/profiles/slurm/config.yaml").read_text()
     import yaml
     groups = dict(g.split("=") for g in yaml.safe_load(profile)["groups"])
     assert groups == {name: st.group for name, st in STAGES.items() if st.group}
-    assert set(groups) == {name for name, st in STAGES.items() if st.gpu} - {"dataset"}
+    assert set(groups) == {name for name, st in STAGES.items() if st.gpu} - {"data_agent"}
 
 
 def test_job_resources_follow_the_budget_device_and_attempt():
-    wc = {"env": "halfcheetah", "algo": "dql", "seed": "0"}
+    wc = {"task": "halfcheetah-medium", "algo": "dql", "seed": "0"}
     res = {b: job_resources("offline_train", config.load(ROOT / "params.yaml", [f"budget={b}", "device=cuda"]))
            for b in ("smoke", "quick", "paper")}
     assert res["smoke"]["runtime"](wc) <= res["quick"]["runtime"](wc) < res["paper"]["runtime"](wc)

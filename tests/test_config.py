@@ -84,9 +84,11 @@ def test_a_budget_preset_sets_every_key():
     (["iql.lr=abc"], "is not a number"),
     (["sac.init_temperature=-1"], "out of range"),
     (["budget=smok"], "did you mean 'smoke'"),
-    (["envs=[halfcheeta]"], "did you mean 'halfcheetah'"),
+    (["tasks={halfcheeta-medium: {}}"], "'halfcheeta-medium' names no environment"),
+    (["tasks={hopper-medium: {dql: {etaa: 1}}}"], "did you mean 'tasks.hopper-medium.dql.eta'"),
+    (["tasks={hopper-medium: {sac: {lr: 1}}}"], "shared by an environment's tasks"),
     (["seeds=[0, 0]"], "distinct"),
-    (["budgets.smoke.critic_steps=0"], "out of range"),
+    (["budgets.smoke.eda_critic_steps=0"], "out of range"),
     (["algorithms=[bc, iqll]"], "did you mean 'iql'"),
     (["budgets.quick.below_regime=[dqll]"], "budgets.quick.below_regime: 'dqll' is not an offline row"),
     (["stats.baseline=qg", "algorithms=[bc, iql]"], "not in algorithms"),
@@ -118,8 +120,8 @@ def test_stage_sees_only_declared_keys():
     assert sp["bc"].T == 5 and sp.budget.offline_steps > 0  # the bc row's final policy: offline_steps
     with pytest.raises(KeyError, match="does not declare"):
         sp["iql"]
-    with pytest.raises(KeyError, match="reads budget key 'behavior_steps' but does not declare it"):
-        sp.budget.behavior_steps  # DTQL's behaviour pretraining key: changing it must not rerun bc
+    with pytest.raises(KeyError, match="reads budget key 'dtql_pretrain_steps' but does not declare it"):
+        sp.budget.dtql_pretrain_steps  # DTQL's pretraining key: changing it must not rerun bc
 
 
 def test_a_stage_validates_only_the_algorithm_sections_it_reads():
@@ -132,23 +134,25 @@ def test_a_stage_validates_only_the_algorithm_sections_it_reads():
 
 
 def test_stage_entry_point_fails_fast_with_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "stages/train.py", "offline_train", "--algo", "iql", "--env", "halfcheetah", "--seed", "0",
+    out = subprocess.run([sys.executable, "stages/train.py", "offline_train", "--algo", "iql", "--task", "halfcheetah-medium", "--seed", "0",
                           "--set", "iql.expectile=1.5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip() and "settotalmass" not in l]
     assert lines == ["error: iql.expectile=1.5 is out of range: it must be < 1"], out.stderr
 
 
-def test_every_offline_row_trains_its_final_policy_for_offline_steps():
-    """A table compares equals: the final stage of bc, iql, the Diffusion-QL variants and DTQL reads
-    offline_steps; EDA's alignment align_steps; pretraining-only runs their own keys."""
+def test_every_offline_row_trains_its_final_policy_for_its_own_steps_key():
+    """Each row's steps key holds its reference's schedule at paper: bc and the Diffusion-QL variants
+    offline_steps, iql iql_steps, DTQL dtql_steps after dtql_pretrain_steps of its critic and behaviour
+    each, EDA's alignment align_steps; the other presets give every final policy the same steps."""
     from diffrl.algos import OFFLINE
     from diffrl.pipeline import budget_steps
     import dataclasses
-    b = dataclasses.replace(config.load(ROOT / "params.yaml")["budgets"]["smoke"], offline_steps=7, critic_steps=11,
-                            behavior_steps=13, energy_behavior_steps=17, align_steps=19)
-    assert {r: budget_steps(r, b) for r in OFFLINE} == {**{r: 7 for r in OFFLINE}, "eda": 19}
-    assert [budget_steps(s, b) for s in ("dtql_critic", "eda_critic", "dtql_behavior", "eda_behavior")] == [11, 11, 13, 17]
+    b = dataclasses.replace(config.load(ROOT / "params.yaml")["budgets"]["smoke"], offline_steps=7, iql_steps=5,
+                            dtql_steps=3, dtql_pretrain_steps=11, eda_critic_steps=13, energy_behavior_steps=17,
+                            align_steps=19)
+    assert {r: budget_steps(r, b) for r in OFFLINE} == {**{r: 7 for r in OFFLINE}, "iql": 5, "dtql": 3, "eda": 19}
+    assert [budget_steps(s, b) for s in ("dtql_critic", "eda_critic", "dtql_behavior", "eda_behavior")] == [11, 13, 11, 17]
 
 
 def test_every_generated_file_is_current():
@@ -225,14 +229,14 @@ def test_snakemake_validate_accepts_what_diffrl_accepts(entries, configfile):
 
 @pytest.mark.parametrize("entry, message, schema_message", [
     ("iql={expectile: 1.5}", "iql.expectile=1.5 is out of range", "greater than or equal to the maximum of 1"),
-    ("budgets={smoke: {critic_steps: 0}}", "budgets.smoke.critic_steps=0 is out of range", "less than the minimum of 1"),
+    ("budgets={smoke: {eda_critic_steps: 0}}", "budgets.smoke.eda_critic_steps=0 is out of range", "less than the minimum of 1"),
     ("stats={confidence: 1}", "stats.confidence=1.0 is out of range", "greater than or equal to the maximum of 1"),
     ("iql={lr: abc}", "iql.lr='abc' is not a number", "'abc' is not of type 'number'"),
     ("deterministic=1", "deterministic=1 is not a boolean", "1 is not of type 'boolean'"),
     ("seeds=[0, 0]", "distinct", "non-unique elements"),
     ("budget=smok", "did you mean 'smoke'", "'smok' is not one of"),
     ("iql={expectle: 0.8}", "did you mean 'iql.expectile'", "'expectle' was unexpected"),
-    ("envs=[halfcheeta]", "did you mean 'halfcheetah'", "'halfcheeta' is not one of"),
+    ("tasks={halfcheeta-medium: {}}", "'halfcheeta-medium' names no environment", "does not match"),
 ])
 def test_bad_values_fail_diffrl_first_and_the_schema_too(entry, message, schema_message):
     merged, _ = _snakemake_config(entry)

@@ -104,7 +104,7 @@ def test_minari_download_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):
     try:
         fetch_minari("mujoco/halfcheetah/medium-v0", tmp_path / "out", timeout_s=5)
     except DatasetError as e:
-        assert "dataset.source: generate" in str(e)
+        assert "use a generated task" in str(e) and "halfcheetah-medium in tasks" in str(e)
     else:  # an online machine downloads it; that is the other correct outcome
         assert (tmp_path / "out" / "data").exists()
     assert time.time() - t0 < 30
@@ -121,7 +121,7 @@ def test_summary_statistics_by_hand():
     assert t.iqm_ci_low <= t.score_iqm <= t.iqm_ci_high
     assert t.best_mean == pytest.approx(4.0) and t.return_mean == pytest.approx(30.0)
     assert t.note == ""
-    marked = summarize(rows + [{**rows[0], "algorithm": "b"}], ["a", "b"], reps=20, confidence=0.95,
+    marked = summarize(rows + [{**r, "algorithm": "b"} for r in rows], ["a", "b"], reps=100, confidence=0.95,
                        below_regime=["b"])
     assert list(marked.note) == ["", BELOW_REGIME]
 
@@ -210,7 +210,7 @@ def test_building_and_stepping_agents_imports_no_torchdynamo():
             "from diffrl.train import training_state\n"
             "b = {'obs': torch.randn(8, 5), 'action': torch.rand(8, 2) * 2 - 1, 'reward': torch.randn(8),"
             " 'next_obs': torch.randn(8, 5), 'terminal': torch.zeros(8)}\n"
-            "for agent in (DiffusionQL(5, 2, DQLConfig(hidden=16, T=3), 'cpu', total_steps=4), IQL(5, 2, IQLConfig(hidden=16))):\n"
+            "for agent in (DiffusionQL(5, 2, DQLConfig(hidden=16, T=3), 'cpu', total_steps=4), IQL(5, 2, IQLConfig(hidden=16), total_steps=4)):\n"
             "    agent.update(b, torch.Generator().manual_seed(0))\n"
             "    assert training_state(agent)['optims'], agent\n"
             "print('torch._dynamo' in sys.modules)\n")
@@ -293,3 +293,27 @@ def test_compiled_networks_train_like_eager_ones_and_rerun_bit_identically():
         assert utils.compiled(DiffusionQL(5, 2, cfg, "cpu", total_steps=10)).actor.net._compiled_call_impl
     finally:
         run_device({"device": "cpu", "compile": "none", "tf32": False})
+
+
+def test_official_iql_decays_the_actor_lr_and_weights_awr_with_the_updated_v():
+    """The iql row is the official IQL: the actor's lr follows optax's cosine_decay_schedule to 0 over the
+    run (Q's and V's stay), and the AWR weights use V after this step's V update (learner.py)."""
+    from diffrl.algos.iql import IQL, IQLConfig
+    torch.manual_seed(0)
+    b = {"obs": torch.randn(16, 3), "action": torch.rand(16, 2) * 2 - 1, "reward": torch.randn(16),
+         "next_obs": torch.randn(16, 3), "terminal": torch.zeros(16)}
+    agent = IQL(3, 2, IQLConfig(hidden=16, reward_scaling="none"), total_steps=4)
+    lrs = []
+    for _ in range(4):
+        agent.update(b)
+        lrs.append((agent.pi_opt.param_groups[0]["lr"], agent.q_opt.param_groups[0]["lr"]))
+    assert [pi for pi, _ in lrs] == pytest.approx([3e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)])
+    assert {q for _, q in lrs} == {3e-4}
+    # policy_value: updated gives other AWR weights than pre_step from the same start
+    grads = {}
+    for form in ("updated", "pre_step"):
+        torch.manual_seed(1)
+        a = IQL(3, 2, IQLConfig(hidden=16, reward_scaling="none", policy_value=form, actor_lr_decay=False))
+        a.update(b)
+        grads[form] = torch.cat([p.detach().flatten() for p in a.policy.parameters()])
+    assert not torch.equal(grads["updated"], grads["pre_step"])

@@ -17,6 +17,7 @@ from diffrl.envs import env_spec, normalized_score, reference_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "halfcheetah"
+TASK = "halfcheetah-medium"  # the runs' task (its dataset here: the other tool's)
 REF_MIN, REF_MAX = 0.0, 1000.0  # the other tool's reference scores (not D4RL's -280.18 / 12135)
 
 
@@ -74,11 +75,12 @@ def _evaluate_stage():
 def test_an_offline_run_records_and_uses_its_datasets_reference_scores(other_dataset, tmp_path, monkeypatch):
     from diffrl.offline import train_run
     from diffrl.pipeline import budget_keys, eval_file, run_dir, stage_keys
+    from diffrl.tasks import parse
 
     monkeypatch.chdir(tmp_path)
     params = config.load(ROOT / "params.yaml", ["budget=smoke"])
     cfg = dataclasses.replace(params["bc"], hidden=16, batch_size=8)
-    run = Path(run_dir(ENV, "bc", 0))
+    run = Path(run_dir(TASK, "bc", 0))
     train_run("bc", cfg, env_name=ENV, dataset_dir=str(other_dataset), out_dir=run, seed=0, steps=2, eval_every=1,
               curve_episodes=1, device="cpu", resume_path=None, budget="smoke")
     train = json.loads((run / "train.json").read_text())
@@ -89,17 +91,16 @@ def test_an_offline_run_records_and_uses_its_datasets_reference_scores(other_dat
 
     # the evaluate stage normalises the final evaluation with what the run recorded
     p = config.StageParams("evaluate", params, stage_keys("evaluate"), budget_keys("evaluate"))
-    _evaluate_stage().main(p, Namespace(env=ENV, algo="bc", seed=0))
-    result = json.loads(Path(eval_file(ENV, "bc", 0)).read_text())
+    _evaluate_stage().main(p, Namespace(task=parse(TASK), algo="bc", seed=0))
+    result = json.loads(Path(eval_file(TASK, "bc", 0)).read_text())
     assert result["final_score"] == pytest.approx(100 * result["final_return"] / REF_MAX)
     assert result["reference_scores"] == train["reference_scores"]
 
 
-def _generate(out: Path, seed: int = 0) -> dict:
-    from diffrl.algos.sac import SACConfig
-    from diffrl.generate import generate_dataset
-    return generate_dataset(ENV, "random", out, sac_cfg=SACConfig(), sac_steps=0, sac_warmup=0, sac_eval_every=1,
-                            episodes=1, medium_target=0.0, seed=seed)
+def _generate(out: Path, seed: int = 0, task: str = "halfcheetah-random", agent_dir: Path | None = None) -> dict:
+    from diffrl.generate import make_dataset
+    from diffrl.tasks import parse
+    return make_dataset(parse(task), out, agent_dir=agent_dir, episodes=1, seed=seed)
 
 
 def test_a_generated_dataset_records_its_project_requirements_and_behaviour_agent(tmp_path):
@@ -137,3 +138,22 @@ def test_write_minari_records_the_behaviour_agent(tmp_path):
     meta = load_offline(tmp_path / "ds", ENV).metadata
     assert meta["algorithm_name"] == "SAC"
     assert meta["behavior_agent"] == {"algorithm": "SAC", "score": 33.5, "env_steps": 45000, "seed": 0}
+
+
+def test_a_dataset_drawn_from_the_data_agent_records_it(tmp_path):
+    """The environment's SAC data agent (a few warm-up steps: its medium score reached at its first
+    evaluation) writes its medium and expert policies; a medium dataset drawn from it records the
+    agent's medium score, env steps and seed as its behaviour agent."""
+    from diffrl.algos.sac import SACConfig
+    from diffrl.generate import AGENT_FILES, train_data_agent
+    agent = tmp_path / "agent"
+    trained = train_data_agent(ENV, agent, sac_cfg=SACConfig(hidden=16), sac_steps=20, sac_warmup=20, sac_eval_every=20,
+                               medium_target=-1e9, seed=0)
+    assert trained["target_reached"] and trained["medium"]["env_steps"] == trained["expert"]["env_steps"] == 20
+    assert {p.name for p in agent.iterdir()} == {*AGENT_FILES.values(), "info.json"}
+    info = _generate(tmp_path / "medium", task="halfcheetah-medium", agent_dir=agent)
+    assert info["task"] == "halfcheetah-medium" and info["episodes"] == 1
+    meta = load_offline(tmp_path / "medium", ENV).metadata
+    assert meta["algorithm_name"] == "SAC"
+    assert meta["behavior_agent"] == {"algorithm": "SAC", "score": trained["medium"]["score"], "env_steps": 20,
+                                      "seed": 0}

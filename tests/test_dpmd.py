@@ -491,6 +491,58 @@ def test_noisy_actions_stay_unclipped():
     assert float(agent.sample_actions(obs, torch.Generator().manual_seed(0), deterministic=False).abs().max()) <= 1
 
 
+def test_policy_time_embedding_is_the_reference_scaled_sinusoid():
+    """O15: the policy embeds its level t as the reference's scaled_sinusoidal_encoding
+    (pnielsen2/inference_mirror_descent@833e14c relax/network/blocks.py:228-248; used by
+    DACERPolicyNet, blocks.py:190-197, and EnergyPolicyNet, blocks.py:210-214); `time_embedding:
+    shared` is the net the online rows had before the option, weight for weight."""
+    from diffrl.nets import NoiseNet, ScaledSinusoidalEmbedding, SinusoidalEmbedding
+    from diffrl.algos.tilts import EnergyGradNet
+    small = dict(hidden=16, layers=2, T=20)
+    agent = DiffusionOnline(3, 2, replace(OnlineConfig(), **small))
+    assert OnlineConfig().time_embedding == "reference"
+    t = torch.tensor([0, 1, 7, 19])
+    # blocks.py:233-243: scale 1/sqrt(dim), inv_freq = 10000^(-j / half), concat(sin, cos) * scale
+    expect = torch.tensor([[math.sin(s * 10000 ** (-j / 8)) / 4 for j in range(8)]
+                           + [math.cos(s * 10000 ** (-j / 8)) / 4 for j in range(8)] for s in t.tolist()])
+    for net in (agent.actor, agent.actor_ema):
+        assert isinstance(net.time[0], ScaledSinusoidalEmbedding)
+        assert torch.allclose(net.time[0](t), expect, atol=1e-6)
+    # the energy net of the MALA rows (the reference's EnergyPolicyNet embeds t the same way)
+    energy = DiffusionOnline(3, 2, replace(OnlineConfig(), mala_steps=1, **small)).actor
+    assert isinstance(energy, EnergyGradNet) and torch.allclose(energy.time[0](t), expect, atol=1e-6)
+
+    # shared: today's network, Diffusion-QL's NoiseNet (frequencies 10000^(-j / (half - 1)), unscaled)
+    torch.manual_seed(0)
+    shared = DiffusionOnline(3, 2, replace(OnlineConfig(), time_embedding="shared", **small)).actor
+    torch.manual_seed(0)
+    before = NoiseNet(3, 2, 16, 2)
+    assert isinstance(shared.time[0], SinusoidalEmbedding)
+    sd, sd_before = shared.state_dict(), before.state_dict()
+    assert list(sd) == list(sd_before) and all(torch.equal(sd[k], sd_before[k]) for k in sd)
+    old = torch.tensor([[math.sin(s * 10000 ** (-j / 7)) for j in range(8)]
+                        + [math.cos(s * 10000 ** (-j / 7)) for j in range(8)] for s in t.tolist()])
+    assert torch.allclose(shared.time[0](t), old, atol=1e-6)
+    a, obs = torch.randn(4, 2), torch.randn(4, 3)
+    assert torch.equal(shared(a, t, obs), before(a, t, obs))
+    # the embedding has no parameters: the same seed draws the same weights under either choice
+    torch.manual_seed(0)
+    ref = DiffusionOnline(3, 2, replace(OnlineConfig(), **small)).actor
+    ref_sd = {k: v for k, v in ref.state_dict().items() if k != "time.0.inv_freq"}
+    assert list(ref_sd) == [k for k in sd if k != "time.0.freqs"]
+    assert all(torch.equal(v, sd[k]) for k, v in ref_sd.items())
+    assert not torch.allclose(ref(a, t, obs), before(a, t, obs))
+    with pytest.raises(RuntimeError, match="inv_freq"):  # a checkpoint of the other embedding does not load
+        ref.load_state_dict(sd)
+    # an offline_init row continues its offline run's (Diffusion-QL) net, so it must say shared
+    from diffrl.config import build_section
+    from diffrl.fields import ConfigError
+    with pytest.raises(ConfigError, match="set dpmd_o2o.time_embedding: shared"):
+        build_section("dpmd_o2o", OnlineConfig, {"offline_init": "dql"})
+    o2o = DiffusionOnline(3, 2, replace(OnlineConfig(), offline_init="dql", time_embedding="shared", **small))
+    assert isinstance(o2o.actor.time[0], SinusoidalEmbedding)
+
+
 # --------------------------------------------------------------------------- the fork's SAC (O14)
 def test_fork_sac_log_prob_and_log_std_clip():
     """The fork's SAC: Gaussian log-prob of the pre-tanh sample (no tanh correction), log std

@@ -323,7 +323,7 @@ def test_pretrained_critic_steps_the_critic_alone_as_the_iql_row_does():
     torch.manual_seed(0)
     critic = IQLCritic(OBS, ACT, cfg)
     torch.manual_seed(0)
-    row = IQL(OBS, ACT, cfg)
+    row = IQL(OBS, ACT, cfg, total_steps=3)
     policy0 = copy.deepcopy(critic.policy.state_dict())
     for _ in range(3):
         b = random_batch(64)
@@ -434,11 +434,41 @@ def test_toy_dtql_concentrates_on_best_mode(toy):
     assert (d < 0.1).mean() > 0.9
 
 
-def test_alpha_is_per_task():
-    from diffrl.algos.dtql import DTQLConfig
-    from diffrl.config import ConfigError, build_section
-    cfg = DTQLConfig()
-    assert (cfg.for_env("halfcheetah").alpha, cfg.for_env("hopper").alpha, cfg.for_env("walker2d").alpha) == (1, 5, 5)
-    assert cfg.for_env("8gaussians").alpha == cfg.alpha
-    with pytest.raises(ConfigError, match="dtql.env_alpha.hopper"):
-        build_section("dtql", DTQLConfig, {"env_alpha": {"hopper": "abc"}})
+def test_alpha_lr_and_lr_decay_are_per_task_as_published():
+    """DTQL's per-task settings come from its table (main.py's offline_hyperparameters), then the row, then the task."""
+    from diffrl.config import read_params, validate
+    raw = read_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    raw["tasks"] = {t: {} for t in ("halfcheetah-medium", "halfcheetah-medium-expert", "hopper-medium",
+                                     "walker2d-medium", "hopper-random")}
+    raw["tasks"]["walker2d-medium"] = {"dtql": {"alpha": 2.5}}
+
+    def cfg(task, section="dtql"):
+        return validate(raw, sections=[section], task=task)[section]
+    assert (cfg("halfcheetah-medium").alpha, cfg("halfcheetah-medium-expert").alpha) == (1.0, 50.0)
+    hopper = cfg("hopper-medium")
+    assert (hopper.alpha, hopper.lr, hopper.lr_decay) == (5.0, 1e-4, True)
+    assert cfg("hopper-medium", "dtql_behavior").lr == 1e-4
+    assert cfg("walker2d-medium").alpha == 2.5 and cfg("walker2d-medium").lr_decay  # the task's change wins
+    assert cfg("hopper-random").alpha == 1.0 and not cfg("hopper-random").lr_decay  # outside the table: defaults
+
+
+def test_lr_decay_follows_the_reference_cosine_on_every_optimiser():
+    torch.manual_seed(0)
+    critic = IQLCritic(3, 2, IQLConfig(hidden=16, layer_norm=True, reward_scaling="none"))
+    behavior = EDMBehavior(3, 2, DTQLBehaviorConfig(hidden=16))
+    agent = DTQL(3, 2, DTQLConfig(hidden=16, lr_decay=True), behavior, critic, total_steps=4)
+    b = {"obs": torch.randn(8, 3), "action": torch.rand(8, 2) * 2 - 1, "reward": torch.randn(8),
+         "next_obs": torch.randn(8, 3), "terminal": torch.zeros(8)}
+    seen = []
+    for _ in range(4):
+        agent.update(b, torch.Generator().manual_seed(0))
+        seen.append([opt.param_groups[0]["lr"] / opt.param_groups[0]["initial_lr"]
+                     for opt in (agent.actor_opt, agent.bc_opt, agent.q_opt, agent.v_opt)])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.Adam([torch.zeros(1)], lr=1.0), T_max=4)
+    expected = []
+    for _ in range(4):  # the lr of step k is the scheduler's after k steps
+        expected.append(sched.get_last_lr()[0])
+        sched.optimizer.step()
+        sched.step()
+    for row, want in zip(seen, expected):
+        assert row == pytest.approx([want] * 4, abs=1e-12)

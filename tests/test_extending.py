@@ -84,12 +84,13 @@ def test_an_algorithm_added_as_docs_extending_md_says_joins_both_graphs_and_runs
     assert f"evaluate_{ROW}" in dvc and f"bandit_train_{ROW}" in dvc
 
     # its stages run: trained on the locally generated test dataset, evaluated, and on a toy set
-    shutil.copytree(ROOT / "tests/data/halfcheetah_medium_small", project / "data/halfcheetah/dataset")
+    shutil.copytree(ROOT / "tests/data/halfcheetah_medium_small", project / "data/halfcheetah-medium/dataset")
     smoke = ["--set", "budget=smoke", "--set", "device=cpu"]
-    run([sys.executable, "stages/train.py", "offline_train", "--algo", ROW, "--env", "halfcheetah", "--seed", "0",
-         *smoke], project)
-    run([sys.executable, "stages/evaluate.py", "--env", "halfcheetah", "--algo", ROW, "--seed", "0", *smoke], project)
-    result = json.loads((project / f"runs/halfcheetah/eval/{ROW}/seed0.json").read_text())
+    run([sys.executable, "stages/train.py", "offline_train", "--algo", ROW, "--task", "halfcheetah-medium",
+         "--seed", "0", *smoke], project)
+    run([sys.executable, "stages/evaluate.py", "--task", "halfcheetah-medium", "--algo", ROW, "--seed", "0", *smoke],
+        project)
+    result = json.loads((project / f"runs/halfcheetah-medium/eval/{ROW}/seed0.json").read_text())
     assert result["algorithm"] == ROW and result["grad_steps"] == 100 and len(result["episode_returns"]) == 1
     run([sys.executable, "stages/toy_dataset.py", "--name", "8gaussians", *smoke], project)
     run([sys.executable, "stages/bandit.py", "bandit_train", "--name", "8gaussians", "--algo", ROW, *smoke], project)
@@ -123,20 +124,20 @@ def test_a_stage_added_as_docs_extending_md_says_joins_both_graphs_and_runs(proj
     regenerated, dry_run = _run_the_commands(project, blocks["commands"]).values()
     assert regenerated.startswith("regenerated: dvc.yaml")
 
-    # Snakemake: one job per environment in the default target, after the dataset it reads
-    envs = yaml.safe_load((project / "params.yaml").read_text())["envs"]
-    assert _job_counts(dry_run)[STAGE] == len(envs)
-    assert f"rule {STAGE}:" in dry_run and "results/halfcheetah_dataset_stats.json" in dry_run
+    # Snakemake: one job per task in the default target, after the dataset it reads
+    tasks = yaml.safe_load((project / "params.yaml").read_text())["tasks"]
+    assert _job_counts(dry_run)[STAGE] == len(tasks)
+    assert f"rule {STAGE}:" in dry_run and "results/halfcheetah-medium_dataset_stats.json" in dry_run
 
-    # DVC: its stage, a matrix over envs, its script and the dataset as deps, its result kept in git
+    # DVC: its stage, a matrix over tasks, its script and the dataset as deps, its result kept in git
     dvc = yaml.safe_load((project / "dvc.yaml").read_text())["stages"][STAGE]
-    assert dvc["matrix"] == {"env": "${envs}"} and dvc["cmd"] == f"python stages/{STAGE}.py --env ${{item.env}}"
-    assert dvc["deps"][0] == f"stages/{STAGE}.py" and "data/${item.env}/dataset" in dvc["deps"]
-    assert dvc["outs"] == [{"results/${item.env}_dataset_stats.json": {"cache": False}}]
+    assert dvc["matrix"] == {"task": "${tasks}"} and dvc["cmd"] == f"python stages/{STAGE}.py --task ${{item.task}}"
+    assert dvc["deps"][0] == f"stages/{STAGE}.py" and "data/${item.task}/dataset" in dvc["deps"]
+    assert dvc["outs"] == [{"results/${item.task}_dataset_stats.json": {"cache": False}}]
 
     # it runs, on the locally generated test dataset
-    shutil.copytree(ROOT / "tests/data/halfcheetah_medium_small", project / "data/halfcheetah/dataset")
-    run([sys.executable, f"stages/{STAGE}.py", "--env", "halfcheetah"], project)
-    stats = json.loads((project / "results/halfcheetah_dataset_stats.json").read_text())
+    shutil.copytree(ROOT / "tests/data/halfcheetah_medium_small", project / "data/halfcheetah-medium/dataset")
+    run([sys.executable, f"stages/{STAGE}.py", "--task", "halfcheetah-medium"], project)
+    stats = json.loads((project / "results/halfcheetah-medium_dataset_stats.json").read_text())
     assert stats["transitions"] > 0 and stats["episodes"] > 0
-    assert (project / f"logs/{STAGE}/halfcheetah.log").exists()
+    assert (project / f"logs/{STAGE}/halfcheetah-medium.log").exists()

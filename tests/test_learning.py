@@ -43,7 +43,7 @@ def test_diffusion_bc_reproduces_every_mode_of_8gaussians():
 def test_iql_critic_ranks_actions_and_awr_improves_on_the_data():
     torch.manual_seed(0)
     data = toy_dataset("8gaussians", 4000, seed=0)
-    agent = _train(IQL(1, 2, IQLConfig(hidden=64, policy_hidden=64, temperature=10.0)), data, 1500)
+    agent = _train(IQL(1, 2, IQLConfig(hidden=64, policy_hidden=64, temperature=10.0), total_steps=1500), data, 1500)
     a = torch.as_tensor(toy_actions("8gaussians", 500, np.random.default_rng(1)))
     with torch.no_grad():
         q = agent.q.q_min(torch.zeros(500, 1), a).numpy()

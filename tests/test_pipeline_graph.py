@@ -14,7 +14,7 @@ import yaml
 
 from diffrl import config, dag
 from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, ROWS
-from diffrl.pipeline import STAGES, declared_values
+from diffrl.pipeline import AXIS_SOURCES, STAGES, axis_values, declared_values, steps_key
 from diffrl.plan import dvc_jobs, dvc_name
 
 from conftest import ROOT, run
@@ -60,7 +60,7 @@ def test_dvc_and_snakemake_build_the_same_jobs():
         key = dvc_name(stage, w)
         init = dag.job_init(PARAMS, stage, row)
         expected[key] = {
-            "cmd": dag.command(stage, **w), "outs": sorted(dag.outputs(stage, **w)),
+            "w": w, "cmd": dag.command(stage, **w), "outs": sorted(dag.outputs(stage, **w)),
             "code": dag.code_deps(stage, offline_init=init, **w),
             "data": dag.data_deps(stage, PARAMS, folders=True, **w),
             "params": dag.dvc_params(stage, **row),
@@ -72,12 +72,15 @@ def test_dvc_and_snakemake_build_the_same_jobs():
         assert [st.name for st in repo.index.stages][0] == "plan" and stages.pop("plan").cmd.endswith("--dvc")
         for name, st in stages.items():
             e = expected[name]
+            w = e["w"]
             assert st.cmd == e["cmd"], name
             assert sorted(Path(o.def_path).as_posix() for o in st.outs) == e["outs"], name
             deps = [Path(d.def_path).as_posix() for d in st.deps if not hasattr(d, "params")]
             assert deps == e["code"] + e["data"], name
             params = sorted(p for d in st.deps if hasattr(d, "params") for p in d.params)
-            assert params == sorted(p.replace("${budget}", PARAMS["budget"]) for p in e["params"]), name
+            resolved = (p.replace("${budget}", PARAMS["budget"]).replace("${item.task}", w.get("task", ""))
+                        for p in e["params"])
+            assert params == sorted(resolved), name
     stats = job_stats(snakemake_dry_run(ROOT, "--forceall"))
     assert stats.pop("all") == 1
     assert stats == dict(Counter(stage for stage, _ in jobs))
@@ -175,7 +178,7 @@ def test_snakemake_reruns_what_a_change_affects(project):
     """An up-to-date project (stand-in outputs, their params recorded by `snakemake --touch`):
     another preset's key reruns nothing, a key of the selected one only the jobs that read it, and
     editing dpmd.py only the SDAC/DPMD rows, their evaluations and the table."""
-    target = "results/halfcheetah_summary.csv"
+    target = "results/halfcheetah-medium_summary.csv"
     now = time.time()
     _make_outputs(project, PARAMS, mtime=now - 1000)
     for f in [*(project / "stages").glob("*.py"), *(project / "diffrl").rglob("*.py")]:
@@ -188,7 +191,8 @@ def test_snakemake_reruns_what_a_change_affects(project):
     assert "Nothing to be done" in out, out[-3000:]
     out = snakemake_dry_run(project, target, "--config", "budgets={quick: {energy_behavior_steps: 7}}")
     assert job_stats(out) == {"behavior_pretrain": seeds, "offline_train": seeds, "evaluate": seeds, "summary": 1}
-    assert set(re.findall(r"wildcards: env=halfcheetah, (?:behavior|algo)=(\w+)", out)) == {"eda_behavior", "eda"}
+    assert set(re.findall(r"wildcards: task=halfcheetah-medium, (?:behavior|algo)=(\w+)", out)) == \
+        {"eda_behavior", "eda"}
 
     with open(project / "diffrl/algos/dpmd.py", "a") as f:  # an edit (Snakemake ignores a bare touch)
         f.write("\n# an edit\n")
@@ -196,7 +200,7 @@ def test_snakemake_reruns_what_a_change_affects(project):
     n = (len(ONLINE) - 1) * seeds  # every online row but sac, whose config and agent live in sac.py
     assert job_stats(out) == {"online_train": n, "evaluate": n, "summary": 1}, out[-3000:]
     assert "algo=sac," not in out
-    assert not re.search(r"rule (dataset|critic_pretrain|behavior_pretrain|offline_train|bandit_\w+):", out)
+    assert not re.search(r"rule (data_agent|dataset|critic_pretrain|behavior_pretrain|offline_train|bandit_\w+):", out)
 
 
 @pytest.mark.pipeline
@@ -230,22 +234,23 @@ def test_dvc_status_lists_only_what_a_change_affects(project, monkeypatch):
     assert changed() == set()
     with open(project / "diffrl/algos/dpmd.py", "a") as f:
         f.write("\n# an edit\n")
-    assert changed() == {"online_train_dpmd@halfcheetah-0",
-                         "online_train_dpmd_o2o@halfcheetah-0", "evaluate_dpmd@halfcheetah-0",
-                         "evaluate_dpmd_o2o@halfcheetah-0"}
+    assert changed() == {"online_train_dpmd@halfcheetah-medium-0",
+                         "online_train_dpmd_o2o@halfcheetah-medium-0", "evaluate_dpmd@halfcheetah-medium-0",
+                         "evaluate_dpmd_o2o@halfcheetah-medium-0"}
     run(["dvc", "commit", "-f", "-q"], project)
     params["budgets"]["paper"]["offline_steps"] = 7
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed() == set()
     params["budgets"]["quick"]["offline_steps"] = 7
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # no dataset or pretraining job: the final policies of the selected offline rows (dql is dpmd_o2o's start)
-    assert changed() == {"offline_train_bc@halfcheetah-0", "offline_train_iql@halfcheetah-0",
-                         "offline_train_dql@halfcheetah-0", "offline_train_dtql@halfcheetah-0"}
+    # no data agent, dataset or pretraining job: the final policies of the selected offline rows whose
+    # steps it sets (dql is dpmd_o2o's start)
+    assert changed() == {f"offline_train_{a}@halfcheetah-medium-0" for a in ("bc", "iql", "dql", "dtql")
+                         if steps_key(a) == "offline_steps"} != set()
     run(["dvc", "commit", "-f", "-q"], project)
     params["iql"]["expectile"] = 0.8  # one row's hyperparameter: its run and its bandit run
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert changed() == {"offline_train_iql@halfcheetah-0", "bandit_train_iql@8gaussians"}
+    assert changed() == {"offline_train_iql@halfcheetah-medium-0", "bandit_train_iql@8gaussians"}
 
 
 # --------------------------------------------------------------------------- params precision
@@ -265,9 +270,9 @@ def test_offline_steps_changes_the_final_offline_policies_only():
     """EDA's alignment reads align_steps; pretraining runs, the dataset and the online rows read
     neither."""
     changed = _changed_by("budgets.quick.offline_steps=7")
-    final_policies = {("offline_train", a) for a in OFFLINE if a != "eda"}
-    assert {(s, row_of(dict(w))) for s, w in changed} == final_policies
-    assert len(changed) == (len(OFFLINE) - 1) * len(PARAMS["seeds"]) * len(PARAMS["envs"])
+    final_policies = {("offline_train", a) for a in OFFLINE if steps_key(a) == "offline_steps"}
+    assert "eda" not in {a for _, a in final_policies} and {(s, row_of(dict(w))) for s, w in changed} == final_policies
+    assert len(changed) == len(final_policies) * len(PARAMS["seeds"]) * len(PARAMS["tasks"])
 
 
 def test_curve_settings_do_not_rerun_pretraining_only_runs():
@@ -304,13 +309,75 @@ def test_every_stage_is_one_rule_made_from_its_record():
 
 @pytest.mark.pipeline
 def test_hopper_and_walker2d_go_through_the_same_graph():
-    """Every environment gets the same jobs (dataset, pretraining, all rows, evaluation, table)."""
+    """The tasks of every environment get the same jobs (data agent, dataset, pretraining, all rows,
+    evaluation, table)."""
     counts = {}
+    tasks = "tasks={hopper-medium: {}, walker2d-medium: {}}"  # added to params.yaml's halfcheetah-medium
     for env in ("halfcheetah", "hopper", "walker2d"):
-        out = snakemake_dry_run(ROOT, "--forceall", f"results/{env}_summary.csv")
+        out = snakemake_dry_run(ROOT, "--forceall", f"results/{env}_summary.csv", "--config", tasks)
         counts[env] = job_stats(out)
-        assert f"data/{env}/dataset" in out and f"results/{env}_summary.csv" in out
+        assert f"data/{env}/agent" in out and f"data/{env}-medium/dataset" in out
+        assert f"runs/{env}-medium/eval/" in out and f"results/{env}_summary.csv" in out
+        assert set(re.findall(r"wildcards: task=([\w-]+)", out)) == {f"{env}-medium"}, env
     assert counts["hopper"] == counts["walker2d"] == counts["halfcheetah"]
+    assert counts["hopper"]["data_agent"] == counts["hopper"]["dataset"] == 1
+
+
+THREE_TASKS = "tasks={halfcheetah-medium: {}, hopper-medium: {}, hopper-medium-replay: {}}"
+
+
+@pytest.mark.pipeline
+def test_one_data_agent_per_environment_and_one_dataset_per_task():
+    """hopper-medium and hopper-medium-replay are drawn from one SAC run (hopper's data agent); each
+    task has its own dataset and its own runs; any task's evaluation builds as one target."""
+    out = snakemake_dry_run(ROOT, "--forceall", "--config", THREE_TASKS, "algorithms=[bc]", "seeds=[0]")
+    stats = job_stats(out)
+    assert stats["data_agent"] == 2 and stats["dataset"] == 3, stats
+    assert stats["offline_train"] == stats["evaluate"] == 3, stats
+    assert sorted(re.findall(r"wildcards: env=(\w+)\n", out)) == ["halfcheetah", "hopper"]
+    for task in ("halfcheetah-medium", "hopper-medium", "hopper-medium-replay"):
+        assert f"python stages/dataset.py dataset --task {task}\n" in out
+        assert f"output: runs/{task}/bc/seed0\n" in out
+    # one task's row, from nothing: its environment's data agent, its dataset, its run, its evaluation
+    out = snakemake_dry_run(ROOT, "--forceall", "runs/hopper-medium-replay/eval/qg/seed0.json", "--config", THREE_TASKS)
+    assert job_stats(out) == {"data_agent": 1, "dataset": 1, "offline_train": 1, "evaluate": 1}, out[-3000:]
+    assert "output: data/hopper/agent\n" in out and "output: data/hopper-medium-replay/dataset\n" in out
+
+
+@pytest.mark.pipeline
+def test_a_task_change_reruns_only_that_tasks_jobs(project, monkeypatch):
+    """`tasks.hopper-medium.dql.eta`: in Snakemake, hopper-medium's dql run, its evaluation and the
+    tables (never the data agent, a dataset, another row or another task's runs); in DVC, which lists
+    `tasks.TASK` as a param of every job of the task, hopper-medium's jobs only."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params.update(tasks={"halfcheetah-medium": {}, "hopper-medium": {}, "hopper-medium-replay": {}}, seeds=[0],
+                  algorithms=["bc", "dql"], toy_sets=["8gaussians"], bandit_sets=["8gaussians"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "diffrl.params", "--regenerate"], project)
+    validated = config.load(project / "params.yaml")
+    now = time.time()
+    _make_outputs(project, validated, mtime=now - 1000)
+    for f in [*(project / "stages").glob("*.py"), *(project / "diffrl").rglob("*.py")]:
+        os.utime(f, (now - 500, now - 500))
+    target = "results/suite_summary.csv"
+    run(["snakemake", "--cores", "1", "--touch", "--nolock", target], project)
+    run(["dvc", "commit", "-f", "-q"], project)
+    assert "Nothing to be done" in snakemake_dry_run(project, target)
+
+    # Snakemake: the job that reads dql on hopper-medium, and what reads its run
+    out = snakemake_dry_run(project, target, "--config", "tasks={hopper-medium: {dql: {eta: 0.5}}}")
+    assert job_stats(out) == {"offline_train": 1, "evaluate": 1, "summary": 1}, out[-3000:]
+    assert set(re.findall(r"wildcards: task=([\w-]+), algo=(\w+)", out)) == {("hopper-medium", "dql")}
+
+    # DVC: every job of hopper-medium (its dataset, its runs and evaluations), nothing of another task's
+    # (the summaries follow once those evaluations change)
+    monkeypatch.chdir(project)
+    params["tasks"]["hopper-medium"] = {"dql": {"eta": 0.5}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = set(json.loads(run(["dvc", "status", "--json"], project).stdout)) - {"plan"}
+    jobs = {dvc_name(stage, w): (stage, w) for stage, w in dag.jobs(validated)}
+    of_task = {n for n, (_, w) in jobs.items() if w.get("task") == "hopper-medium"}
+    assert of_task and status == of_task, sorted(status ^ of_task)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -319,7 +386,10 @@ def test_every_stage_has_a_command_axes_and_outputs(stage):
     st = STAGES[stage]
     assert dag.entry_point(stage).startswith("stages/") and (ROOT / dag.entry_point(stage)).is_file()
     assert set(dag.command_fields(stage)) <= set(st.axes) | {st.row} and st.outputs
-    assert set(st.axes.values()) <= set(PARAMS), st.axes  # each axis takes its values from a params.yaml list
+    # each axis takes its values from a params.yaml list, or derives them from `tasks` (AXIS_SOURCES)
+    assert set(st.axes.values()) <= set(PARAMS) | set(AXIS_SOURCES), st.axes
+    for source in st.axes.values():
+        assert axis_values(PARAMS, source), (stage, source)
     if st.row:
         assert st.row in dag.command_fields(stage) and isinstance(getattr(diffrl.algos, st.sections), tuple)
 

@@ -36,17 +36,17 @@ def error_lines(out):
 
 
 # --------------------------------------------------------------------------- preemption and resume
-# a random-quality dataset (no SAC) and a small IQL critic: 1000 steps take a few seconds
-CONFIG = ["budget=smoke", "seeds=[0]", "dataset={quality: random}",
-          "budgets={smoke: {dataset_episodes: 2, offline_steps: 1000}}", "iql={hidden: 64, policy_hidden: 64}"]
-TARGET = "runs/halfcheetah/iql/seed0"
-RESUME = "runs/.resume/halfcheetah/iql/seed0.pt"
+# a random-quality dataset (no SAC agent) and a small IQL critic: 1000 steps take a few seconds
+CONFIG = ["budget=smoke", "seeds=[0]", "tasks={halfcheetah-random: {}}",
+          "budgets={smoke: {dataset_episodes: 2, iql_steps: 1000}}", "iql={hidden: 64, policy_hidden: 64}"]
+TARGET = "runs/halfcheetah-random/iql/seed0"
+RESUME = "runs/.resume/halfcheetah-random/iql/seed0.pt"
 
 
 @pytest.mark.pipeline
 def test_sigkilled_stage_and_scheduler_resume_with_the_same_command(project):
     smk = ["snakemake", "--cores", "1", "--config", *CONFIG, "--"]
-    run([*smk, "data/halfcheetah/dataset"], project)
+    run([*smk, "data/halfcheetah-random/dataset"], project)
     env = {**ENV1, "DIFFRL_CHECKPOINT_EVERY": "100"}
 
     # 1. start the stage through snakemake; after its first checkpoint SIGKILL the stage and the
@@ -84,10 +84,10 @@ def test_sigkilled_stage_and_scheduler_resume_with_the_same_command(project):
 
     # 3. the rerun resumes from the checkpoint, finishes, and removes it
     run([*smk, TARGET], project, env=env)
-    stage_log = (project / "logs/offline_train/halfcheetah/iql/seed0.log").read_text()
+    stage_log = (project / "logs/offline_train/halfcheetah-random/iql/seed0.log").read_text()
     assert f"resumed from {RESUME} at step {killed_at}" in stage_log
     assert not (project / RESUME).exists()
-    assert not list((project / "runs/halfcheetah/iql").glob(".seed0.tmp*")), "a killed run's temporary was left"
+    assert not list((project / "runs/halfcheetah-random/iql").glob(".seed0.tmp*")), "a killed run's temporary was left"
     # that it ends bit-identical to an uninterrupted run: tests/test_resume.py (in process) and
     # tests/test_chaos.py (ten kills through Snakemake)
 
@@ -200,6 +200,9 @@ def _episodes(obs_dim, act_dim, n=2, T=20):
              "truncations": np.r_[np.zeros(T - 1, bool), True]} for _ in range(n)]
 
 
+JOB = ["--task", "halfcheetah-medium", "--seed", "0"]  # the offline_train job the bad-input tests run
+
+
 def _snapshot(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -207,14 +210,14 @@ def _snapshot(root):
 @pytest.mark.pipeline
 def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
     train = [sys.executable, "stages/train.py"]
-    iql = [*train, "offline_train", "--algo", "iql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"]
+    iql = [*train, "offline_train", "--algo", "iql", *JOB, "--set", "budget=smoke"]
     # a finished run from earlier: no failure below may touch it
-    done = project / "runs/halfcheetah/iql/seed0"
+    done = project / "runs/halfcheetah-medium/iql/seed0"
     done.mkdir(parents=True)
     (done / "model.pt").write_bytes(b"earlier result")
     (done / "train.json").write_text("{}")
     before = _snapshot(project / "runs")
-    ds = project / "data/halfcheetah/dataset"
+    ds = project / "data/halfcheetah-medium/dataset"
 
     def fails(cmd, *expected):
         out = run(cmd, project, check=False)
@@ -226,12 +229,12 @@ def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
         return lines[0]
 
     # dataset missing, then corrupted (truncated), then of another environment (dims)
-    fails(iql, "dataset data/halfcheetah/dataset is missing", "snakemake data/halfcheetah/dataset")
+    fails(iql, "dataset data/halfcheetah-medium/dataset is missing", "snakemake data/halfcheetah-medium/dataset")
     write_minari(ds, "local/halfcheetah/test-v0", _episodes(17, 6), "halfcheetah", "random", "test")
     h5 = ds / "data" / "main_data.hdf5"
     good = h5.read_bytes()
     h5.write_bytes(good[:300])
-    fails(iql, "main_data.hdf5 is corrupted or truncated", "delete data/halfcheetah/dataset and rerun")
+    fails(iql, "main_data.hdf5 is corrupted or truncated", "delete data/halfcheetah-medium/dataset and rerun")
     shutil.rmtree(ds)
     write_minari(ds, "local/halfcheetah/test-v0", _episodes(11, 3), "halfcheetah", "random", "test")
     fails(iql, "observation/action dims 11/3", "17/6", "another environment")
@@ -239,12 +242,13 @@ def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
     write_minari(ds, "local/halfcheetah/test-v0", _episodes(17, 6), "halfcheetah", "random", "test")
 
     # a missing checkpoint of the pretraining a row starts from
-    fails([*train, "offline_train", "--algo", "dtql", "--env", "halfcheetah", "--seed", "0", "--set", "budget=smoke"],
-          "runs/halfcheetah/dtql_critic/seed0/model.pt is missing", "snakemake runs/halfcheetah/dtql_critic/seed0")
+    fails([*train, "offline_train", "--algo", "dtql", *JOB, "--set", "budget=smoke"],
+          "runs/halfcheetah-medium/dtql_critic/seed0/model.pt is missing",
+          "snakemake runs/halfcheetah-medium/dtql_critic/seed0")
 
     # params: unknown variant, misspelt key, out of range, non-numeric (before any work: no log written)
     logs_before = _snapshot(project / "logs")
-    fails([*train, "offline_train", "--algo", "dql", "--env", "halfcheetah", "--seed", "0", "--set", "dql.variant=qll"],
+    fails([*train, "offline_train", "--algo", "dql", *JOB, "--set", "dql.variant=qll"],
           "dql.variant='qll' is not one of")
     fails([*iql, "--set", "iql.expectle=0.8"], "unknown key 'iql.expectle'", "did you mean 'iql.expectile'")
     fails([*iql, "--set", "iql.temperature=-1"], "iql.temperature=-1.0 is out of range: it must be > 0")
@@ -252,7 +256,7 @@ def test_bad_input_fails_in_one_line_and_keeps_finished_outputs(project):
     assert _snapshot(project / "logs") == logs_before
 
     # an unknown algorithm is refused by the command line itself
-    out = run([*train, "offline_train", "--algo", "dqll", "--env", "halfcheetah", "--seed", "0"], project, check=False)
+    out = run([*train, "offline_train", "--algo", "dqll", *JOB], project, check=False)
     assert out.returncode == 2 and error_lines(out) == [l for l in error_lines(out) if "invalid choice: 'dqll'" in l] \
         and len(error_lines(out)) == 1, out.stderr
     assert _snapshot(project / "runs") == before
@@ -274,12 +278,12 @@ def test_a_stage_that_cannot_write_its_output_fails_in_one_line_and_leaves_nothi
     read-only folder fail the same way): one line naming what could not be written, exit 2, no
     output folder, no temporary, and an earlier good output of another run untouched. The first
     large write is the run's checkpoint (a job opens no DVC state)."""
-    ds = project / "data/halfcheetah/dataset"
+    ds = project / "data/halfcheetah-medium/dataset"
     write_minari(ds, "local/halfcheetah/test-v0", _episodes(17, 6), "halfcheetah", "random", "test")
-    earlier = project / "runs/halfcheetah/bc/seed0"
+    earlier = project / "runs/halfcheetah-medium/bc/seed0"
     earlier.mkdir(parents=True)
     (earlier / "model.pt").write_bytes(b"earlier result")
-    cmd = [sys.executable, "stages/train.py", "offline_train", "--algo", "iql", "--env", "halfcheetah", "--seed", "0",
+    cmd = [sys.executable, "stages/train.py", "offline_train", "--algo", "iql", *JOB,
            "--set", "budget=smoke", "--set", "iql={hidden: 64, policy_hidden: 64}"]
     out = subprocess.run(cmd, cwd=project, env=ENV1, capture_output=True, text=True, timeout=300,
                          preexec_fn=_file_size_limit(100_000))
@@ -287,7 +291,7 @@ def test_a_stage_that_cannot_write_its_output_fails_in_one_line_and_leaves_nothi
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
     assert lines[0].startswith("error: cannot write runs/") and "free space there" in lines[0], lines[0]
     assert "File too large" in lines[0], lines[0]
-    assert not (project / "runs/halfcheetah/iql/seed0").exists()
+    assert not (project / "runs/halfcheetah-medium/iql/seed0").exists()
     assert not [p for p in (project / "runs").rglob(".*tmp*")], "a temporary was left"
     assert (earlier / "model.pt").read_bytes() == b"earlier result"
 
@@ -328,23 +332,24 @@ def test_a_damaged_dataset_is_set_aside_and_rebuilt_with_one_warning(project):
     before the next Snakemake run: one warning names the file, the folder is moved aside (nothing
     deleted) and the run rebuilds it; an intact dataset is left alone."""
     smk = ["snakemake", "--cores", "1", "--config", *CONFIG, "--"]
-    run([*smk, "data/halfcheetah/dataset"], project)
-    ds = project / "data/halfcheetah/dataset"
+    run([*smk, "data/halfcheetah-random/dataset"], project)
+    ds = project / "data/halfcheetah-random/dataset"
     h5 = ds / "data/main_data.hdf5"
     good = h5.read_bytes()
     assert json.loads((ds / "info.json").read_text())["files"]["data/main_data.hdf5"] == len(good)
-    dry = run(["snakemake", "-n", "--config", *CONFIG, "--", "data/halfcheetah/dataset"], project)
+    dry = run(["snakemake", "-n", "--config", *CONFIG, "--", "data/halfcheetah-random/dataset"], project)
     assert "warning" not in dry.stderr and "Nothing to be done" in dry.stdout + dry.stderr
     damages = {"truncated": (lambda: h5.write_bytes(good[: len(good) // 2]), "main_data.hdf5 has"),
                "info.json missing": (lambda: (ds / "info.json").unlink(), "info.json is missing"),
                "file missing": (lambda: (ds / "data/metadata.json").unlink(), "metadata.json is missing")}
     for n, (damage, named) in enumerate(damages.values(), 1):
         damage()
-        out = run([*smk, "data/halfcheetah/dataset"], project)
+        out = run([*smk, "data/halfcheetah-random/dataset"], project)
         warnings = [l for l in error_lines(out) if l.startswith("warning")]
-        assert len(warnings) == 1 and "warning: dataset data/halfcheetah/dataset is damaged" in warnings[0], warnings
+        assert len(warnings) == 1, warnings
+        assert "warning: dataset data/halfcheetah-random/dataset is damaged" in warnings[0], warnings
         assert named in warnings[0], warnings[0]
-        aside = list((project / "data/halfcheetah").glob("dataset.damaged-*"))
+        aside = list((project / "data/halfcheetah-random").glob("dataset.damaged-*"))
         assert len(aside) == n and sum(f"{a.name} and" in warnings[0] for a in aside) == 1, warnings[0]
         assert h5.read_bytes() == good  # rebuilt, the same bytes (seeded)
 
@@ -368,17 +373,18 @@ def test_out_of_range_and_non_numeric_values_name_the_key(overrides, message):
 
 def test_summary_fails_when_a_declared_run_is_missing(project):
     results = project / "results"
-    (results / "halfcheetah_summary.csv").write_text("earlier table\n")
+    (results / "halfcheetah-medium_summary.csv").write_text("earlier table\n")
     for algo, seed in (("bc", 0), ("bc", 1), ("iql", 0)):
-        path = project / f"runs/halfcheetah/eval/{algo}/seed{seed}.json"
+        path = project / f"runs/halfcheetah-medium/eval/{algo}/seed{seed}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
-    out = run([sys.executable, "stages/summary.py", "--env", "halfcheetah", "--set", "seeds=[0, 1]",
+    out = run([sys.executable, "stages/summary.py", "--scope", "halfcheetah-medium", "--set", "seeds=[0, 1]",
                "--set", "algorithms=[bc, iql]", "--set", "stats.baseline=bc"], project, check=False)
     lines = error_lines(out)
     assert out.returncode == 2 and len(lines) == 1, out.stderr
-    assert "1 declared run(s) have no evaluation" in lines[0] and "runs/halfcheetah/eval/iql/seed1.json" in lines[0]
-    assert (results / "halfcheetah_summary.csv").read_text() == "earlier table\n"
+    assert "1 declared run(s) have no evaluation" in lines[0], lines[0]
+    assert "runs/halfcheetah-medium/eval/iql/seed1.json" in lines[0], lines[0]
+    assert (results / "halfcheetah-medium_summary.csv").read_text() == "earlier table\n"
 
 
 # --------------------------------------------------------------------------- a killed scheduler's lock
@@ -467,6 +473,6 @@ def test_a_job_without_a_scheduler_is_not_watched_and_one_whose_dvc_is_gone_stop
     assert alone.stdout.split("\n")[:2] == ["([], None)", "ran on"], alone.stdout + alone.stderr
     env = {k: v for k, v in os.environ.items() if k != "DIFFRL_SCHEDULER"}
     orphan = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, timeout=60,
-                            env={**env, "DVC_STAGE": "offline_train_iql@halfcheetah-0"})
+                            env={**env, "DVC_STAGE": "offline_train_iql@halfcheetah-medium-0"})
     assert orphan.returncode == -signal.SIGKILL and "ran on" not in orphan.stdout, orphan.stdout + orphan.stderr
-    assert "DVC (stage offline_train_iql@halfcheetah-0), which started this job, is gone" in orphan.stderr
+    assert "DVC (stage offline_train_iql@halfcheetah-medium-0), which started this job, is gone" in orphan.stderr

@@ -1,4 +1,5 @@
 """A training run killed after a checkpoint resumes from it and ends bit-identical on CPU."""
+import numpy as np
 import pytest
 import torch
 
@@ -61,20 +62,31 @@ def _sac(resume=None, die_at=None):
     from diffrl.algos.sac import SACConfig, train_sac
     torch.manual_seed(0)
     cfg = SACConfig(hidden=32, batch_size=64)
+    # any score reaches the medium score: the medium policy is kept at the first evaluation (env step
+    # 350), before the step-500 checkpoint, so the resumed run must restore it from there
     return train_sac("pendulum", cfg, steps=700, warmup=200, eval_every=350, seed=1, eval_episodes=1,
-                     record_episodes=True, log=DieAtEnvStep(die_at) if die_at else None, resume_path=resume,
+                     medium_score=-1e9, log=DieAtEnvStep(die_at) if die_at else None, resume_path=resume,
                      checkpoint_every=250)
 
 
 def test_sac_resumes_bit_identically(tmp_path, one_thread):
-    """The SAC baseline and dataset agent: killed at env step 620, resumed from its step-500
-    checkpoint (buffer, env, RNG states), it ends where an uninterrupted run ends."""
-    full, info, eps = _sac()
+    """The SAC baseline and data agent: killed at env step 620, resumed from its step-500
+    checkpoint (buffer, env, RNG states, the medium policy kept at step 350 with its training
+    episodes), it ends where an uninterrupted run ends, with the same medium snapshot."""
+    full, info, medium = _sac()
     path = tmp_path / "sac.pt"
     with pytest.raises(Killed):
         _sac(path, die_at=620)
     assert torch.load(path, weights_only=False)["progress"]["step"] == 500
-    resumed, info2, eps2 = _sac(path)
-    assert info2 == info and len(eps2) == len(eps) == 3
+    resumed, info2, medium2 = _sac(path)
+    assert info2 == info and info["target_reached"]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+    # the medium snapshot: the step-350 policy and the one episode (200 steps) finished by then
+    assert medium["env_steps"] == medium2["env_steps"] == 350 and medium2["score"] == medium["score"]
+    assert medium["state"].keys() == medium2["state"].keys()
+    assert all(torch.equal(medium["state"][k], medium2["state"][k]) for k in medium["state"])
+    assert not all(torch.equal(medium["state"][k], v) for k, v in full.state_dict().items())  # a copy, not the final
+    assert len(medium["episodes"]) == len(medium2["episodes"]) == 1
+    for a, b in zip(medium["episodes"], medium2["episodes"]):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

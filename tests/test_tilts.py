@@ -64,7 +64,9 @@ def online_samples() -> dict:
     out = {}
     for name, over in ONLINE_CASES.items():
         torch.manual_seed(0)
-        agent = DiffusionOnline(3, 2, replace(OnlineConfig(), alg="dpmd", hidden=16, layers=1, T=3, **over))
+        # recorded with the shared time embedding; the tilt code path is what this checks
+        agent = DiffusionOnline(3, 2, replace(OnlineConfig(), alg="dpmd", hidden=16, layers=1, T=3,
+                                              time_embedding="shared", **over))
         gen = torch.Generator().manual_seed(1)
         out[f"{name}/act"] = agent.sample_actions(obs, gen, deterministic=False)
         out[f"{name}/eval"] = agent.sample_actions(obs, gen, deterministic=True)
@@ -136,7 +138,7 @@ def test_no_tilt_and_one_particle_is_the_policys_own_sampler():
     obs = torch.randn(6, 3)
     bc = DiffusionBC(3, 2, BCConfig(hidden=16, layers=1)).eval()
     iql = IQL(3, 2, IQLConfig(hidden=16, layers=1))
-    none = TiltRowConfig(tfg_lambda=0.0, num_particles=1)
+    none = TiltRowConfig(tfg_lambda=0.0, num_particles=1, sampler="tilt", selection="tilt")  # the DDPM tilt chain
     assert torch.equal(tilted_policy("bc_tilt", none, bc, iql).sample(obs, torch.Generator().manual_seed(1)),
                        bc.sample(obs, torch.Generator().manual_seed(1)))
     dql = DiffusionQL(3, 2, DQLConfig(hidden=16, layers=1), total_steps=10).eval()
@@ -215,7 +217,7 @@ def test_a_tilt_change_reruns_only_its_evaluations_and_the_tables(project, monke
     run([sys.executable, "-m", "diffrl.params", "--regenerate"], project)
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     # bc_tilt loads the bc and iql runs and reads its own section; it trains nothing
-    loads = {"runs/${item.env}/bc/seed${item.seed}", "runs/${item.env}/iql/seed${item.seed}"}
+    loads = {"runs/${item.task}/bc/seed${item.seed}", "runs/${item.task}/iql/seed${item.seed}"}
     code = {"diffrl/algos/tilted.py", "diffrl/algos/bc.py", "diffrl/algos/iql.py"}
     assert loads | code <= set(stages["evaluate_bc_tilt"]["deps"])
     assert "bc_tilt" in stages["evaluate_bc_tilt"]["params"] and "offline_train_bc_tilt" not in stages
@@ -223,7 +225,7 @@ def test_a_tilt_change_reruns_only_its_evaluations_and_the_tables(project, monke
     _make_outputs(project, config.load(project / "params.yaml"), mtime=now - 1000)
     for f in [*(project / "stages").glob("*.py"), *(project / "diffrl").rglob("*.py")]:
         os.utime(f, (now - 500, now - 500))
-    target = "results/halfcheetah_summary.csv"
+    target = "results/halfcheetah-medium_summary.csv"
     run(["snakemake", "--cores", "1", "--touch", "--nolock", target], project)
     run(["dvc", "commit", "-f", "-q"], project)
 
@@ -244,7 +246,7 @@ def test_a_tilt_change_reruns_only_its_evaluations_and_the_tables(project, monke
     params["dql_tilt"]["num_particles"] = 4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = set(json.loads(run(["dvc", "status", "--json"], project).stdout)) - {"plan"}
-    assert status == {"evaluate_bc_tilt@halfcheetah-0", "evaluate_dql_tilt@halfcheetah-0"}, status
+    assert status == {"evaluate_bc_tilt@halfcheetah-medium-0", "evaluate_dql_tilt@halfcheetah-medium-0"}, status
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:

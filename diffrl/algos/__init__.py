@@ -70,7 +70,7 @@ class Section:
 
 _IQL = dict(module="iql", config="IQLConfig", agent="IQL")
 # DTQL's and EDA's critic pretraining: IQL's critic step alone, no AWR policy step
-_IQL_CRITIC = dict(_IQL, agent="IQLCritic", kind="critic", steps_key="critic_steps")
+_IQL_CRITIC = dict(_IQL, agent="IQLCritic", kind="critic")
 _DQL = dict(module="dql", config="DQLConfig", agent="DiffusionQL", kind="offline", steps_key="offline_steps",
             step_s=(0.045, 0.012), act_s=(0.004, 0.003))
 _DPMD = dict(module="dpmd", config="OnlineConfig", agent="DiffusionOnline", kind="online", act_s=(0.006, 0.003))
@@ -83,25 +83,27 @@ REGISTRY: dict[str, Section] = {
     # the dataset stage's SAC behaviour agent (one SAC update and one env step per step)
     "sac": Section("sac", "SACConfig", "SAC", "dataset", step_s=(0.008, 0.004)),
     # pretraining of DTQL and EDA
-    "dtql_critic": Section(**_IQL_CRITIC, step_s=(0.008, 0.003)),
-    "eda_critic": Section(**_IQL_CRITIC, step_s=(0.006, 0.003)),
-    "dtql_behavior": Section("dtql", "DTQLBehaviorConfig", "EDMBehavior", "behavior", "behavior_steps",
+    "dtql_critic": Section(**_IQL_CRITIC, steps_key="dtql_pretrain_steps", step_s=(0.008, 0.003)),
+    "eda_critic": Section(**_IQL_CRITIC, steps_key="eda_critic_steps", step_s=(0.006, 0.003)),
+    "dtql_behavior": Section("dtql", "DTQLBehaviorConfig", "EDMBehavior", "behavior", "dtql_pretrain_steps",
                              step_s=(0.012, 0.004)),
     # batch 2048 through the bottleneck energy net: its own, smaller step count (in the bandit study too)
     "eda_behavior": Section("eda", "EDABehaviorConfig", "BottleneckBehavior", "behavior", "energy_behavior_steps",
                             step_s=(1.0, 0.03), toy_steps_key="energy_behavior_steps",
                             steps_label="energy behaviour"),
-    # offline rows: the final policy of each gets offline_steps, so a table compares equals; EDA's
+    # offline rows: each row's steps key holds its reference's schedule in the paper preset; the smoke and
+    # quick presets give every final policy but EDA's the same steps, so a table compares equals. EDA's
     # alignment has align_steps (about 10x a Diffusion-QL step on a CPU; 200k published against 2M)
     "bc": Section("bc", "BCConfig", "DiffusionBC", "offline", "offline_steps", step_s=(0.008, 0.003),
                   act_s=(0.002, 0.002)),
-    "iql": Section(**_IQL, kind="offline", steps_key="offline_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005)),
+    "iql": Section(**_IQL, kind="offline", steps_key="iql_steps", step_s=(0.008, 0.003), act_s=(0.0005, 0.0005),
+                   steps_label="gradient"),
     "dql": Section(**_DQL),
     "qg": Section(**_DQL),
     "edp": Section(**{**_DQL, "step_s": (0.035, 0.010)}),
     "eg_ood": Section(**_DQL),
-    "dtql": Section("dtql", "DTQLConfig", "DTQL", "offline", "offline_steps", ("dtql_critic", "dtql_behavior"),
-                    step_s=(0.060, 0.012), act_s=(0.003, 0.002)),
+    "dtql": Section("dtql", "DTQLConfig", "DTQL", "offline", "dtql_steps", ("dtql_critic", "dtql_behavior"),
+                    step_s=(0.060, 0.012), act_s=(0.003, 0.002), steps_label="policy"),
     # 256 states x 16 support actions through two energy nets; before alignment it draws 16 behaviour
     # samples (15-step solver) for each of align_support_states dataset states, its support set
     "eda": Section("eda", "EDAConfig", "EDAAlign", "offline", "align_steps", ("eda_critic", "eda_behavior"),
@@ -166,6 +168,14 @@ def evaluated_runs(row: str) -> tuple[str, ...]:
     if entry.kind != "tilted":
         return (row,)
     return (entry.base, entry.critic_row) if entry.critic_row else (entry.base,)
+
+
+def published_settings(section: str, task: str) -> dict:
+    """A section's published settings for one task (D4RL name without version), {} when its reference
+    publishes none for it: its module's PUBLISHED_TASKS, task -> {section: {key: value}}, each table
+    citing its source (docs/fidelity.md, "Per-task settings")."""
+    table = getattr(importlib.import_module(module_of(section)), "PUBLISHED_TASKS", {})
+    return dict(table.get(task, {}).get(section, {}))
 
 
 def module_of(section: str) -> str:

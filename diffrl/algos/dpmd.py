@@ -13,6 +13,8 @@ documented OnlineConfig field (named below).
 
 Shared by both algorithms
 - Policy: eps_theta(a_t, t, s) (`diffrl.nets.NoiseNet`), linear beta schedule (T=20), x_T ~ 0.5 N(0, I),
+  t embedded as the reference's DACERPolicyNet does (`time_embedding`: `diffrl.nets.ScaledSinusoidalEmbedding`,
+  then Linear 32 -> Mish -> Linear 16; an offline_init row keeps its offline net's embedding),
   DDPM ancestral sampling with x0 clipped to [-1, 1] (`DiffusionSchedule.sample`; guided sampling
   composes `DiffusionSchedule.step`). An EMA copy of the policy collects data and is evaluated.
 - Action: num_particles samples per state in ONE sampler call (states repeated), the particle with
@@ -98,7 +100,7 @@ from diffrl.algos.tilts import (INF, EnergyGradNet, TiltConfig, TiltedSampler, a
                                tilt_field)
 from diffrl.diffusion import DiffusionSchedule
 from diffrl.fields import ConfigError, param
-from diffrl.nets import adam, Critic, NoiseNet, soft_update, ValueNet
+from diffrl.nets import adam, Critic, NoiseNet, ScaledSinusoidalEmbedding, soft_update, ValueNet
 
 
 @dataclass
@@ -114,6 +116,12 @@ class OnlineConfig:
     schedule: str = param("linear", "beta schedule: linear (0.8 linspace(1e-4, 0.999, T)), cosine, or vp "
                           "(Diffusion-QL's, for policies fine-tuned from it)", choices=("linear", "cosine", "vp"))
     T: int = param(20, "diffusion steps", low=1)
+    time_embedding: str = param("reference", "embedding of the level t in the policy net (then Linear 32 -> Mish -> "
+                                "Linear 16 in both): reference = the reference's scaled sinusoid (frequencies "
+                                "10000^(-j/8), j = 0..7, [sin, cos] / 4); shared = Diffusion-QL's "
+                                "(10000^(-j/7), unscaled), the noise net the offline rows share, which an offline_init "
+                                "row continues (it must say shared)",
+                                choices=("reference", "shared"))
     init_scale: float = param(0.5, "x_T ~ init_scale N(0, I)", low=0, low_open=True)
     # environment loop
     num_envs: int = param(5, "environments stepped side by side; one update per iteration of num_envs env steps",
@@ -222,6 +230,9 @@ class OnlineConfig:
         return TiltConfig(**shared, q_agg=self.q_critic_agg)
 
     def check(self, prefix: str = "dpmd") -> None:
+        if self.offline_init and self.time_embedding != "shared":
+            raise ConfigError(f"{prefix}.offline_init={self.offline_init!r} continues an offline run's noise net, "
+                              f"which embeds t the shared way: set {prefix}.time_embedding: shared")
         if self.lr_decay_end < self.lr_decay_begin:
             raise ConfigError(f"{prefix}.lr_decay_end={self.lr_decay_end} is before {prefix}.lr_decay_begin="
                               f"{self.lr_decay_begin}: make end >= begin")
@@ -244,6 +255,11 @@ class DiffusionOnline(TiltedSampler, nn.Module):
             self.actor = EnergyGradNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
         else:
             self.actor = NoiseNet(obs_dim, self.seq_dim, cfg.hidden, cfg.layers)
+        if cfg.time_embedding == "reference":
+            # the reference's embedding (relax/network/blocks.py:190-197, DACERPolicyNet; blocks.py:210-214 for
+            # the energy net) in place of the shared one: both are parameter-free, so the weights drawn above
+            # are the same for either choice and a seed differs only in how t is embedded
+            self.actor.time[0] = ScaledSinusoidalEmbedding(self.actor.time[1].in_features)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = Critic(obs_dim, act_dim, cfg.hidden, cfg.layers, "mish")
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)

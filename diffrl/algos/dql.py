@@ -131,6 +131,39 @@ class DQLConfig:
             raise ConfigError(f"{prefix}.dpm_steps={self.dpm_steps} exceeds T={self.T}: set at most T (0 = T)")
 
 
+# Published per-task settings: task (D4RL id without version) -> {section: {DQLConfig field: value}}; a
+# task listed with {} publishes nothing that differs from DQLConfig's defaults.
+# Zhendong-Wang/Diffusion-Policies-for-Offline-RL main.py:17-38 (`hyperparameters`, locomotion rows 18-26;
+# read at main.py:214-223), commit d871f5c: gn -> grad_norm (clips actor and critic,
+# agents/ql_diffusion.py:135-136, 152-153), top_k -> selection_k (offline selection, main.py:133-141).
+# The fork DarthUtopian/Online-Adaptive-Diffusion-Policies main.py:17-38 (commit 1f0f5b3) holds the same
+# table byte for byte, read at main.py:377-386 and passed to qg (main.py:204-219) and edp (main.py:188-203) in
+# train_and_tune, which main runs (main.py:430-436). Its main.py has no eg_ood branch (README_lht.md:49's
+# `--algo eg_ood` command finds none); agents/eg_diffusion_ood.py takes the same eta/lr/grad_norm arguments,
+# so the eg_ood row takes the table too.
+PUBLISHED_TASKS = {
+    task: {row: dict(values) for row in ("dql", "qg", "edp", "eg_ood")}
+    for task, values in {
+        "halfcheetah-medium": {},                                 # gn 9.0, top_k 1: the defaults
+        "hopper-medium": {"selection_k": 2},                      # gn 9.0
+        "walker2d-medium": {"grad_norm": 1.0},                    # top_k 1
+        "halfcheetah-medium-replay": {"grad_norm": 2.0},          # top_k 0: see below
+        "hopper-medium-replay": {"grad_norm": 4.0, "selection_k": 2},
+        "walker2d-medium-replay": {"grad_norm": 4.0},             # top_k 1
+        "halfcheetah-medium-expert": {"grad_norm": 7.0},          # top_k 0: see below
+        "hopper-medium-expert": {"grad_norm": 5.0, "selection_k": 2},
+        "walker2d-medium-expert": {"grad_norm": 5.0},             # top_k 1
+    }.items()
+}
+# Not applied: every locomotion row has lr 3e-4, eta 1.0, max_q_backup False (the defaults) and
+# reward_tune 'no' (raw rewards: DiffusionQL's reward_scale is 1 here); num_epochs 2000 x 1000 steps
+# (main.py:80, 184) = 2M gradient steps and eval_freq 50 epochs (an evaluation and a scheduler step every
+# 50,000 steps, published_lr_step_every's default) are the budget's (offline_steps, eval_every), not a key
+# of this section. top_k 0 (halfcheetah-medium-replay, halfcheetah-medium-expert) has no value here:
+# selection_k is >= 1; with published_selection the released rule needs k = 0 (the row where
+# argsort(bc_loss) == 0), while our own rule treats k = 0 as 1 (the smallest BC loss), the default.
+
+
 # --------------------------------------------------------------------------- DPM-Solver
 class DPMSolver:
     """Deterministic DPM-Solver++(2M) (Lu et al. 2022) for a discrete VP schedule.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -189,14 +189,16 @@ class EDMBehavior(nn.Module):
 # --------------------------------------------------------------------------- DTQL agent
 @dataclass
 class DTQLConfig:
-    """DTQL one-step policy. Per-task trust-region weight alpha (reference): halfcheetah-medium 1,
-    hopper-medium 5, walker2d-medium 5."""
-    alpha: float = param(1.0, "trust-region weight alpha where env_alpha names no value (2-D toys)", low=0)
-    env_alpha: dict = param({"halfcheetah": 1.0, "hopper": 5.0, "walker2d": 5.0},
-                            "per-task alpha (reference medium settings); overrides alpha for these envs")
+    """DTQL one-step policy. Its reference's per-task alpha, lr and lr decay are PUBLISHED_TASKS below."""
+    alpha: float = param(1.0, "trust-region weight alpha (the reference's per-task values: PUBLISHED_TASKS; "
+                         "halfcheetah-medium's 1 elsewhere)", low=0)
     gamma_nll: float = param(0.0, "weight of the NLL of the dataset action under the policy (0 for MuJoCo)",
                              low=0)
-    lr: float = param(3e-4, "Adam learning rate of the one-step policy", low=0, low_open=True)
+    lr: float = param(3e-4, "Adam learning rate of the one-step policy (and, per task, of the behaviour model)",
+                      low=0, low_open=True)
+    lr_decay: bool = param(False, "cosine-decay the learning rates of the policy, the behaviour model and the critic "
+                           "to 0 over the run's policy steps (the reference's lr_decay, on for hopper-medium and "
+                           "the walker2d tasks)")
     batch_size: int = param(256, "minibatch size", low=1)
     hidden: int = param(256, "hidden width of the one-step policy", low=1)
     layers: int = param(3, "hidden layers (ReLU) of the one-step policy", low=1)
@@ -211,14 +213,28 @@ class DTQLConfig:
                                   "(the released DTQL does)")
 
 
-    def check(self, prefix: str = "dtql") -> None:
-        for env, value in self.env_alpha.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{prefix}.env_alpha.{env}={value!r} must be a number >= 0")
-
-    def for_env(self, env: str) -> "DTQLConfig":
-        """This config with the task's alpha (env_alpha[env] when listed)."""
-        return replace(self, alpha=float(self.env_alpha.get(env, self.alpha)))
+# Published per-task settings: task (D4RL id without version) -> {section: {field: value}}; a task listed
+# with {} publishes nothing that differs from the dataclass defaults.
+# TianyuCodings/Diffusion_Trusted_Q_Learning main.py:18-45 (`offline_hyperparameters`, locomotion rows
+# 19-27; read at main.py:173-179), commit 9a29cea. lr is the one-step policy's and the behaviour model's
+# (agents/dtql.py:54, 69, also in the 50k pretraining steps, agents/dtql.py:101-108); the critic's Adam
+# keeps 3e-4 (agents/dtql.py:39), the dtql_critic default. lr_decay: CosineAnnealingLR(T_max = the policy
+# steps, eta_min 0) on the critic's, the behaviour model's and the policy's Adam (main.py:60,
+# agents/dtql.py:83-86), stepped after every policy-phase step (agents/dtql.py:172-176).
+PUBLISHED_TASKS = {
+    "halfcheetah-medium": {},                                                  # alpha 1 (the default)
+    "halfcheetah-medium-replay": {"dtql": {"alpha": 5.0}},
+    "halfcheetah-medium-expert": {"dtql": {"alpha": 50.0}},
+    "hopper-medium": {"dtql": {"alpha": 5.0, "lr": 1e-4, "lr_decay": True}, "dtql_behavior": {"lr": 1e-4}},
+    "hopper-medium-replay": {"dtql": {"alpha": 5.0}},
+    "hopper-medium-expert": {"dtql": {"alpha": 20.0}},
+    "walker2d-medium": {"dtql": {"alpha": 5.0, "lr_decay": True}},
+    "walker2d-medium-replay": {"dtql": {"alpha": 5.0, "lr_decay": True}},
+    "walker2d-medium-expert": {"dtql": {"alpha": 5.0, "lr_decay": True}},
+}
+# Nothing else to state: gamma 0.0 (gamma_nll's default), expectile 0.7 (dtql_critic's), batch_size 256.
+# The schedule (pretrain_epochs 50 x 1000 joint behaviour + critic steps, then num_epochs 1000 x 1000
+# policy steps; main.py:68-81, 150, 159) is the budget's (docs/budgets.md).
 
 
 def tanh_gaussian_log_prob(actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor,
@@ -255,9 +271,12 @@ class DTQL(nn.Module):
     """
     name = "dtql"
 
+    extra_args = ("total_steps",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
+
     def __init__(self, obs_dim: int, act_dim: int, cfg: DTQLConfig, behavior: EDMBehavior, critic: IQLCritic,
-                 device="cpu"):
+                 device="cpu", total_steps: int = 0):
         super().__init__()
+        self.total_steps = int(total_steps)  # lr_decay's length: the run's policy steps
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.behavior, self.critic = behavior, critic
         self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden, cfg.layers, "relu")
@@ -271,13 +290,28 @@ class DTQL(nn.Module):
 
     @classmethod
     def from_configs(cls, obs_dim: int, act_dim: int, cfg: DTQLConfig, behavior_cfg: DTQLBehaviorConfig,
-                     critic_cfg: IQLConfig, device="cpu", reward_scale: float = 1.0) -> "DTQL":
+                     critic_cfg: IQLConfig, device="cpu", reward_scale: float = 1.0, total_steps: int = 0) -> "DTQL":
         """A fresh agent with untrained behaviour and critic shells (for loading a whole DTQL checkpoint)."""
         return cls(obs_dim, act_dim, cfg, EDMBehavior(obs_dim, act_dim, behavior_cfg, device),
-                   IQLCritic(obs_dim, act_dim, critic_cfg, device, reward_scale), device)
+                   IQLCritic(obs_dim, act_dim, critic_cfg, device, reward_scale), device, total_steps)
+
+    def _decay_lr(self) -> None:
+        """lr_decay: every optimiser's lr at lr0 (1 + cos(pi k / T)) / 2 before policy step k of T, the
+        closed form of the reference's CosineAnnealingLR stepped after each step (eta_min 0); its start
+        lr lives in the optimiser's state, so a resumed run continues the same schedule."""
+        if self.total_steps <= 0:
+            raise ConfigError("dtql.lr_decay is on but the run's length is unknown: pass total_steps to DTQL")
+        k = min(int(self.step), self.total_steps)
+        factor = 0.5 * (1.0 + math.cos(math.pi * k / self.total_steps))
+        for opt in (self.actor_opt, self.bc_opt, self.q_opt, self.v_opt):
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
 
     def update(self, b: dict, generator=None) -> dict:
         cfg, out = self.cfg, {}
+        if cfg.lr_decay:
+            self._decay_lr()
         if cfg.update_critic:
             out.update(self.critic.critic_step(b)[0])
         if cfg.update_behavior:

@@ -12,6 +12,7 @@ Two details of the critic step differ between the released codes and are config 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +33,8 @@ class IQLConfig:
     lr: float = param(3e-4, "Adam learning rate of Q, V and the policy", low=0, low_open=True)
     batch_size: int = param(256, "minibatch size", low=1)
     hidden: int = param(256, "hidden width of Q and V", low=1)
-    layers: int = param(3, "hidden layers of Q and V", low=1)
-    activation: str = param("mish", "activation of Q and V", choices=("mish", "relu", "silu"))
+    layers: int = param(2, "hidden layers of Q and V (the official IQL's 2x256)", low=1)
+    activation: str = param("relu", "activation of Q and V (the official IQL's ReLU)", choices=("mish", "relu", "silu"))
     layer_norm: bool = param(False, "LayerNorm in Q (DTQL's critic uses it)")
     policy_hidden: int = param(256, "hidden width of the AWR policy", low=1)
     reward_scaling: str = param("locomotion", "locomotion: r * 1000 / (max - min episode return); none",
@@ -43,16 +44,36 @@ class IQLConfig:
     joint_step: bool = param(False, "V and Q losses from the same pre-step networks, one backward pass, then "
                              "both steps (DTQL's and EDA's released critics); false: V is stepped first and "
                              "Q's target uses the updated V (IQL's released code)")
+    actor_lr_decay: bool = param(True, "cosine-decay the AWR policy's lr to 0 over the run's steps, Q's and V's "
+                                 "constant (the official IQL); false: constant")
+    policy_value: str = param("updated", "V in the AWR weights exp(beta (Q - V)): after this step's V update (the "
+                              "official IQL) or before it (pre_step)", choices=("updated", "pre_step"))
+
+
+# The official IQL (ikostrikov/implicit_q_learning, commit 09d7002) is IQLConfig's defaults: hidden_dims
+# (256, 256) with ReLU (configs/mujoco_config.py:11; common.py:28-43), expectile 0.7, temperature 3.0,
+# lrs 3e-4, discount 0.99, tau 0.005 (lines 7-19); the actor's lr decays by a cosine to 0 over the run
+# (learner.py:85-90), Q's and V's stay constant (learner.py:96-104); V is updated first, then the actor
+# (on the updated V) and Q (learner.py:_update_jit). Its locomotion config is one for every task:
+# nothing per task (README.md:35-38). The dtql_critic and eda_critic sections (IQLConfig too) follow
+# DTQL's and EDA's own code, which sets nothing per locomotion task either.
+PUBLISHED_TASKS = {task: {} for task in (
+    "halfcheetah-medium", "hopper-medium", "walker2d-medium", "halfcheetah-medium-replay", "hopper-medium-replay",
+    "walker2d-medium-replay", "halfcheetah-medium-expert", "hopper-medium-expert", "walker2d-medium-expert")}
+# The 1M steps (train_offline.py:26) are the budget's.
 
 
 class IQL(torch.nn.Module):
     name = "iql"
-    extra_args = ("reward_scale",)  # constructor arguments beyond the config (diffrl.offline.build_agent)
+    # constructor arguments beyond the config (diffrl.offline.build_agent); total_steps: actor_lr_decay's length
+    extra_args = ("reward_scale", "total_steps")
     config_cls = IQLConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device="cpu", reward_scale: float = 1.0):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device="cpu", reward_scale: float = 1.0,
+                 total_steps: int = 0):
         super().__init__()
-        self.cfg, self.reward_scale = cfg, reward_scale
+        self.cfg, self.reward_scale, self.total_steps = cfg, reward_scale, int(total_steps)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         kw = dict(hidden=cfg.hidden, layers=cfg.layers, act=cfg.activation)
         self.q = Critic(obs_dim, act_dim, layer_norm=cfg.layer_norm, **kw)
         self.q_target = Critic(obs_dim, act_dim, layer_norm=cfg.layer_norm, **kw)
@@ -101,13 +122,24 @@ class IQL(torch.nn.Module):
         return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "q_mean": q_t.mean()}, q_t, v.detach()
 
     def update(self, b: dict, generator=None) -> dict:
+        cfg = self.cfg
+        if cfg.actor_lr_decay:  # optax's cosine_decay_schedule: lr0 (1 + cos(pi k / T)) / 2 at step k
+            if self.total_steps <= 0:
+                raise ValueError("iql.actor_lr_decay is on but the run's length is unknown: pass total_steps to IQL")
+            k = min(int(self.step), self.total_steps)
+            for group in self.pi_opt.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * k / self.total_steps))
         metrics, q_t, v = self.critic_step(b)
+        if cfg.policy_value == "updated":
+            with torch.no_grad():
+                v = self.v(b["obs"])
         # AWR policy: maximise exp(beta A) log pi(a|s)
-        w = torch.exp(self.cfg.temperature * (q_t - v)).clamp(max=self.cfg.max_weight)
+        w = torch.exp(cfg.temperature * (q_t - v)).clamp(max=cfg.max_weight)
         pi_loss = -(w * self.policy.log_prob(b["obs"], b["action"])).mean()
         self.pi_opt.zero_grad(set_to_none=True)
         pi_loss.backward()
         self.pi_opt.step()
+        self.step += 1
         return {**metrics, "pi_loss": pi_loss.detach()}
 
     @torch.no_grad()

@@ -122,16 +122,19 @@ class SAC(torch.nn.Module):
 
 
 def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every: int, seed: int,
-              device="cpu", eval_episodes: int = 1, stop_score: float | None = None,
-              record_episodes: bool = False, log=None, resume_path: str | Path | None = None,
+              device="cpu", eval_episodes: int = 1, medium_score: float | None = None,
+              stop_at_medium: bool = False, log=None, resume_path: str | Path | None = None,
               checkpoint_every: int = 0):
-    """Train SAC online; stop early once the evaluation score reaches `stop_score`.
+    """Train SAC online for `steps` env steps: the data agent of the generated datasets.
 
-    Returns (agent, info, episodes): info has env_steps, grad_steps, the evaluations, the last
-    evaluation score and whether the stop score was reached; episodes are the training episodes
-    (for medium-replay data). With `resume_path`, a checkpoint (agent, optimisers, replay buffer,
-    env and RNG states, step) is written every `checkpoint_every` env steps, and a run that finds
-    one there continues from it bit-identically on CPU.
+    At the first evaluation whose score reaches `medium_score` it keeps the medium policy: a copy
+    of the agent's weights, and the training episodes up to that point (the medium-replay data,
+    recorded only until then); `stop_at_medium` stops the run there. Returns (agent, info, medium):
+    info has env_steps, grad_steps, the evaluations, the last evaluation score and whether the
+    medium score was reached; medium is {"state", "episodes", "env_steps", "score"}, or None when
+    it was not reached. With `resume_path`, a checkpoint (agent, optimisers, replay buffer, env and
+    RNG states, step, the medium policy) is written every `checkpoint_every` env steps, and a run
+    that finds one there continues from it bit-identically on CPU.
     """
     from diffrl.runlog import NumericalError
     from diffrl.train import fingerprint, first_non_finite, load_resume, save_resume
@@ -151,13 +154,15 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
     start = 1
     # minibatches are drawn from torch's global generator (saved with the other random states)
     generators = {"sampling": gen, "warmup": rng}
+    medium = None
     fp = (fingerprint(agent, env_name, steps=steps, warmup=warmup, eval_every=eval_every, seed=seed,
-                      stop_score=stop_score, record_episodes=record_episodes) if resume_path is not None else "")
+                      medium_score=medium_score, stop_at_medium=stop_at_medium) if resume_path is not None else "")
     progress = load_resume(resume_path, agent, device=device, fingerprint=fp, generators=generators, buffer=buf)
     if progress is not None:
         env.close()
         env = restore_env(progress["env"])
         obs, info, episodes, cur = progress["obs"], progress["info"], progress["episodes"], progress["episode"]
+        medium = progress["medium"]
         start = progress["step"] + 1
         if log is not None:
             log.bar.update(progress["step"])
@@ -169,14 +174,15 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
             action = agent.act(obs[None], deterministic=False, generator=gen)[0]
         nxt, r, term, trunc, _ = env.step(action)
         buf.add(obs=obs[None], action=action[None], reward=[r], next_obs=nxt[None], terminal=[float(term)])
-        if record_episodes:
+        record = medium is None  # the medium-replay data: training episodes up to the medium point
+        if record:
             for k, v in zip(("observations", "actions", "rewards", "terminations", "truncations"),
                             (nxt, action, r, term, trunc)):
                 cur[k].append(v)
         obs = nxt
         if term or trunc:
             obs, _ = env.reset()
-            if record_episodes:
+            if record:
                 episodes.append({k: np.asarray(v) for k, v in cur.items()})
                 cur = new_episode(obs)
         if step > warmup and buf.size >= cfg.batch_size:
@@ -193,9 +199,12 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
             info["evaluations"].append({"env_steps": step, "return": ret, "score": info["score"]})
             if log is not None:
                 log.log_eval(step, info["score"], ret)
-            if stop_score is not None and info["score"] >= stop_score:
+            if medium is None and medium_score is not None and info["score"] >= medium_score:
                 info["target_reached"] = True
-                break
+                medium = {"state": {k: v.detach().clone() for k, v in agent.state_dict().items()},
+                          "episodes": episodes, "env_steps": step, "score": info["score"]}
+                if stop_at_medium:
+                    break
         if resume_path is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
             if log is not None and hasattr(log, "check"):
                 log.check(step)  # a NaN since the last checkpoint stops here: the last good one stays
@@ -205,6 +214,6 @@ def train_sac(env_name: str, cfg: SACConfig, steps: int, warmup: int, eval_every
                                      f"good checkpoint is kept ({resume_path})")
             save_resume(resume_path, agent, fingerprint=fp, generators=generators, buffer=buf, progress={
                 "env": env_state(env), "obs": obs, "info": info, "episodes": episodes, "episode": cur,
-                "step": step})
+                "step": step, "medium": medium})
     env.close()
-    return agent, info, episodes
+    return agent, info, medium

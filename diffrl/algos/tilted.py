@@ -25,6 +25,22 @@ each base policy gives it (`PARTS`):
   DTQL's own IQL target critic. DTQL's evaluated policy is a one-step tanh-Gaussian, which has no
   denoising chain to guide (its own evaluation already selects among 1024 samples), so this row
   asks whether tilting its trust-region model at inference matches the distilled policy.
+
+Two keys make the tilt the only difference from the base row (`TiltRowConfig.sampler`, `selection`;
+the defaults, `tilt`, keep the rows above). `sampler: base` draws from the base row's own evaluated
+policy and sampler instead of PARTS's chain: the same DDPM chain for bc and a ddpm Diffusion-QL row
+(guidance and particles as above), Diffusion-QL's DPM-Solver with `sampler: dpm`, EDA's DPM-Solver on
+pi, DTQL's one-step policy; where that is not a DDPM chain there is nothing to guide, so only the
+particles tilt (num_particles draws, one kept by particle_selection_lambda on the tilt's critic) and
+tfg_lambda > 0 or MALA stop the evaluation with one line. `selection: base` ends in the base row's own
+evaluation choice: each of its candidates is one tilted draw (num_particles particles, one kept), and
+its rule picks among them (Diffusion-QL: eval_candidates ~ softmax(min Q_target / eval_temperature),
+one sample for its critic-free bc variant or one candidate; DTQL: eval_candidates ~ softmax(min
+Q_target / eval_temperature) in its eval_chunk chunks; EDA: argmax of its q_value over eval_samples;
+bc: one sample); `selection: tilt` keeps one tilted draw per state. So with tfg_lambda 0, no MALA, one
+particle and both keys `base`, a tilted row acts exactly as its base row does, generator draw for
+generator draw (tests/test_tilt_identity.py), and with the tilt on only the guidance, MALA and
+particles differ.
 """
 from __future__ import annotations
 
@@ -32,11 +48,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from diffrl.algos import REGISTRY
-from diffrl.algos.tilts import EnergyEps, TiltConfig, TiltedPolicy
+from diffrl.algos.tilts import aggregate, EnergyEps, select_particles, TiltConfig, TiltedPolicy
 from diffrl.diffusion import DiffusionSchedule
 from diffrl.fields import ConfigError, param
 
@@ -47,7 +64,18 @@ class TiltRowConfig(TiltConfig):
     retraining (diffrl/algos/tilted.py)."""
     levels: int = param(20, "DDPM levels the tilt samples on for a base policy in continuous time (EDA's "
                         "VP-SDE, times uniform in [t_min, 1]; DTQL's EDM behaviour model, its Karras noise levels); "
-                        "bc and the Diffusion-QL family keep their own T", low=2)
+                        "bc and the Diffusion-QL family keep their own T; unused with sampler: base", low=2)
+    sampler: str = param("base", "tilt: the DDPM chain above (Diffusion-QL always DDPM; EDA, DTQL on `levels` "
+                         "levels); base: the base row's own evaluated policy and sampler (bc, ddpm Diffusion-QL: "
+                         "the same chain; dpm Diffusion-QL: its DPM-Solver; EDA: its DPM-Solver; DTQL: its "
+                         "one-step policy), tilted by particles alone where that is not a DDPM chain. base (with selection: base): "
+                         "the tilt is the only difference from the base row, whose probability of improvement "
+                         "over it then measures the tilt alone",
+                         choices=("tilt", "base"))
+    selection: str = param("base", "tilt: one tilted draw per state (best of num_particles); base: the base row's "
+                           "own evaluation choice among its candidates, each a tilted draw (Diffusion-QL, DTQL: "
+                           "eval_candidates ~ softmax(min Q_target / eval_temperature); EDA: argmax Q of "
+                           "eval_samples; bc: one)", choices=("tilt", "base"))
 
 
 def schedule_of(abar: torch.Tensor, device) -> DiffusionSchedule:
@@ -126,9 +154,121 @@ def target_critic(agent) -> nn.Module | None:
     return target_critic(inner) if isinstance(inner, nn.Module) else None
 
 
-def tilted_policy(row: str, cfg: TiltRowConfig, agent, critic_agent=None) -> TiltedPolicy:
+# --------------------------------------------------------------------------- sampler and selection: base
+def own_sampler(module: str, agent) -> str | None:
+    """What the base row's own sampler is where it is not PARTS's DDPM chain (None: it is that chain)."""
+    if module == "bc" or (module == "dql" and agent.sampler == "ddpm"):
+        return None
+    if module == "dql":
+        return "Diffusion-QL's DPM-Solver++(2M)"
+    if module == "eda":
+        c = agent.behavior.cfg
+        return f"EDA's DPM-Solver ({c.solver}, {c.sample_steps} steps)"
+    return "DTQL's one-step tanh-Gaussian policy"
+
+
+# the base row's module -> its trained agent -> its own sampler draw(obs, generator) -> (N, act_dim) (no grad)
+OWN_DRAWS = {"dql": lambda agent: agent.sample, "eda": lambda agent: agent.sample,
+             "dtql": lambda agent: (lambda obs, generator=None: agent.actor(obs, generator=generator)[0])}
+
+
+def _choose_one(agent, draw, obs, generator):
+    """bc, and `selection: tilt`: one draw per state."""
+    return draw(obs, generator)
+
+
+def _choose_dql(agent, draw, obs, generator):
+    """Diffusion-QL's DiffusionQL.act: eval_candidates draws per state, one ~ softmax(min Q_target /
+    eval_temperature); one draw for a critic-free variant or one candidate."""
+    if not agent.trains_critic or agent.cfg.eval_candidates == 1:
+        return draw(obs, generator)
+    N, k = obs.shape[0], agent.cfg.eval_candidates
+    o_rep = obs.repeat_interleave(k, 0)
+    cand = draw(o_rep, generator)
+    q = agent.critic_target.q_min(o_rep, cand).view(N, k)
+    idx = torch.multinomial(torch.softmax(q / agent.cfg.eval_temperature, -1), 1, generator=generator)
+    return cand.view(N, k, -1).gather(1, idx.unsqueeze(-1).expand(-1, 1, agent.act_dim)).squeeze(1)
+
+
+def _choose_dtql(agent, draw, obs, generator):
+    """DTQL's DTQL.select: per state eval_candidates draws, one ~ softmax(min Q_target / eval_temperature),
+    states taken in chunks of eval_chunk // eval_candidates."""
+    cfg, K = agent.cfg, agent.cfg.eval_candidates
+    out = []
+    for o in obs.split(max(1, cfg.eval_chunk // K)):
+        rep = o.repeat_interleave(K, 0)
+        a = draw(rep, generator)
+        q = agent.critic.q_target.q_min(rep, a).view(len(o), K)
+        idx = torch.multinomial(torch.softmax(q / cfg.eval_temperature, -1), 1, generator=generator)
+        out.append(a.view(len(o), K, -1)[torch.arange(len(o), device=o.device), idx[:, 0]])
+    return torch.cat(out)
+
+
+def _choose_eda(agent, draw, obs, generator):
+    """EDA's EDAAlign.select: eval_samples draws per state, the one of largest q_value."""
+    K, B = agent.cfg.eval_samples, obs.shape[0]
+    rep = obs.repeat_interleave(K, 0)
+    a = draw(rep, generator)
+    idx = agent.q_value(rep, a).view(B, K).argmax(-1)
+    return a.view(B, K, -1)[torch.arange(B, device=obs.device), idx]
+
+
+# the base row's module -> its evaluation choice (agent, draw, obs, generator) -> (B, act_dim), as its act does
+BASE_SELECTIONS = {"bc": _choose_one, "dql": _choose_dql, "dtql": _choose_dtql, "eda": _choose_eda}
+
+
+class TiltedRowPolicy(nn.Module):
+    """A tilted row's policy with `sampler: base` or `selection: base`: `choose` (the base row's
+    evaluation choice, or one draw per state) over `draw(obs, generator)`, one tilted action per row
+    of obs. The base agent and the critic are submodules (policy_fn finds the device)."""
+
+    def __init__(self, agent: nn.Module, critic, draw, choose, tilted: TiltedPolicy | None = None):
+        super().__init__()
+        self.agent, self.tilted = agent, tilted
+        self.critic = critic
+        self._draw, self._choose = draw, choose
+
+    def sample(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, act_dim) actions for a batch of states."""
+        with torch.no_grad():
+            return self._choose(self.agent, self._draw, obs, generator)
+
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=next(self.agent.parameters()).device)
+        squeeze = o.dim() == 1
+        a = self.sample(o[None] if squeeze else o, generator)
+        return (a[0] if squeeze else a).cpu().numpy()
+
+
+def _particle_draw(draw, critic, cfg: TiltConfig):
+    """`draw` tilted by particles alone: num_particles draws per row, one kept by
+    particle_selection_lambda on the critic's q_agg (TiltedSampler.select's choice)."""
+    P = cfg.num_particles
+    if P == 1:
+        return draw
+
+    def tilted(obs, generator=None):
+        B = obs.shape[0]
+        o = obs.repeat_interleave(P, 0)
+        x = draw(o, generator)
+        q = critic(o, x)
+        v = aggregate(q, cfg.q_agg) if q.dim() == 2 else q
+        return select_particles(x.view(B, P, -1), v.view(B, P), cfg.particle_selection_lambda, generator)
+    return tilted
+
+
+def _tilted_draw(policy: TiltedPolicy):
+    """One action per row of obs from the tilted sampler (best of num_particles)."""
+    P = policy.tilt_cfg.num_particles
+    if P == 1:
+        return lambda obs, generator=None: policy.denoise(obs, generator)
+    return lambda obs, generator=None: policy.select(obs, P, generator)[0]
+
+
+def tilted_policy(row: str, cfg: TiltRowConfig, agent, critic_agent=None) -> TiltedPolicy | TiltedRowPolicy:
     """The policy of tilted row `row`: its base row's trained `agent` sampled under the tilt `cfg` and
-    valued by the target critic of `critic_agent` (the critic row's trained agent) or its own."""
+    valued by the target critic of `critic_agent` (the critic row's trained agent) or its own; with
+    `sampler` or `selection` base, the base row's own sampler or evaluation choice (module docstring)."""
     entry = REGISTRY[row]
     module = REGISTRY[entry.base].module
     if module not in PARTS:
@@ -138,19 +278,35 @@ def tilted_policy(row: str, cfg: TiltRowConfig, agent, critic_agent=None) -> Til
     if critic is None:
         raise ConfigError(f"{row}: its base row {entry.base} has no critic; name the row whose critic tilts "
                           f"it (the registry's critic_row)")
+    if "base" in (cfg.sampler, cfg.selection) and module not in BASE_SELECTIONS:
+        raise ConfigError(f"{row}: sampler/selection base is not defined for a {module}.py base row: add its "
+                          f"entries to diffrl.algos.tilted (own_sampler, OWN_DRAWS, BASE_SELECTIONS)")
+    own = own_sampler(module, agent) if cfg.sampler == "base" else None
+    if own is not None:
+        for key, value in (("tfg_lambda", cfg.tfg_lambda), ("mala_steps", cfg.mala_steps)):
+            if value > 0:
+                raise ConfigError(f"{row}.{key}={value:g} is unavailable with {row}.sampler: base: the base row's "
+                                  f"own sampler, {own}, has no DDPM chain to guide (only num_particles tilts it); "
+                                  f"set {row}.{key}: 0 or {row}.sampler: tilt")
+        draw = _particle_draw(OWN_DRAWS[module](agent), critic, cfg)
+        choose = BASE_SELECTIONS[module] if cfg.selection == "base" else _choose_one
+        return TiltedRowPolicy(agent, critic, draw, choose).eval()
     net, schedule = PARTS[module](agent, cfg)
     # x_T ~ N(0, I): the base samplers' own start (EDM's sigma_max N(0, I) is N(0, I) at abar_T)
-    return TiltedPolicy(net, schedule, critic, cfg, agent.act_dim, 1.0, what=row).eval()
+    policy = TiltedPolicy(net, schedule, critic, cfg, agent.act_dim, 1.0, what=row).eval()
+    if cfg.selection == "tilt":
+        return policy
+    return TiltedRowPolicy(agent, critic, _tilted_draw(policy), BASE_SELECTIONS[module], policy).eval()
 
 
-def load_tilted(row: str, cfg: TiltRowConfig, env: str, seed: int, device) -> tuple[TiltedPolicy, dict]:
-    """(the policy of tilted row `row` built from the runs of `env` and `seed`, the base run's
+def load_tilted(row: str, cfg: TiltRowConfig, task: str, seed: int, device) -> tuple[nn.Module, dict]:
+    """(the policy of tilted row `row` built from the runs of `task` and `seed`, the base run's
     train.json with the critic run's wall time added to its pretraining wall time)."""
     from diffrl.algos import evaluated_runs
     from diffrl.offline import load_agent
     from diffrl.pipeline import run_dir
 
-    runs = [run_dir(env, r, seed) for r in evaluated_runs(row)]
+    runs = [run_dir(task, r, seed) for r in evaluated_runs(row)]
     for run in runs:
         if not Path(run).exists():
             raise FileNotFoundError(f"{run} is missing: {row} evaluates it without training; run "

@@ -37,14 +37,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import ENV1, copy_project  # noqa: E402  (the suite's fresh-copy helper)
 
 CONFIG_FILE = "chaos_config.yaml"
+TASK = "halfcheetah-random"  # a random-quality dataset: no SAC data agent to train
 
 
 def graph_config(rows: list[str], seeds: list[int], steps: int) -> dict:
     """The small graph, as a config merged over params.yaml."""
     return {"budget": "smoke", "seeds": seeds, "algorithms": rows, "stats": {"baseline": rows[0]},
-            "dataset": {"quality": "random"},
-            "budgets": {"smoke": {"dataset_episodes": 2, "offline_steps": steps, "critic_steps": steps,
-                                  "behavior_steps": steps, "eval_episodes": 1, "curve_episodes": 1}},
+            "tasks": {TASK: {}},
+            "budgets": {"smoke": {"dataset_episodes": 2, "offline_steps": steps, "iql_steps": steps,
+                                  "dtql_steps": steps, "dtql_pretrain_steps": steps, "eda_critic_steps": steps,
+                                  "eval_episodes": 1, "curve_episodes": 1}},
             "iql": {"hidden": 64, "policy_hidden": 64}, "bc": {"hidden": 64}, "dql": {"hidden": 64}}
 
 
@@ -52,14 +54,16 @@ def prepare(project: Path, front: str, cfg: dict) -> list[str]:
     """Write the graph's config into `project`; return the command that builds its summary."""
     (project / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
     if front == "snakemake":
-        return ["snakemake", "--cores", "2", "--configfile", CONFIG_FILE, "--", "results/halfcheetah_summary.csv"]
+        return ["snakemake", "--cores", "2", "--configfile", CONFIG_FILE, "--", f"results/{TASK}_summary.csv"]
     from snakemake.utils import update_config
     params = yaml.safe_load((project / "params.yaml").read_text())
     update_config(params, cfg)
+    # its task alone (a config file adds to params.yaml's tasks, and dvc repro would build them all)
+    params["tasks"] = cfg["tasks"]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "diffrl.params", "--regenerate"], cwd=project, check=True,
                    capture_output=True, text=True, env=ENV1)
-    return ["dvc", "repro", "summary"]
+    return ["dvc", "repro", f"summary@{TASK}"]
 
 
 def _role(p: psutil.Process, top: int) -> str:
@@ -138,9 +142,9 @@ def _flatten(obj, prefix="") -> dict:
 def per_seed_results(project: Path) -> dict:
     """Every per-seed evaluation and every trained model of the graph, keyed by file."""
     res = {}
-    for f in sorted(project.glob("runs/halfcheetah/eval/*/seed*.json")):
+    for f in sorted(project.glob(f"runs/{TASK}/eval/*/seed*.json")):
         res[str(f.relative_to(project))] = _flatten(json.loads(f.read_text()))
-    for f in sorted(project.glob("runs/halfcheetah/*/seed*/model.pt")):
+    for f in sorted(project.glob(f"runs/{TASK}/*/seed*/model.pt")):
         res[str(f.relative_to(project))] = _flatten(torch.load(f, weights_only=False))
     return res
 
@@ -151,7 +155,7 @@ def compare(chaos: Path, calm: Path, cfg: dict) -> dict:
     assert a.keys() == b.keys(), f"different outputs: {sorted(a.keys() ^ b.keys())}"
     differ = [f for f in a if a[f] != b[f]]
     assert not differ, f"differ from the uninterrupted run: {differ}"
-    table = pd.read_csv(chaos / "results/halfcheetah_summary.csv").set_index("algorithm")
+    table = pd.read_csv(chaos / f"results/{TASK}_summary.csv").set_index("algorithm")
     assert list(table.index) == cfg["algorithms"] and (table["n_seeds"] == len(cfg["seeds"])).all(), table
     return {"files_equal": len(a), "evaluations": sum("eval/" in f for f in a), "rows": list(table.index)}
 

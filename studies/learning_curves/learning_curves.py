@@ -1,7 +1,7 @@
 """Learning-curve study: normalised score against gradient steps for the offline rows, with the
 pipeline's own training code (diffrl.offline.train_run) and the hyperparameters of params.yaml.
 
-    python studies/learning_curves/learning_curves.py --dataset data/halfcheetah/dataset --seeds 0 1 2 \
+    python studies/learning_curves/learning_curves.py --dataset data/halfcheetah-medium/dataset --seeds 0 1 2 \
         --rows bc dql qg edp eg_ood iql dtql eda --steps 20000 --eval-every 2500 --episodes 10
     python studies/learning_curves/learning_curves.py --plot-only
 
@@ -111,7 +111,7 @@ def plot(path: Path, png: Path, title: str) -> None:
 def main() -> None:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--env", default="halfcheetah")
-    a.add_argument("--dataset", default="data/halfcheetah/dataset")
+    a.add_argument("--dataset", default="data/halfcheetah-medium/dataset")
     a.add_argument("--params", default=str(ROOT / "params.yaml"))
     a.add_argument("--rows", nargs="+", default=["bc", "dql", "qg", "edp", "eg_ood", "iql", "dtql", "eda"])
     a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -3,7 +3,7 @@
     python studies/tilts/eda_samplers.py [--seeds 0 1 2] [--out studies/tilts/results/halfcheetah_eda_samplers.csv]
         --variant '{"solver": "dpm++2s", "skip_type": "time"}' [--variant '{"sample_steps": 50}' ...]
 
-Loads each seed's `eda` run (runs/halfcheetah/eda/seed{s}, e.g. trained by studies/tilts/tilt_halfcheetah.py
+Loads each seed's `eda` run (runs/halfcheetah-medium/eda/seed{s}, e.g. trained by studies/tilts/tilt_halfcheetah.py
 under studies/tilts/eda_ours.yaml), replaces sampler fields of its behaviour config (`sample_steps`,
 `solver`, `solver_order`, `skip_type`, `clip_x0`: diffrl/algos/eda.py, EDABehaviorConfig) and evaluates it
 as the evaluate stage does: `--episodes` full episodes on the final-evaluation episode seeds, one
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "studies/learning_curves"))
 from learning_curves import machine  # noqa: E402
 
 ENV = "halfcheetah"
+TASK = "halfcheetah-medium"  # its runs and dataset: runs/TASK/..., data/TASK/dataset
 SAMPLER_FIELDS = {"sample_steps", "solver", "solver_order", "skip_type", "clip_x0"}
 
 
@@ -49,10 +50,10 @@ def main() -> None:
     from diffrl.train import policy_fn
     from diffrl.utils import read_json, set_threads
     set_threads(1)
-    who, data = machine(), describe_dataset(str(ROOT / f"data/{ENV}/dataset"))
+    who, data = machine(), describe_dataset(str(ROOT / f"data/{TASK}/dataset"))
     lines = []
     for seed in args.seeds:
-        run = ROOT / f"runs/{ENV}/eda/seed{seed}"
+        run = ROOT / f"runs/{TASK}/eda/seed{seed}"
         for v in variants:
             agent, _ = load_agent(run, "cpu")
             agent.cfg = dataclasses.replace(agent.cfg, eval_samples=1)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "studies/learning_curves"))
 from learning_curves import machine  # noqa: E402
 
 ENV = "halfcheetah"
+TASK = "halfcheetah-medium"  # its runs and dataset: runs/TASK/..., data/TASK/dataset
 
 
 def snakemake(targets: list[str], config: list[str], cores: int, configfile: str | None) -> None:
@@ -50,7 +51,7 @@ def snakemake(targets: list[str], config: list[str], cores: int, configfile: str
 
 
 def evaluation_file(row: str, seed: int) -> Path:
-    return ROOT / f"runs/{ENV}/eval/{row}/seed{seed}.json"
+    return ROOT / f"runs/{TASK}/eval/{row}/seed{seed}.json"
 
 
 def evaluation(row: str, seed: int) -> dict:
@@ -88,7 +89,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / f"{args.name}.csv"
-    data = describe_dataset(str(ROOT / f"data/{ENV}/dataset"))
+    data = describe_dataset(str(ROOT / f"data/{TASK}/dataset"))
 
     def record(row, base, lam, particles, mala, t0) -> None:
         """Write one setting's lines to the CSV at once (a long sweep keeps what finished). Each replaces
@@ -111,14 +112,14 @@ def main() -> None:
         (pd.concat([kept, new], ignore_index=True) if len(kept) else new).to_csv(csv, index=False)
 
     t0 = time.time()
-    snakemake([f"runs/{ENV}/eval/{row}/seed{s}.json" for row, s in runs], base_config, args.cores, args.configfile)
+    snakemake([f"runs/{TASK}/eval/{row}/seed{s}.json" for row, s in runs], base_config, args.cores, args.configfile)
     for row in args.rows:
         record(row, row, None, None, None, t0)
     for lam, particles, mala in itertools.product(args.lambdas, args.particles, args.mala_steps):
         t0 = time.time()
         tilts = [f"{row}_tilt={{tfg_lambda: {lam:g}, num_particles: {particles}, mala_steps: {mala}}}"
                  for row in args.rows]
-        snakemake([f"runs/{ENV}/eval/{row}_tilt/seed{s}.json" for row, s in runs], base_config + tilts,
+        snakemake([f"runs/{TASK}/eval/{row}_tilt/seed{s}.json" for row, s in runs], base_config + tilts,
                   args.cores, args.configfile)
         for row in args.rows:
             record(f"{row}_tilt", row, lam, particles, mala, t0)
@@ -130,13 +131,14 @@ def main() -> None:
 
 def intervals(df: pd.DataFrame) -> pd.DataFrame:
     """IQM over seeds and its 95% stratified-bootstrap interval per (row, lambda, particles, MALA steps)."""
-    from diffrl.stats import iqm_interval
+    from diffrl.suite import aggregate
     keys = ["row", "tfg_lambda", "num_particles", "mala_steps"]
     df = df.assign(mala_steps=df.mala_steps if "mala_steps" in df else float("nan"))
     df.loc[df.tfg_lambda.notna(), "mala_steps"] = df.mala_steps.fillna(0)  # lines from before the column: no MALA
     out = []
     for key, g in df.groupby(keys, dropna=False, sort=False):
-        point, lo, hi = iqm_interval({"x": g.score.to_numpy()}, reps=2000, confidence=0.95)["x"]
+        point, lo, hi = aggregate({"x": g.score.to_numpy()[:, None]}, reps=2000, confidence=0.95).iloc[0][
+            ["iqm", "iqm_ci_low", "iqm_ci_high"]]
         out.append(dict(zip(keys, key), iqm=point, lo=lo, hi=hi, mean=g.score.mean(), seeds=len(g)))
     return pd.DataFrame(out)
 

@@ -10,6 +10,8 @@ import diffrl.algos
 from diffrl.algos import BEHAVIORS, CRITICS, OFFLINE, ONLINE, PRETRAINED, REGISTRY, ROWS
 from diffrl.dag import code_deps, command, command_fields, data_deps, default_target, job_init, row_wildcards
 from diffrl.resources import job_resources
+from diffrl.tasks import in_scope
+from diffrl.tasks import parse as parse_task
 from diffrl.pipeline import (BANDIT_SUMMARY, STAGES, SUMMARY_OUTPUTS, bandit_plot_file, budget_keys,
                              declared_values, log_file, offline_init_of, stage_keys, summary_files)
 
@@ -24,18 +26,26 @@ def overrides(stage, **wildcards):
         parts = override.split("=", 1)[0].split(".")
         if parts[0] == "budgets":  # overrides are leaves: budgets.PRESET.KEY
             return parts[1:2] == [P["budget"]] and parts[2:3] != [] and parts[2] in budget
+        if parts[0] == "tasks" and "task" in wildcards:  # tasks.TASK.SECTION...: its own task's changes
+            return parts[1:2] == [parse_task(wildcards["task"]).name] and parts[2:3] != [] and parts[2] in keys
         return parts[0] in keys or (parts[0] == "budget" and bool(budget))  # the preset to read from
     return "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES if reads(o))
 
 
+def job_wildcards(stage, wc):
+    """What a job's declared values depend on: its row wildcard and its task (what the task changes)."""
+    w = dict(wc.items())
+    return {**row_wildcards(stage, w), **({"task": w["task"]} if "task" in w else {})}
+
+
 def declared(stage):
     """The rule's `params.declared`: the values its job reads (diffrl.pipeline.declared_values)."""
-    return lambda wc: declared_values(stage, P, MERGED, **row_wildcards(stage, dict(wc.items())))
+    return lambda wc: declared_values(stage, P, MERGED, **job_wildcards(stage, wc))
 
 
 def override_param(stage):
     """The rule's `params.set`: overrides(...) of its job."""
-    return lambda wc: overrides(stage, **row_wildcards(stage, dict(wc.items())))
+    return lambda wc: overrides(stage, **job_wildcards(stage, wc))
 
 
 def inputs(stage):
@@ -66,7 +76,7 @@ def job_log(stage):
 
 def row_constraint(stage):
     """The values the rule's row wildcard takes (its stage's `sections`), so that stages writing the
-    same path pattern (runs/{env}/{algo}/seed{seed}) each match only their own rows."""
+    same path pattern (runs/{task}/{algo}/seed{seed}) each match only their own rows."""
     st = STAGES[stage]
     return {st.row: "|".join(getattr(diffrl.algos, st.sections))} if st.row else {}
 
@@ -90,8 +100,9 @@ def report_count(n, what):
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-def report_labels(kind, env):
-    """The report labels of one result of `env`: budget, seeds, steps, evaluation and data of the
+def report_labels(kind, scope):
+    """The report labels of one result of a summary `scope` (a task, an environment's tasks, the
+    suite): budget, seeds, steps, evaluation and data of the
     rows it covers (kind: "final" for the tables and intervals, "offline" or "online" for a learning
     curve, "curves" for the curve points). They come from the validated params, so a `--config`
     override, dotted or nested, shows as the jobs ran it; the captions quote them. Strings only (the
@@ -111,10 +122,12 @@ def report_labels(kind, env):
     if online:
         steps.append(f"online rows {report_count(budget.online_steps, 'environment step')}")
         points.append(f"online every {budget.online_eval_every} environment steps")
-    source = P["dataset"]
-    data = (f"Minari {source.minari_ids.get(env, env)}" if source.source == "minari" else
-            f"generated {source.quality}, {report_count(budget.dataset_episodes, 'episode')} of the pipeline's SAC "
-            f"agent (not D4RL)")
+    tasks = [parse_task(t) for t in in_scope(scope, P["tasks"])]
+    minari = [t.name for t in tasks if t.minari_id]
+    generated = [t.name for t in tasks if not t.minari_id]
+    data = "; ".join(([f"Minari {', '.join(minari)}"] if minari else []) +
+                     ([f"generated {', '.join(generated)}, {report_count(budget.dataset_episodes, 'episode')} per "
+                       f"policy of the pipeline's SAC agent (not D4RL)"] if generated else []))
     if kind == "online":
         o2o = [a for a in algos if a in ONLINE and offline_init_of(P, a)]
         data = "each row's own environment steps" + (f"; {', '.join(o2o)} from an offline run on {data}" if o2o else "")
@@ -129,7 +142,7 @@ def report_labels(kind, env):
 
 
 def summary_labels(result, kind):
-    return lambda wc: {"result": result, **report_labels(kind, wc.env)}
+    return lambda wc: {"result": result, **report_labels(kind, wc.scope)}
 
 
 def bandit_labels(name):
@@ -159,6 +172,8 @@ def bandit_plot_labels(wildcards):
 # (metrics.json, read by `dvc exp show`; plots/, the per-row curves `dvc plots show` draws) stays out
 # of the report
 SUMMARY_REPORT = {
+    "table.md": ("table_md.rst", "1 table and profile", "the papers' table (Markdown)", "final"),
+    "profile.png": ("profile.rst", "1 table and profile", "performance profile", "final"),
     "summary.csv": ("summary_csv.rst", "tables", "summary (CSV)", "final"),
     "summary.md": ("summary_md.rst", "tables", "summary and probability of improvement (Markdown)", "final"),
     "curves.csv": ("curves_csv.rst", "learning curves", "curve points (CSV)", "curves"),
@@ -168,8 +183,8 @@ SUMMARY_REPORT = {
 }
 # the report's results: output path template -> (caption, category, subcategory, labels)
 REPORT = {
-    **{path: (caption, "{env}", subcategory, summary_labels(result, kind))
-       for name, path in zip(SUMMARY_OUTPUTS, summary_files("{env}")) if name in SUMMARY_REPORT
+    **{path: (caption, "{scope}", subcategory, summary_labels(result, kind))
+       for name, path in zip(SUMMARY_OUTPUTS, summary_files("{scope}")) if name in SUMMARY_REPORT
        for caption, subcategory, result, kind in [SUMMARY_REPORT[name]]},
     bandit_plot_file("{name}"): ("bandit_plot.rst", "bandit study", "policy samples", bandit_plot_labels),
     BANDIT_SUMMARY: ("bandit_summary.rst", "bandit study", "table", bandit_labels(", ".join(P["bandit_sets"]))),
