@@ -178,6 +178,21 @@ def test_a_row_prints_its_effective_settings():
     assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown row or section 'qgg' (did you mean 'qg'?)"
 
 
+def test_a_row_on_a_task_carries_its_references_settings_for_that_task():
+    """The seed README's `--algo qg` on hopper-medium-replay: the fork's per-dataset values (grad norm 4,
+    top_k 2), marked with their source; a task's own change wins over them."""
+    from diffrl.params import show
+    raw = config.read_params(ROOT / "params.yaml")
+    lines = show("qg", raw, task="hopper-medium-replay").splitlines()
+    assert lines[0] == "qg:    # on task hopper-medium-replay"
+    assert "  grad_norm: 4.0    # published for hopper-medium-replay" in lines
+    assert "  selection_k: 2    # published for hopper-medium-replay" in lines
+    assert "  variant: qg    # set in params.yaml" in lines
+    raw["tasks"]["hopper-medium-replay"] = {"qg": {"grad_norm": 2.5}}
+    assert "  grad_norm: 2.5    # tasks.hopper-medium-replay" in show("qg", raw, task="hopper-medium-replay").splitlines()
+    assert "  grad_norm: 9.0" in show("qg", raw, task="halfcheetah-medium").splitlines()  # its default
+
+
 # --------------------------------------------------------------------------- the JSON Schema
 def _snakemake_config(*entries, configfile=None):
     """The merged config and overrides the Snakefile builds from `--config ENTRY...` (parsed and

@@ -65,10 +65,20 @@ class DiffusionBC(torch.nn.Module):
         ema = self.cfg.eval_ema if ema is None else ema
         return self.schedule.sample(self.eps_ema if ema else self.eps, obs, self.act_dim, generator)
 
+    # What the evaluated policy samples with where it is not the DDPM chain of `schedule` (None: that
+    # chain, which an inference-time tilt can guide; diffrl/algos/tilted.py).
+    eval_sampler = None
+
+    @torch.no_grad()
+    def choose(self, obs: torch.Tensor, draw, generator=None) -> torch.Tensor:
+        """The evaluation choice over `draw(obs, generator)`: one sample per state (the released bc
+        row). act's only path, so a tilted row that draws otherwise chooses exactly as this row does."""
+        return draw(obs, generator)
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.step.device)
-        return self.sample(o, generator).cpu().numpy()
+        return self.choose(o, self.sample, generator).cpu().numpy()
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, cfg) -> None:

@@ -277,23 +277,34 @@ class DiffusionQL(torch.nn.Module):
             return self.dpm.sample(net, obs, self.act_dim, generator)
         return self.schedule.sample(net, obs, self.act_dim, generator)
 
+    @property
+    def eval_sampler(self) -> str | None:
+        """What the evaluated actor samples with where it is not the DDPM chain of `schedule` (None:
+        that chain, which an inference-time tilt can guide; diffrl/algos/tilted.py)."""
+        return "Diffusion-QL's DPM-Solver++(2M)" if self.sampler == "dpm" else None
+
     @torch.no_grad()
-    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
-        """Batched evaluation actions: eval_candidates samples of the evaluated actor (online, or EMA
-        with eval_ema) per state, one drawn with probability softmax(min Q_target / eval_temperature);
-        bc: one sample per state."""
-        dev = self.schedule.betas.device
-        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=dev)
+    def choose(self, obs: torch.Tensor, draw, generator=None) -> torch.Tensor:
+        """The evaluation choice over candidates `draw(obs_repeated, generator)`: eval_candidates per
+        state, one drawn with probability softmax(min Q_target / eval_temperature); one draw per state
+        for a critic-free variant or one candidate. act's only path, so a tilted row that draws
+        otherwise chooses exactly as this row does, generator draw for generator draw."""
         if not self.trains_critic or self.cfg.eval_candidates == 1:
-            return self.sample(o, generator).cpu().numpy()
-        N, k = o.shape[0], self.cfg.eval_candidates
-        o_rep = o.repeat_interleave(k, 0)
-        cand = self.sample(o_rep, generator)
+            return draw(obs, generator)
+        N, k = obs.shape[0], self.cfg.eval_candidates
+        o_rep = obs.repeat_interleave(k, 0)
+        cand = draw(o_rep, generator)
         q = self.critic_target.q_min(o_rep, cand).view(N, k)
         probs = torch.softmax(q / self.cfg.eval_temperature, -1)
         idx = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
-        a = cand.view(N, k, -1).gather(1, idx.unsqueeze(-1).expand(-1, 1, self.act_dim)).squeeze(1)
-        return a.cpu().numpy()
+        return cand.view(N, k, -1).gather(1, idx.unsqueeze(-1).expand(-1, 1, self.act_dim)).squeeze(1)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
+        """Batched evaluation actions: `choose` over samples of the evaluated actor (online, or EMA
+        with eval_ema)."""
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.schedule.betas.device)
+        return self.choose(o, self.sample, generator).cpu().numpy()
 
     # ----------------------------------------------------------------- losses
     def _noised(self, action, generator):

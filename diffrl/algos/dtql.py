@@ -333,15 +333,31 @@ class DTQL(nn.Module):
         out.update(actor_loss=actor_loss.detach(), tr_loss=tr_loss.detach(), q_pi=q_pi.detach())
         return out
 
+    # What the evaluated policy samples with: not a DDPM chain (diffrl/algos/tilted.py has nothing to guide).
+    eval_sampler = "DTQL's one-step tanh-Gaussian policy"
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
+        """Samples of the evaluated one-step policy."""
+        return self.actor(obs, generator=generator)[0]
+
     @torch.no_grad()
     def select(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
         """Per state: `eval_candidates` policy samples, one drawn ~ softmax(min Q_target / temperature)."""
+        return self.choose(obs, self.sample, generator)
+
+    @torch.no_grad()
+    def choose(self, obs: torch.Tensor, draw, generator=None) -> torch.Tensor:
+        """The evaluation choice over candidates `draw(obs_repeated, generator)`: eval_candidates per
+        state, one drawn ~ softmax(min Q_target / eval_temperature), states in chunks of eval_chunk //
+        eval_candidates. select's only path, so a tilted row that draws otherwise chooses exactly as
+        this row does, generator draw for generator draw."""
         cfg, N = self.cfg, self.cfg.eval_candidates
         per_chunk = max(1, cfg.eval_chunk // N)
         out = []
         for o in obs.split(per_chunk):
             rep = o.repeat_interleave(N, 0)
-            a, _ = self.actor(rep, generator=generator)
+            a = draw(rep, generator)
             q = self.critic.q_target.q_min(rep, a).view(len(o), N)
             idx = torch.multinomial(torch.softmax(q / cfg.eval_temperature, -1), 1, generator=generator)
             out.append(a.view(len(o), N, -1)[torch.arange(len(o), device=o.device), idx[:, 0]])

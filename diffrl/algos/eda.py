@@ -500,12 +500,25 @@ class EDAAlign(nn.Module):
         """Samples of the aligned policy pi (DPM-Solver on pi's energy net)."""
         return self.behavior.sample_with(self.pi, obs, generator)
 
+    @property
+    def eval_sampler(self) -> str:
+        """What the evaluated policy samples with: not a DDPM chain (diffrl/algos/tilted.py has nothing to guide)."""
+        c = self.behavior.cfg
+        return f"EDA's DPM-Solver ({c.solver}, {c.sample_steps} steps)"
+
     @torch.no_grad()
     def select(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
         """Per state: `eval_samples` policy samples, the one with the largest Q."""
+        return self.choose(obs, self.sample, generator)
+
+    @torch.no_grad()
+    def choose(self, obs: torch.Tensor, draw, generator=None) -> torch.Tensor:
+        """The evaluation choice over candidates `draw(obs_repeated, generator)`: eval_samples per
+        state, the one with the largest q_value. select's only path, so a tilted row that draws
+        otherwise chooses exactly as this row does."""
         K, B = self.cfg.eval_samples, obs.shape[0]
         rep = obs.repeat_interleave(K, 0)
-        a = self.sample(rep, generator)
+        a = draw(rep, generator)
         idx = self.q_value(rep, a).view(B, K).argmax(-1)
         return a.view(B, K, -1)[torch.arange(B, device=obs.device), idx]
 

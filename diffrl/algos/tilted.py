@@ -28,19 +28,20 @@ each base policy gives it (`PARTS`):
 
 Two keys make the tilt the only difference from the base row (`TiltRowConfig.sampler`, `selection`;
 the defaults, `tilt`, keep the rows above). `sampler: base` draws from the base row's own evaluated
-policy and sampler instead of PARTS's chain: the same DDPM chain for bc and a ddpm Diffusion-QL row
-(guidance and particles as above), Diffusion-QL's DPM-Solver with `sampler: dpm`, EDA's DPM-Solver on
-pi, DTQL's one-step policy; where that is not a DDPM chain there is nothing to guide, so only the
-particles tilt (num_particles draws, one kept by particle_selection_lambda on the tilt's critic) and
-tfg_lambda > 0 or MALA stop the evaluation with one line. `selection: base` ends in the base row's own
-evaluation choice: each of its candidates is one tilted draw (num_particles particles, one kept), and
-its rule picks among them (Diffusion-QL: eval_candidates ~ softmax(min Q_target / eval_temperature),
-one sample for its critic-free bc variant or one candidate; DTQL: eval_candidates ~ softmax(min
-Q_target / eval_temperature) in its eval_chunk chunks; EDA: argmax of its q_value over eval_samples;
-bc: one sample); `selection: tilt` keeps one tilted draw per state. So with tfg_lambda 0, no MALA, one
-particle and both keys `base`, a tilted row acts exactly as its base row does, generator draw for
-generator draw (tests/test_tilt_identity.py), and with the tilt on only the guidance, MALA and
-particles differ.
+policy and sampler (the agent's `sample`; `eval_sampler` names it where it is not PARTS's chain)
+instead of PARTS's chain: the same DDPM chain for bc and a ddpm Diffusion-QL row (guidance and
+particles as above), Diffusion-QL's DPM-Solver with `sampler: dpm`, EDA's DPM-Solver on pi, DTQL's
+one-step policy; where that is not a DDPM chain there is nothing to guide, so only the particles tilt
+(num_particles draws, one kept by particle_selection_lambda on the tilt's critic) and tfg_lambda > 0
+or MALA stop the evaluation with one line. `selection: base` ends in the base row's own evaluation
+choice: each of its candidates is one tilted draw (num_particles particles, one kept), and its rule,
+the agent's `choose` (the one its own act runs), picks among them (Diffusion-QL: eval_candidates ~
+softmax(min Q_target / eval_temperature), one sample for its critic-free bc variant or one candidate;
+DTQL: eval_candidates ~ softmax(min Q_target / eval_temperature) in its eval_chunk chunks; EDA: argmax
+of its q_value over eval_samples; bc: one sample); `selection: tilt` keeps one tilted draw per state.
+So with tfg_lambda 0, no MALA, one particle and both keys `base`, a tilted row acts exactly as its
+base row does, generator draw for generator draw (tests/test_tilt_identity.py), and with the tilt on
+only the guidance, MALA and particles differ.
 """
 from __future__ import annotations
 
@@ -155,83 +156,29 @@ def target_critic(agent) -> nn.Module | None:
 
 
 # --------------------------------------------------------------------------- sampler and selection: base
-def own_sampler(module: str, agent) -> str | None:
-    """What the base row's own sampler is where it is not PARTS's DDPM chain (None: it is that chain)."""
-    if module == "bc" or (module == "dql" and agent.sampler == "ddpm"):
-        return None
-    if module == "dql":
-        return "Diffusion-QL's DPM-Solver++(2M)"
-    if module == "eda":
-        c = agent.behavior.cfg
-        return f"EDA's DPM-Solver ({c.solver}, {c.sample_steps} steps)"
-    return "DTQL's one-step tanh-Gaussian policy"
-
-
-# the base row's module -> its trained agent -> its own sampler draw(obs, generator) -> (N, act_dim) (no grad)
-OWN_DRAWS = {"dql": lambda agent: agent.sample, "eda": lambda agent: agent.sample,
-             "dtql": lambda agent: (lambda obs, generator=None: agent.actor(obs, generator=generator)[0])}
-
-
-def _choose_one(agent, draw, obs, generator):
-    """bc, and `selection: tilt`: one draw per state."""
-    return draw(obs, generator)
-
-
-def _choose_dql(agent, draw, obs, generator):
-    """Diffusion-QL's DiffusionQL.act: eval_candidates draws per state, one ~ softmax(min Q_target /
-    eval_temperature); one draw for a critic-free variant or one candidate."""
-    if not agent.trains_critic or agent.cfg.eval_candidates == 1:
-        return draw(obs, generator)
-    N, k = obs.shape[0], agent.cfg.eval_candidates
-    o_rep = obs.repeat_interleave(k, 0)
-    cand = draw(o_rep, generator)
-    q = agent.critic_target.q_min(o_rep, cand).view(N, k)
-    idx = torch.multinomial(torch.softmax(q / agent.cfg.eval_temperature, -1), 1, generator=generator)
-    return cand.view(N, k, -1).gather(1, idx.unsqueeze(-1).expand(-1, 1, agent.act_dim)).squeeze(1)
-
-
-def _choose_dtql(agent, draw, obs, generator):
-    """DTQL's DTQL.select: per state eval_candidates draws, one ~ softmax(min Q_target / eval_temperature),
-    states taken in chunks of eval_chunk // eval_candidates."""
-    cfg, K = agent.cfg, agent.cfg.eval_candidates
-    out = []
-    for o in obs.split(max(1, cfg.eval_chunk // K)):
-        rep = o.repeat_interleave(K, 0)
-        a = draw(rep, generator)
-        q = agent.critic.q_target.q_min(rep, a).view(len(o), K)
-        idx = torch.multinomial(torch.softmax(q / cfg.eval_temperature, -1), 1, generator=generator)
-        out.append(a.view(len(o), K, -1)[torch.arange(len(o), device=o.device), idx[:, 0]])
-    return torch.cat(out)
-
-
-def _choose_eda(agent, draw, obs, generator):
-    """EDA's EDAAlign.select: eval_samples draws per state, the one of largest q_value."""
-    K, B = agent.cfg.eval_samples, obs.shape[0]
-    rep = obs.repeat_interleave(K, 0)
-    a = draw(rep, generator)
-    idx = agent.q_value(rep, a).view(B, K).argmax(-1)
-    return a.view(B, K, -1)[torch.arange(B, device=obs.device), idx]
-
-
-# the base row's module -> its evaluation choice (agent, draw, obs, generator) -> (B, act_dim), as its act does
-BASE_SELECTIONS = {"bc": _choose_one, "dql": _choose_dql, "dtql": _choose_dtql, "eda": _choose_eda}
+# What a base agent provides for them, so that its evaluation is written once, in its own module:
+# `sample(obs, generator)` (its evaluated sampler), `eval_sampler` (that sampler's name where it is not
+# PARTS's DDPM chain, else None) and `choose(obs, draw, generator)` (its act's choice over `draw`).
+BASE_API = ("sample", "eval_sampler", "choose")
 
 
 class TiltedRowPolicy(nn.Module):
-    """A tilted row's policy with `sampler: base` or `selection: base`: `choose` (the base row's
-    evaluation choice, or one draw per state) over `draw(obs, generator)`, one tilted action per row
-    of obs. The base agent and the critic are submodules (policy_fn finds the device)."""
+    """A tilted row's policy with `sampler: base` or `selection: base`: the base agent's own evaluation
+    choice (`base_selection`), or one draw per state, over `draw(obs, generator)`, one tilted action
+    per row of obs. The base agent and the critic are submodules (policy_fn finds the device)."""
 
-    def __init__(self, agent: nn.Module, critic, draw, choose, tilted: TiltedPolicy | None = None):
+    def __init__(self, agent: nn.Module, critic, draw, base_selection: bool, tilted: TiltedPolicy | None = None):
         super().__init__()
         self.agent, self.tilted = agent, tilted
         self.critic = critic
-        self._draw, self._choose = draw, choose
+        self._draw, self.base_selection = draw, base_selection
 
     def sample(self, obs: torch.Tensor, generator=None) -> torch.Tensor:
         """(B, act_dim) actions for a batch of states."""
         with torch.no_grad():
-            return self._choose(self.agent, self._draw, obs, generator)
+            if self.base_selection:
+                return self.agent.choose(obs, self._draw, generator)
+            return self._draw(obs, generator)
 
     def act(self, obs: np.ndarray, generator=None) -> np.ndarray:
         o = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=next(self.agent.parameters()).device)
@@ -278,25 +225,25 @@ def tilted_policy(row: str, cfg: TiltRowConfig, agent, critic_agent=None) -> Til
     if critic is None:
         raise ConfigError(f"{row}: its base row {entry.base} has no critic; name the row whose critic tilts "
                           f"it (the registry's critic_row)")
-    if "base" in (cfg.sampler, cfg.selection) and module not in BASE_SELECTIONS:
-        raise ConfigError(f"{row}: sampler/selection base is not defined for a {module}.py base row: add its "
-                          f"entries to diffrl.algos.tilted (own_sampler, OWN_DRAWS, BASE_SELECTIONS)")
-    own = own_sampler(module, agent) if cfg.sampler == "base" else None
+    missing = [name for name in BASE_API if not hasattr(agent, name)]
+    if missing and "base" in (cfg.sampler, cfg.selection):
+        raise ConfigError(f"{row}: sampler/selection base is not defined for a {module}.py base row: its agent "
+                          f"lacks {', '.join(missing)} (what diffrl.algos.tilted.BASE_API lists)")
+    own = agent.eval_sampler if cfg.sampler == "base" else None
     if own is not None:
         for key, value in (("tfg_lambda", cfg.tfg_lambda), ("mala_steps", cfg.mala_steps)):
             if value > 0:
                 raise ConfigError(f"{row}.{key}={value:g} is unavailable with {row}.sampler: base: the base row's "
                                   f"own sampler, {own}, has no DDPM chain to guide (only num_particles tilts it); "
                                   f"set {row}.{key}: 0 or {row}.sampler: tilt")
-        draw = _particle_draw(OWN_DRAWS[module](agent), critic, cfg)
-        choose = BASE_SELECTIONS[module] if cfg.selection == "base" else _choose_one
-        return TiltedRowPolicy(agent, critic, draw, choose).eval()
+        draw = _particle_draw(agent.sample, critic, cfg)
+        return TiltedRowPolicy(agent, critic, draw, cfg.selection == "base").eval()
     net, schedule = PARTS[module](agent, cfg)
     # x_T ~ N(0, I): the base samplers' own start (EDM's sigma_max N(0, I) is N(0, I) at abar_T)
     policy = TiltedPolicy(net, schedule, critic, cfg, agent.act_dim, 1.0, what=row).eval()
     if cfg.selection == "tilt":
         return policy
-    return TiltedRowPolicy(agent, critic, _tilted_draw(policy), BASE_SELECTIONS[module], policy).eval()
+    return TiltedRowPolicy(agent, critic, _tilted_draw(policy), True, policy).eval()
 
 
 def load_tilted(row: str, cfg: TiltRowConfig, task: str, seed: int, device) -> tuple[nn.Module, dict]:
