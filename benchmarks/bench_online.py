@@ -1,4 +1,4 @@
-"""Speed of the online agents (the online rows of params.yaml; sac = diffrl.algos.sac) on a short run:
+"""Speed of the online agents (the online rows of params.yaml; sac is the fork's SAC row) on a short run:
 
 - loop: env steps/s and updates/s of the real training loop (train_online: num_envs envs stepped,
   EMA-policy action selection, one update per iteration), timed between updates after warm-up;
@@ -34,7 +34,6 @@ class _Clock:
 
     def __init__(self, n, max_s, sync):
         self.n, self.max_s, self.sync, self.t = n, max_s, sync, []
-        self.bar = type("Bar", (), {"update": lambda *a: None})()  # train_sac also updates a bar
 
     def log(self, step, metrics):
         self.sync()
@@ -75,30 +74,21 @@ def one(variant, device, threads, env_name, iters, max_s, small):
     e.close()
     g = torch.Generator(device=device).manual_seed(0)
     clock = _Clock(iters, max_s, sync)
-    if variant == "sac":
-        from diffrl.algos.sac import SAC, SACConfig, train_sac
-        cfg = SACConfig(**({"hidden": 64, "batch_size": 128} if small else {}))
-        agent, num_envs, batch = SAC(obs_dim, act_dim, cfg, device), 1, cfg.batch_size
-        try:
-            train_sac(env_name, cfg, 10**9, 2 * batch, 10**12, 0, device, 1, log=clock)
-        except _Stop:
-            pass
-        act = lambda o: agent.act(o, deterministic=True, generator=g)  # noqa: E731
-        particles = 1
-    else:
-        from diffrl.algos.dpmd import DiffusionOnline
-        from diffrl.online import train_online, variant_config
-        cfg = variant_config(variant, **(SMALL if small else {}))
-        cfg.warmup, cfg.buffer_size = 2 * cfg.batch_size, 100_000
-        torch.manual_seed(0)
-        agent = DiffusionOnline(obs_dim, act_dim, cfg, device)
-        num_envs, batch, particles = cfg.num_envs, cfg.batch_size, cfg.num_particles
-        try:
-            train_online(env_name, cfg, 10**9, 0, device, eval_every=10**12, eval_episodes=1, log=clock,
-                         init_agent=agent)
-        except _Stop:
-            pass
-        act = lambda o: agent.act(o, g, deterministic=True)  # noqa: E731
+    import dataclasses
+
+    from diffrl.online import make_online_agent, variant_config
+    from diffrl.train import train_online
+    names = {f.name for f in dataclasses.fields(variant_config(variant))}
+    cfg = variant_config(variant, **({k: v for k, v in SMALL.items() if k in names} if small else {}))
+    cfg.warmup, cfg.buffer_size = 2 * cfg.batch_size, 100_000
+    agent = make_online_agent(cfg, env_name, 0, device)
+    num_envs, batch, particles = cfg.num_envs, cfg.batch_size, getattr(cfg, "num_particles", 1)
+    try:
+        train_online(agent, env_name, cfg, 10**9, 0, device, eval_every=10**12, eval_episodes=1, log=clock)
+    except _Stop:
+        pass
+    act = (lambda o: agent.act(o, deterministic=True, generator=g)) if variant == "sac" else (  # noqa: E731
+        lambda o: agent.act(o, g, deterministic=True))
     loop_rate = clock.rate()
     b = {"obs": torch.randn(batch, obs_dim, device=device), "action": torch.rand(batch, act_dim, device=device) * 2 - 1,
          "reward": torch.randn(batch, device=device), "next_obs": torch.randn(batch, obs_dim, device=device),

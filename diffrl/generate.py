@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrl.algos.sac import SAC, SACConfig, train_sac
+from diffrl.algos.sac import SAC, SACConfig, SACOnlineConfig
 from diffrl.data import write_minari
 from diffrl.envs import make_env, normalized_score
 from diffrl.tasks import Task
@@ -44,23 +44,77 @@ def rollout(act, env_name: str, episodes: int, seed: int) -> list[dict]:
     return out
 
 
+EPISODE_KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
+
+
+class DataRecorder:
+    """The data agent's observer in the online loop (diffrl.train.train_online): it records
+    the training episodes and, at the first evaluation whose score reaches `medium_score`, keeps
+    the medium policy (a copy of the agent's weights) with the episodes finished so far, the
+    medium-replay data; recording stops there. `stop_at_medium` ends the run at that point."""
+
+    def __init__(self, medium_score: float | None, stop_at_medium: bool):
+        self.medium_score, self.stop_at_medium = medium_score, stop_at_medium
+        self.episodes, self.current, self.medium = [], {}, None  # current: each env's episode so far
+
+    def settings(self) -> dict:
+        return {"medium_score": self.medium_score, "stop_at_medium": self.stop_at_medium}
+
+    def reset(self, env_index: int, obs: np.ndarray) -> None:
+        if self.medium is None:
+            self.current[env_index] = {k: [] for k in EPISODE_KEYS}
+            self.current[env_index]["observations"].append(obs)
+
+    def transition(self, env_index, action, reward, terminated, truncated, next_obs) -> None:
+        if self.medium is not None:
+            return
+        for k, v in zip(EPISODE_KEYS, (next_obs, np.array(action), reward, terminated, truncated)):
+            self.current[env_index][k].append(v)
+        if terminated or truncated:
+            self.episodes.append({k: np.asarray(v) for k, v in self.current[env_index].items()})
+
+    def evaluated(self, env_steps: int, score: float, agent) -> bool:
+        if self.medium is None and self.medium_score is not None and score >= self.medium_score:
+            self.medium = {"state": {k: v.detach().clone() for k, v in agent.state_dict().items()},
+                           "episodes": self.episodes, "env_steps": env_steps, "score": score}
+            return self.stop_at_medium
+        return False
+
+    def state(self) -> dict:
+        return {"episodes": self.episodes, "current": self.current, "medium": self.medium}
+
+    def restore(self, state: dict) -> None:
+        self.episodes, self.current, self.medium = state["episodes"], state["current"], state["medium"]
+
+
 def train_data_agent(env_name: str, out_dir: Path, *, sac_cfg: SACConfig, sac_steps: int, sac_warmup: int,
                      sac_eval_every: int, medium_target: float, seed: int, device="cpu", log=None,
                      resume_path=None, stop_at_medium: bool = False) -> dict:
-    """Train the environment's SAC data agent and write `out_dir`: its medium and expert policies
-    (AGENT_FILES; the medium one with the training episodes up to the medium point) and info.json. When
-    the medium score is never reached, the medium policy is the last one (info says so).
-    `stop_at_medium`: stop there (no expert policy), for a medium dataset alone."""
-    agent, info, medium = train_sac(env_name, sac_cfg, sac_steps, sac_warmup, sac_eval_every, seed, device,
-                                    eval_episodes=2, medium_score=medium_target, stop_at_medium=stop_at_medium,
-                                    log=log, resume_path=resume_path, checkpoint_every=sac_eval_every)
+    """Train the environment's SAC data agent in the online loop (one env, `sac_cfg`'s
+    hyperparameters, two evaluation episodes every `sac_eval_every` env steps) and write `out_dir`:
+    its medium and expert policies (AGENT_FILES; the medium one with the training episodes up to
+    the medium point, DataRecorder) and info.json. When the medium score is never reached, the
+    medium policy is the last one (info says so). `stop_at_medium`: stop there (no expert policy),
+    for a medium dataset alone."""
+    from diffrl.train import seeded, train_online
+    env = make_env(env_name)
+    obs_dim, act_dim, space = env.observation_space.shape[0], env.action_space.shape[0], env.action_space
+    env.close()
+    meta = {"obs_dim": obs_dim, "act_dim": act_dim, "config": sac_cfg}
+    agent = seeded(seed, lambda: SAC(obs_dim, act_dim, sac_cfg, device, space.low, space.high))
+    cfg = SACOnlineConfig(**vars(sac_cfg), num_envs=1, warmup=sac_warmup)
+    recorder = DataRecorder(medium_target, stop_at_medium)
+    agent, run = train_online(agent, env_name, cfg, sac_steps, seed, device, eval_every=sac_eval_every,
+                              eval_episodes=2, log=log, resume_path=resume_path, checkpoint_every=sac_eval_every,
+                              observer=recorder)
+    evaluations = [{"env_steps": c["env_steps"], "return": c["return"], "score": c["score"]} for c in run["curve"]]
+    info = {"env_steps": run["env_steps"], "grad_steps": run["grad_steps"], "evaluations": evaluations,
+            "score": evaluations[-1]["score"] if evaluations else None, "target_reached": recorder.medium is not None}
+    medium = recorder.medium
     final = {k: v.detach().clone() for k, v in agent.state_dict().items()}
     if medium is None:  # the target was not reached: the last policy and every training episode
         medium = {"state": final, "episodes": None, "env_steps": info["env_steps"], "score": info["score"]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = make_env(env_name)
-    meta = {"obs_dim": env.observation_space.shape[0], "act_dim": env.action_space.shape[0], "config": sac_cfg}
-    env.close()
     save_checkpoint(out_dir / AGENT_FILES["medium"], {**meta, "state": medium["state"], "episodes": medium["episodes"]})
     if not stop_at_medium:
         save_checkpoint(out_dir / AGENT_FILES["expert"], {**meta, "state": final})

@@ -1,5 +1,9 @@
-"""The offline training loop every offline algorithm shares: sample, update, log, evaluate
-periodically (the learning curve), checkpoint for resume, and write the final model."""
+"""The two training loops and what they share. `train_offline`: every offline algorithm (sample a
+minibatch of the dataset, update, log, evaluate periodically for the learning curve, write the
+final model). `train_online`: every online row and each dataset's SAC data agent (step the
+environments, store the transitions, update). Both checkpoint for a bit-identical resume with one
+format (save_resume / load_resume: fingerprint, code version, weights, optimisers, every random
+state) and stop on non-finite weights."""
 from __future__ import annotations
 
 import functools
@@ -9,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffrl.buffer import ReplayBuffer
 from diffrl.fields import ConfigError
 from diffrl.nets import Adam
-from diffrl.envs import curve_seed, evaluate, normalized_score
+from diffrl.envs import (curve_seed, env_state, evaluate, make_env, normalized_score, restore_env,
+                         train_env_seed)
 from diffrl.runlog import NumericalError, RunLog
 from diffrl.utils import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -260,3 +266,154 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
         out["final_bc_loss"] = float(bc_sum) / bc_n
     return out
 
+
+# --------------------------------------------------------------------------- the online loop
+def seeded(seed: int, build):
+    """build(), its random initialisation drawn from `seed`; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def train_online(agent, env_name: str, cfg, steps: int, seed: int = 0, device="cpu",
+                 eval_every: int = 50_000, eval_episodes: int = 20, log=None,
+                 resume_path: str | Path | None = None, checkpoint_every: int = 0, final_eval: bool = True,
+                 max_episode_steps: int = 0, reference: dict | None = None, observer=None):
+    """The online loop: train `agent` (an online row's, diffrl.online.make_online_agent: SDAC/DPMD's
+    DiffusionOnline or SAC; or a dataset's SAC data agent) in the environment for `steps` env steps,
+    with the loop settings of its row's `cfg` (num_envs, warmup, batch_size, buffer_size).
+
+    cfg.num_envs envs are stepped in a loop; the first cfg.warmup env steps use uniform-random
+    actions, then the EMA policy acts (best of particles, noise 0.1 alpha; SAC: a Gaussian sample).
+    Transitions store terminal = termination only, so truncated episodes (time limits) are
+    bootstrapped. Each iteration of num_envs env steps is followed by one update once warm-up is
+    over and the buffer holds a batch. Every `eval_every` env steps (and at the end) the policy is
+    evaluated deterministically (DiffusionOnline.eval_actions; SAC: tanh of the mean) on
+    `eval_episodes` separate episodes (seeds diffrl.envs.curve_seed(seed, env_steps) + i), with its own
+    sampling generator, so evaluation never perturbs training.
+
+    `log` (a diffrl.runlog.RunLog or alike) gets log(grad_step, metrics) after every update (size
+    its total as the number of updates) and log_eval(env_steps, score, return). With `resume_path`,
+    a checkpoint (model, optimisers, replay buffer, env and RNG states, counters) is written every
+    `checkpoint_every` env steps, and a run finding one there continues from it bit-identically on CPU. final_eval=False leaves the evaluation at the last step to the caller
+    (the pipeline's evaluate stage); max_episode_steps > 0 cuts evaluation episodes (smoke).
+    `reference`: the reference scores that scores are normalised with (None: the built-in table).
+    `observer` (the data agent's recorder, diffrl.generate.DataRecorder) sees every episode start
+    (reset(env_index, obs)), every transition (transition(env_index, action, reward, terminated,
+    truncated, next_obs)) and every evaluation (evaluated(env_steps, score, agent) -> True stops
+    the run); its settings() join the resume fingerprint and its state() is checkpointed with the run.
+
+    Returns (agent, info): info = {curve: [{step, env_steps, return, score}] (evaluation episodes;
+    step, the x axis, is the env steps as in diffrl.train.run_record),
+    train_episodes: [{step, return}] (TRAINING-episode returns, with exploration noise),
+    env_steps, grad_steps, wall_s}.
+    """
+    device = torch.device(device)
+    agent = agent.to(device)
+    envs = [make_env(env_name) for _ in range(cfg.num_envs)]
+    space = envs[0].action_space
+    obs_dim, act_dim = envs[0].observation_space.shape[0], space.shape[0]
+    lo, hi = space.low.astype(np.float32), space.high.astype(np.float32)
+    buf = ReplayBuffer(obs_dim, act_dim, min(cfg.buffer_size, steps + cfg.num_envs), device)
+    gen = torch.Generator(device=device).manual_seed(seed)  # policy sampling and update noise
+    buf_gen = torch.Generator().manual_seed(seed + 1)  # minibatch indices
+    rng = np.random.default_rng(seed)  # warm-up actions
+    starts = [e.reset(seed=train_env_seed(seed) + i)[0] for i, e in enumerate(envs)]
+    if observer is not None:
+        for i, start in enumerate(starts):
+            observer.reset(i, start)
+    obs = np.stack(starts).astype(np.float32)
+    ep_ret = np.zeros(cfg.num_envs)
+    env_steps, grad_steps, wall_before = 0, 0, 0.0
+    curve, train_eps = [], []
+    generators = {"sampling": gen, "minibatch": buf_gen, "warmup": rng}
+    fp = (fingerprint(agent, env_name, cfg=cfg, steps=steps, seed=seed, eval_every=eval_every,
+                      eval_episodes=eval_episodes,
+                      observer=observer.settings() if observer is not None else None)
+          if resume_path is not None else "")
+    progress = load_resume(resume_path, agent, device=device, fingerprint=fp, generators=generators, buffer=buf)
+    if progress is not None:
+        for e in envs:
+            e.close()
+        envs = [restore_env(s) for s in progress["envs"]]
+        obs, ep_ret = progress["obs"], progress["ep_ret"]
+        env_steps, grad_steps, wall_before = progress["env_steps"], progress["grad_steps"], progress["wall_s"]
+        curve, train_eps = progress["curve"], progress["train_episodes"]
+        if observer is not None:
+            observer.restore(progress["observer"])
+        print(f"resumed from {resume_path} at env step {env_steps}", flush=True)
+    t0 = time.perf_counter()
+    agent.train()
+    while env_steps < steps:
+        before = env_steps
+        if env_steps < cfg.warmup:
+            a = rng.uniform(-1, 1, (cfg.num_envs, act_dim)).astype(np.float32)
+        else:
+            with torch.no_grad():
+                o = torch.as_tensor(obs, device=device)
+                a = agent.sample_actions(o, gen, deterministic=False).cpu().numpy()
+        a_env = lo + (a + 1) * 0.5 * (hi - lo)
+        next_obs, rew, term = np.empty_like(obs), np.zeros(cfg.num_envs, np.float32), np.zeros(cfg.num_envs, np.float32)
+        reset_obs = obs.copy()
+        for i, e in enumerate(envs):
+            o2, r, terminated, truncated, _ = e.step(a_env[i])
+            next_obs[i], rew[i], term[i] = o2, r, float(terminated)
+            ep_ret[i] += r
+            reset_obs[i] = o2
+            if observer is not None:
+                observer.transition(i, a_env[i], r, terminated, truncated, o2)
+            if terminated or truncated:
+                train_eps.append({"step": env_steps + i + 1, "return": float(ep_ret[i])})
+                ep_ret[i] = 0.0
+                start = e.reset()[0]
+                reset_obs[i] = start
+                if observer is not None:
+                    observer.reset(i, start)
+        buf.add(obs=obs, action=a, reward=rew, next_obs=next_obs, terminal=term)
+        obs = reset_obs
+        env_steps += cfg.num_envs
+        if env_steps >= cfg.warmup and buf.size >= cfg.batch_size:
+            metrics = agent.update(buf.sample(cfg.batch_size, generator=buf_gen), generator=gen)
+            grad_steps += 1
+            if log is not None:
+                log.log(grad_steps, metrics)
+        last = env_steps >= steps
+        if (_crossed(before, env_steps, eval_every) and not (last and not final_eval)) or (last and final_eval):
+            ev_seed = curve_seed(seed, env_steps)
+            ev_gen = torch.Generator(device=device).manual_seed(ev_seed)
+            agent.eval()
+            returns = evaluate(lambda x: agent.act(x, generator=ev_gen, deterministic=True), env_name, eval_episodes,
+                               ev_seed, max_episode_steps)
+            agent.train()
+            ret, score = float(returns.mean()), float(normalized_score(env_name, returns, reference).mean())
+            curve.append({"step": env_steps, "env_steps": env_steps, "return": ret, "score": score})
+            if log is not None:
+                log.log_eval(env_steps, score, ret)
+            if observer is not None and observer.evaluated(env_steps, score, agent):
+                break
+        if resume_path is not None and _crossed(before, env_steps, checkpoint_every) and env_steps < steps:
+            # a NaN or Inf since the last checkpoint stops the run here: the last good checkpoint stays
+            if log is not None and hasattr(log, "check"):
+                log.check(grad_steps)
+            bad = first_non_finite(agent)
+            if bad is not None:
+                raise NumericalError(f"non-finite weights ({bad}) at env step {env_steps}: lower the learning "
+                                     f"rates; the last good checkpoint is kept ({resume_path})")
+            save_resume(resume_path, agent, fingerprint=fp, generators=generators, buffer=buf, progress={
+                "envs": [env_state(e) for e in envs], "obs": obs, "ep_ret": ep_ret, "env_steps": env_steps,
+                "grad_steps": grad_steps, "curve": curve, "train_episodes": train_eps,
+                "wall_s": wall_before + time.perf_counter() - t0,
+                "observer": observer.state() if observer is not None else None})
+    for e in envs:
+        e.close()
+    if log is not None and hasattr(log, "check"):
+        log.check(grad_steps)  # what was logged since the last flush
+    bad = first_non_finite(agent)
+    if bad is not None:  # never hand non-finite weights to the stage that saves the model
+        raise NumericalError(f"non-finite weights ({bad}) after env step {env_steps}: lower the learning rates")
+    return agent, {"curve": curve, "train_episodes": train_eps, "env_steps": env_steps, "grad_steps": grad_steps,
+                   "wall_s": wall_before + time.perf_counter() - t0}

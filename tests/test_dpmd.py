@@ -14,7 +14,8 @@ from diffrl.algos.dpmd_models import make_dynamics
 from diffrl.buffer import ReplayBuffer
 from diffrl.data import toy_dataset, toy_reward
 from diffrl.envs import make_env
-from diffrl.online import train_online, variant_config
+from diffrl.online import make_online_agent, variant_config
+from diffrl.train import train_online
 
 from conftest import ROOT
 
@@ -32,7 +33,8 @@ PENDULUM = dict(hidden=64, layers=2, T=5, batch_size=128, num_envs=1, warmup=100
 
 def _pendulum(alg, **over):
     cfg = replace(OnlineConfig(), alg=alg, **{**PENDULUM, **over})
-    _, info = train_online("pendulum", cfg, steps=7000, seed=0, eval_every=1000, eval_episodes=5)
+    _, info = train_online(make_online_agent(cfg, "pendulum", 0), "pendulum", cfg, steps=7000, seed=0,
+                           eval_every=1000, eval_episodes=5)
     returns = [c["return"] for c in info["curve"]]
     assert [c["step"] for c in info["curve"]] == list(range(1000, 7001, 1000))
     assert info["grad_steps"] == 6001 and info["env_steps"] == 7000
@@ -266,8 +268,9 @@ def _resume_run(resume=None, die_at=None):
     cfg = replace(OnlineConfig(), alg="dpmd", hidden=16, layers=1, T=3, batch_size=32, num_envs=2, warmup=40,
                   num_particles=3, td_particles=2, tilt="model", model_hidden=16, model_layers=1,
                   model_ensemble=2, tfg_lambda=0.5, alpha_every=20, lr_decay_begin=50, lr_decay_end=150)
-    return train_online("pendulum", cfg, steps=500, seed=3, eval_every=200, eval_episodes=1,
-                        log=DieAt(die_at) if die_at else None, resume_path=resume, checkpoint_every=150)
+    return train_online(make_online_agent(cfg, "pendulum", 3), "pendulum", cfg, steps=500, seed=3, eval_every=200,
+                        eval_episodes=1, log=DieAt(die_at) if die_at else None, resume_path=resume,
+                        checkpoint_every=150)
 
 
 def test_resume_after_a_crash_is_bit_identical(tmp_path):
@@ -305,7 +308,8 @@ def test_a_nan_stops_the_online_run_and_keeps_the_last_good_checkpoint(tmp_path,
     cfg = replace(OnlineConfig(), alg="dpmd", hidden=16, layers=1, T=3, batch_size=32, num_envs=2, warmup=40,
                   num_particles=2, alpha_every=20)
     with pytest.raises(NumericalError, match=r"non-finite critic_loss \(nan\) at step 120"):
-        train_online("pendulum", cfg, steps=500, seed=3, eval_every=10_000, eval_episodes=1,
+        train_online(make_online_agent(cfg, "pendulum", 3), "pendulum", cfg, steps=500, seed=3, eval_every=10_000,
+                     eval_episodes=1,
                      log=RunLog(None, 230, "nan test", every=1000), resume_path=path, checkpoint_every=150)
     ck = torch.load(path, weights_only=False)
     assert ck["progress"]["env_steps"] == 150 and ck["progress"]["grad_steps"] < 120
@@ -585,7 +589,8 @@ def test_fork_sac_row_trains_in_the_vector_env_loop(tmp_path):
     from diffrl.algos.sac import SAC
     from diffrl.offline import build_agent
     cfg = variant_config("sac", hidden=16, layers=1, warmup=100, batch_size=32)
-    agent, info = train_online("pendulum", cfg, steps=300, seed=0, eval_every=300, eval_episodes=1,
+    agent, info = train_online(make_online_agent(cfg, "pendulum", 0), "pendulum", cfg, steps=300, seed=0,
+                               eval_every=300, eval_episodes=1,
                                max_episode_steps=20)
     assert isinstance(agent, SAC) and info["env_steps"] == 300 and info["grad_steps"] == 41
     assert len(info["curve"]) == 1 and math.isfinite(info["curve"][0]["return"])

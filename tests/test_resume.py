@@ -43,12 +43,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
-class DieAtEnvStep:
-    """A RunLog stand-in that kills the run at one env step (after that step's update)."""
+class DieAtUpdate:
+    """A RunLog stand-in that kills the run at one update."""
 
     def __init__(self, step):
         self.step = step
-        self.bar = type("Bar", (), {"update": lambda *a: None})()
 
     def log(self, step, metrics):
         if step == self.step:
@@ -59,27 +58,32 @@ class DieAtEnvStep:
 
 
 def _sac(resume=None, die_at=None):
-    from diffrl.algos.sac import SACConfig, train_sac
-    torch.manual_seed(0)
-    cfg = SACConfig(hidden=32, batch_size=64)
+    from diffrl.algos.sac import SACOnlineConfig
+    from diffrl.generate import DataRecorder
+    from diffrl.online import make_online_agent
+    from diffrl.train import train_online
+    cfg = SACOnlineConfig(hidden=32, batch_size=64, num_envs=1, warmup=200)
     # any score reaches the medium score: the medium policy is kept at the first evaluation (env step
     # 350), before the step-500 checkpoint, so the resumed run must restore it from there
-    return train_sac("pendulum", cfg, steps=700, warmup=200, eval_every=350, seed=1, eval_episodes=1,
-                     medium_score=-1e9, log=DieAtEnvStep(die_at) if die_at else None, resume_path=resume,
-                     checkpoint_every=250)
+    recorder = DataRecorder(medium_score=-1e9, stop_at_medium=False)
+    agent, info = train_online(make_online_agent(cfg, "pendulum", 1), "pendulum", cfg, steps=700, seed=1,
+                               eval_every=350, eval_episodes=1,
+                               log=DieAtUpdate(die_at) if die_at else None, resume_path=resume,
+                               checkpoint_every=250, observer=recorder)
+    return agent, {k: v for k, v in info.items() if k != "wall_s"}, recorder.medium
 
 
 def test_sac_resumes_bit_identically(tmp_path, one_thread):
-    """The SAC baseline and data agent: killed at env step 620, resumed from its step-500
-    checkpoint (buffer, env, RNG states, the medium policy kept at step 350 with its training
-    episodes), it ends where an uninterrupted run ends, with the same medium snapshot."""
+    """The SAC baseline and data agent in the online loop: killed at env step 620, resumed from its
+    step-500 checkpoint (buffer, env, RNG states, the data recorder's medium policy kept at step 350
+    with its training episodes), it ends where an uninterrupted run ends, with the same medium snapshot."""
     full, info, medium = _sac()
     path = tmp_path / "sac.pt"
     with pytest.raises(Killed):
-        _sac(path, die_at=620)
-    assert torch.load(path, weights_only=False)["progress"]["step"] == 500
+        _sac(path, die_at=620 - 199)  # updates start at env step 200
+    assert torch.load(path, weights_only=False)["progress"]["env_steps"] == 500
     resumed, info2, medium2 = _sac(path)
-    assert info2 == info and info["target_reached"]
+    assert info2 == info and medium is not None
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     # the medium snapshot: the step-350 policy and the one episode (200 steps) finished by then

@@ -7,7 +7,7 @@ particle selection are the shared tilt implementation (`diffrl.algos.tilts.Tilte
 the agent supplies with its policy net, schedule and tilt value (Q, or the model values of the
 model-based tilts and plans, defined here); the world models of the model-based tilts live in
 `diffrl.algos.dpmd_models`, the named variants in params.yaml, and the training loop, which also
-runs the fork's SAC baseline (diffrl.algos.sac.SACOnlineConfig), in `diffrl.online.train_online`. Where
+runs the fork's SAC baseline (diffrl.algos.sac.SACOnlineConfig), in `diffrl.train.train_online`. Where
 our code offers an alternative to the reference, the reference is the default and the alternative a
 documented OnlineConfig field (named below).
 
