@@ -7,7 +7,10 @@ H200), written as one JSON file and one Markdown table.
 3. sharing: aggregate Diffusion-QL steps/s with 1, 4, 8 and 16 runs at once on the one GPU (each run
    its own process, as `--resources gpu_slots=N` runs them): the `gpu_slots` to use is where the
    aggregate stops growing (docs/scale.md);
-4. smoke graph: wall time of `snakemake results/halfcheetah_summary.csv --config budget=smoke
+4. packing bound: per step of Diffusion-QL, DTQL and IQL, the time of its matrix multiplies
+   batched over K = 1, 4, 16, 64 seeds per seed against the step's time, and the most a packed step
+   of K seeds could gain per seed (studies/packing/bound.py; compare with the sharing section);
+5. smoke graph: wall time of `snakemake results/halfcheetah_summary.csv --config budget=smoke
    device=cuda` from a clean copy of the checkout, 16 jobs sharing the GPU.
 
     bash benchmarks/gpu_check.sh                 # on the GPU machine: studies/speed/results/gpu_check/
@@ -33,14 +36,18 @@ COMPILED = ["dql_ql", "dtql"]
 ONLINE = ["sac", "sdac", "dpmd_tilt"]
 SHARING = [1, 4, 8, 16]
 SHARED_ALGO = "dql_ql"
+PACKED = ["dql_ql", "dtql", "iql"]
+PACKS = "1,4,16,64"
 
 
 def sizes(dry: bool) -> dict:
     if dry:  # every code path once, in seconds, on CPU (compiled networks: tests/test_core.py)
         return {"device": "cpu", "offline": ["iql"], "compiled": [], "online": ["sac"], "sharing": [1, 2],
+                "packed": ["bc"], "packs": "1,2",
                 "steps": 3, "shared_steps": 5, "online_args": ["--small", "--iters", "2", "--max-seconds", "2"],
                 "smoke": ["-n"]}
     return {"device": "cuda", "offline": OFFLINE, "compiled": COMPILED, "online": ONLINE, "sharing": SHARING,
+            "packed": PACKED, "packs": PACKS,
             "steps": 50, "shared_steps": 300, "online_args": ["--iters", "30", "--max-seconds", "5"], "smoke": []}
 
 
@@ -78,6 +85,12 @@ def steps_section(sz, deadline) -> list[dict]:
 def online_section(sz, deadline) -> list[dict]:
     return measured([{"variant": v} for v in sz["online"]], deadline, lambda x: [
         sys.executable, "benchmarks/bench_online.py", "--one", x["variant"], sz["device"], "1", *sz["online_args"]])
+
+
+def packing_section(sz, deadline) -> list[dict]:
+    return measured([{"algo": a} for a in sz["packed"]], deadline, lambda x: [
+        sys.executable, "studies/packing/bound.py", "--one", x["algo"], "--device", sz["device"], "--packs",
+        sz["packs"], "--steps", str(sz["steps"])])
 
 
 def sharing_section(sz, deadline) -> list[dict]:
@@ -167,6 +180,14 @@ def markdown(report: dict) -> str:
     for r in report["sharing"]:
         L.append(f"| {r['runs']} | {r.get('ok', 0)} | {fmt(r.get('ms_per_step_mean'))} | "
                  f"{fmt(r.get('aggregate_steps_per_s'))} |" + (f" {r['error']}" if "error" in r else ""))
+    packs = [k for k in report["packs"].split(",")]
+    L += ["", "## Packing bound (studies/packing/bound.py): batched matmuls ms per seed, and the most a packed "
+          "step could gain per seed", "", "| step | ms/step | " + " | ".join(f"K={k} | bound" for k in packs) + " |",
+          "|---|---|" + "---|---|" * len(packs)]
+    for r in report["packing"]:
+        L.append(f"| {r['algo']} | {r['error']} |" if "error" in r else
+                 f"| {r['algo']} | {r['ms_per_step']:.2f} | " + " | ".join(
+                     f"{r[f'batched_matmul_ms_per_seed_k{k}']:.3f} | {r[f'bound_k{k}']:.2f}" for k in packs) + " |")
     s = report["smoke"]
     L += ["", "## Smoke graph", "", f"`{s.get('command', '')}`: " +
           (f"{s['wall_s']:.0f} s" if "wall_s" in s else "") + (f" ({s['error']})" if "error" in s else ""), ""]
@@ -197,6 +218,8 @@ def main(argv=None) -> int:
     report["sharing"] = sharing_section(sz, t0 + 0.15 * a.budget_s)
     report["steps"] = steps_section(sz, t0 + 0.50 * a.budget_s)
     report["online"] = online_section(sz, t0 + 0.60 * a.budget_s)
+    report["packs"] = sz["packs"]
+    report["packing"] = packing_section(sz, t0 + 0.70 * a.budget_s)
     report["smoke"] = smoke_section(sz, deadline, scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     report["wall_s"] = time.time() - t0
