@@ -10,7 +10,8 @@ data is locally generated, NOT D4RL data. Run from the repository root, single-t
 
 It writes tests/data/halfcheetah_medium_small/ (the Minari dataset plus info.json with the SAC
 env steps, the agent's score, the dataset's mean normalised score, episodes and seed).
-The defaults below are the ones that produced the committed fixture.
+The defaults below are the ones that produced the committed fixture, with the generator of
+commit 58273bf (tests/data/README.md); the current generator writes another dataset of the same recipe.
 """
 from __future__ import annotations
 

@@ -94,3 +94,14 @@ def test_sac_resumes_bit_identically(tmp_path, one_thread):
     assert len(medium["episodes"]) == len(medium2["episodes"]) == 1
     for a, b in zip(medium["episodes"], medium2["episodes"]):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # the recorded episode is the training episode the env produced: replaying its actions from the
+    # env's first reset gives back its observations and rewards
+    from diffrl.envs import make_env, train_env_seed
+    ep, env = medium["episodes"][0], make_env("pendulum")
+    assert ep["observations"].shape == (201, 3) and ep["actions"].shape == (200, 1) and ep["truncations"][-1]
+    obs = env.reset(seed=train_env_seed(1))[0]
+    assert np.array_equal(obs, ep["observations"][0])
+    for t, a in enumerate(ep["actions"]):
+        obs, r, *_ = env.step(a)
+        assert np.array_equal(obs, ep["observations"][t + 1]) and r == ep["rewards"][t]
+    env.close()
