@@ -145,6 +145,14 @@ def summary_labels(result, kind):
     return lambda wc: {"result": result, **report_labels(kind, wc.scope)}
 
 
+def scope_category(wc):
+    """A summary's report category: its scope, the suite's named so that it sorts first."""
+    return SUITE_CATEGORY if wc.scope == "suite" else wc.scope
+
+
+SUITE_CATEGORY = "all tasks (suite)"
+
+
 def bandit_labels(name):
     """The report labels of a bandit result (toy set `name`, or every set of bandit_sets): budget,
     seeds, steps and data from the validated params, as report_labels does."""
@@ -183,7 +191,7 @@ SUMMARY_REPORT = {
 }
 # the report's results: output path template -> (caption, category, subcategory, labels)
 REPORT = {
-    **{path: (caption, "{scope}", subcategory, summary_labels(result, kind))
+    **{path: (caption, scope_category, subcategory, summary_labels(result, kind))
        for name, path in zip(SUMMARY_OUTPUTS, summary_files("{scope}")) if name in SUMMARY_REPORT
        for caption, subcategory, result, kind in [SUMMARY_REPORT[name]]},
     bandit_plot_file("{name}"): ("bandit_plot.rst", "bandit study", "policy samples", bandit_plot_labels),
