@@ -20,7 +20,7 @@ SCORES = {
     "eg_ood": np.array([[49.0, 94.0, 86.5, 103.0], [53.0, 90.0, 84.0, 59.0], [48.0, 95.0, 90.5, 61.0]]),
 }
 REPS, CONF, SEED = 300, 0.9, 7
-POI_REPS = 100   # scipy's mannwhitneyu per task and resample: about 0.5 ms each
+POI_REPS = 100   # rliable's side: scipy's mannwhitneyu per task and resample, about 0.5 ms each
 ONE = {
     "iqm": metrics.aggregate_iqm, "median": metrics.aggregate_median, "mean": metrics.aggregate_mean,
     "optimality_gap": lambda x: metrics.aggregate_optimality_gap(x, gamma=100),
@@ -91,6 +91,28 @@ def test_improvement_equals_rliable_probability_of_improvement():
     # eg_ood against dql: a real estimate strictly between 0 and 1 with a non-degenerate interval
     vs = suite.improvement(SCORES, "dql", POI_REPS, CONF, seed=SEED).set_index("algorithm").loc["eg_ood"]
     assert 0 < vs["probability"] < 1 and vs["ci_low"] < vs["ci_high"]
+    # ties (scores on a coarse grid, and a row equal to the baseline) count half, as scipy's ranks do
+    rng = np.random.default_rng(3)
+    tied = {"y": np.round(rng.normal(50, 20, (5, 4)), -1), "x": np.round(rng.normal(55, 20, (5, 4)), -1)}
+    tied["same"] = tied["y"].copy()
+    for line in suite.improvement(tied, "y", POI_REPS, CONF, seed=SEED).itertuples():
+        np.random.seed(SEED)
+        point, ci = rly.get_interval_estimates({"p": (tied[line.algorithm], tied["y"])},
+                                               metrics.probability_of_improvement, reps=POI_REPS,
+                                               confidence_interval_size=CONF)
+        assert line.probability == point["p"] and [line.ci_low, line.ci_high] == list(ci["p"][:, 0])
+
+
+def test_score_profile_equals_rliable_performance_profile():
+    """The profiles and bands the figure draws are rliable's create_performance_profile, bit for bit."""
+    tau = suite.default_tau(SCORES)
+    profiles, cis = suite.score_profile(SCORES, tau, REPS, CONF, seed=SEED)
+    np.random.seed(SEED)
+    want, want_cis = rly.create_performance_profile(SCORES, tau, reps=REPS, confidence_interval_size=CONF)
+    assert list(profiles) == list(want)
+    for name in want:
+        np.testing.assert_array_equal(profiles[name], want[name])
+        np.testing.assert_array_equal(cis[name], want_cis[name])
 
 
 def test_paper_table_marks_the_best_and_the_writers_format_it():
