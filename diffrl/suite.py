@@ -6,7 +6,10 @@ floor(0.25 n) runs at each end: with fewer than 4 runs in all it is the plain me
 are the median and mean of the per-task means over seeds; the optimality gap is the mean over all runs of
 max(0, gamma - score), with gamma = 100 here since the scores are D4RL-normalised on a 0-100 scale.
 Intervals are stratified-bootstrap percentile intervals: each resample draws the seeds again within each
-task, independently per task, and keeps the set of tasks fixed.
+task, independently per task, and keeps the set of tasks fixed. The resamples are rliable's own draws, in
+its order, from numpy's global RNG seeded here; the statistics are computed for all resamples at once, so
+the results equal rliable's get_interval_estimates and create_performance_profile bit for bit
+(tests/test_suite.py) at a fraction of the time (one scipy or numpy call per resample there).
 
 Input everywhere: `scores` maps a row (algorithm) name to an array (n_seeds, n_tasks) of normalised
 final scores, every row the same shape; `tasks` names the columns in order.
@@ -69,27 +72,36 @@ def seeded(seed: int):
 
 
 def _metrics(x: np.ndarray) -> np.ndarray:
-    """rliable's four aggregate metrics of one (seeds, tasks) array, in METRICS order."""
-    from rliable import metrics
-    return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
-                     metrics.aggregate_optimality_gap(x, gamma=GAMMA)])
+    """rliable's four aggregate metrics (metrics.aggregate_iqm, _median, _mean, _optimality_gap with
+    gamma=100) of arrays (..., seeds, tasks), all leading resamples at once, in METRICS order (..., 4):
+    the IQM is scipy's trim_mean of all runs (a partition, then the mean of the middle half), the median
+    and mean those of the per-task means over seeds, the gap gamma minus the mean of min(score, gamma)."""
+    runs = x.reshape(*x.shape[:-2], -1)
+    n = runs.shape[-1]
+    low = int(0.25 * n)
+    iqm = np.partition(runs, (low, n - low - 1), axis=-1)[..., low:n - low].mean(-1)
+    task_means = x.mean(-2)
+    gap = GAMMA - np.minimum(x, GAMMA).reshape(runs.shape).mean(-1)
+    return np.stack([iqm, np.median(task_means, axis=-1), task_means.mean(-1), gap], axis=-1)
 
 
 def aggregate(scores: dict[str, np.ndarray], reps: int, confidence: float, seed: int = 0) -> pd.DataFrame:
     """One line per row: IQM, median, mean and optimality gap (gamma=100) with stratified-bootstrap
-    percentile intervals of coverage `confidence` from `reps` resamples (rliable's get_interval_estimates).
-    The four metrics share each row's resamples (rliable's own example does so), and every row is
-    bootstrapped with the global RNG seeded from `seed` afresh, so a row's interval does not depend on
-    which other rows are passed or in what order, and repeated calls are identical."""
-    from rliable import library as rly
+    percentile intervals of coverage `confidence` from `reps` resamples, equal to rliable's
+    get_interval_estimates with its four metrics bit for bit (tested): the same resamples drawn in the
+    same order, the metrics computed for all of them at once. The four metrics share each row's
+    resamples (rliable's own example does so), and every row is bootstrapped with the global RNG seeded
+    from `seed` afresh, so a row's interval does not depend on which other rows are passed or in what
+    order, and repeated calls are identical."""
     lines = []
     for name, x in check_scores(scores).items():
         with seeded(seed):
-            point, ci = rly.get_interval_estimates({name: x}, _metrics, reps=reps, confidence_interval_size=confidence)
+            draws = np.stack([_seed_draws(x.shape[0], x.shape) for _ in range(reps)])
+        point = _metrics(x)
+        ci = _percentile_interval(_metrics(x[draws, np.arange(x.shape[1])]), confidence)
         line = {"algorithm": name, "tasks": x.shape[1], "seeds": x.shape[0]}
         for i, m in enumerate(METRICS):
-            line.update({m: float(point[name][i]), f"{m}_ci_low": float(ci[name][0, i]),
-                         f"{m}_ci_high": float(ci[name][1, i])})
+            line.update({m: float(point[i]), f"{m}_ci_low": float(ci[0, i]), f"{m}_ci_high": float(ci[1, i])})
         lines.append(line)
     return pd.DataFrame(lines, columns=AGGREGATE_COLUMNS)
 
