@@ -1,6 +1,7 @@
-"""How much seed packing can give on this CPU: per offline step of benchmarks/bench_steps.py, the
-step's time next to the time of its own matrix multiplies run alone (one seed) and stacked over K
-seeds as batched multiplies (per seed), on one process at THREADS threads.
+"""How much seed packing can give on this CPU: per offline step of benchmarks/bench_steps.py and per
+online update (online_sac, online_sdac, online_dpmd: one update of the online loop on a minibatch,
+params.yaml's sizes), the step's time next to the time of its own matrix multiplies run alone (one
+seed) and stacked over K seeds as batched multiplies (per seed), on one process at THREADS threads.
 
 A packed step of K seeds does each matrix multiply of the step once, batched over the seeds, and
 every other operation (elementwise work, the optimiser, the sampler's small ops, Python) once on K
@@ -22,7 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-STEPS = "sac,iql,bc,dql_ql,dql_qg,dql_edp,dql_eg_ood,dtql_behavior,dtql,eda_behavior,eda_align"
+STEPS = ("sac,iql,bc,dql_ql,dql_qg,dql_edp,dql_eg_ood,dtql_behavior,dtql,eda_behavior,eda_align,"
+         "online_sac,online_sdac,online_dpmd")
+ONLINE_PREFIX = "online_"  # an online row's update (benchmarks/bench_online.py's agents), e.g. online_dpmd
+
+
+def build_online(row: str, device: str):
+    """An online row's agent as the online stage builds it (params.yaml's section), with HalfCheetah shapes."""
+    from diffrl.online import make_online_agent, variant_config
+    return make_online_agent(variant_config(row), "halfcheetah", 0, device)
 
 
 def batched_seconds(shapes, k: int, repeats: int, device: str) -> float:
@@ -45,8 +54,9 @@ def measure(name: str, threads: int, steps: int, packs: list[int], device: str =
     import torch
     from bench_steps import BATCH, OBS, ACT, build, matmul_shapes, sgemm_seconds
     torch.set_num_threads(threads)
-    agent = build(name, device)
-    batch = getattr(agent.cfg, "batch_size", BATCH) if name == "eda_behavior" else BATCH
+    online = name.startswith(ONLINE_PREFIX)
+    agent = build_online(name[len(ONLINE_PREFIX):], device) if online else build(name, device)
+    batch = getattr(agent.cfg, "batch_size", BATCH) if name == "eda_behavior" or online else BATCH
     g = torch.Generator(device=device).manual_seed(0)
     data = {"obs": torch.randn(batch, OBS), "action": torch.rand(batch, ACT) * 2 - 1, "reward": torch.randn(batch),
             "next_obs": torch.randn(batch, OBS), "terminal": torch.zeros(batch)}
