@@ -83,20 +83,26 @@ def matmul_shapes(step) -> list[tuple[int, int, int, int]]:
     return rec.shapes
 
 
+def seconds_per_call(fn, repeats: int, device, warmup: int = 1) -> float:
+    """Seconds one call of `fn` takes, averaged over `repeats` calls after `warmup` (CUDA synchronised)."""
+    import torch
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / repeats
+
+
 def sgemm_seconds(shapes, device, repeats: int = 5) -> float:
     """Seconds the matrix multiplies `shapes` take alone, in order, on random contiguous operands."""
     import torch
     ops = [(torch.randn(b, m, k, device=device), torch.randn(b, k, n, device=device)) if b > 1
            else (torch.randn(m, k, device=device), torch.randn(k, n, device=device)) for b, m, k, n in shapes]
-    run = lambda: [torch.matmul(x, y) for x, y in ops]  # noqa: E731
-    run()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    sync()
-    return (time.perf_counter() - t0) / repeats
+    return seconds_per_call(lambda: [torch.matmul(x, y) for x, y in ops], repeats, device)
 
 
 def one(name, device, threads, steps, compile_mode="none"):

@@ -16,7 +16,6 @@ for one, which overstates the gain (that work is partly proportional to the data
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,25 +33,9 @@ def build_online(row: str, device: str):
     return make_online_agent(variant_config(row), "halfcheetah", 0, device)
 
 
-def batched_seconds(shapes, k: int, repeats: int, device: str) -> float:
-    """Seconds the matrix multiplies `shapes` take stacked over k seeds (one bmm each), in order."""
-    import torch
-    ops = [(torch.randn(k * b, m, kk, device=device), torch.randn(k * b, kk, n, device=device))
-           for b, m, kk, n in shapes]
-    run = lambda: [torch.bmm(x, y) for x, y in ops]  # noqa: E731
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    run()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    sync()
-    return (time.perf_counter() - t0) / repeats
-
-
 def measure(name: str, threads: int, steps: int, packs: list[int], device: str = "cpu") -> dict:
     import torch
-    from bench_steps import BATCH, OBS, ACT, build, matmul_shapes, sgemm_seconds
+    from bench_steps import BATCH, OBS, ACT, build, matmul_shapes, seconds_per_call, sgemm_seconds
     torch.set_num_threads(threads)
     online = name.startswith(ONLINE_PREFIX)
     agent = build_online(name[len(ONLINE_PREFIX):], device) if online else build(name, device)
@@ -68,21 +51,14 @@ def measure(name: str, threads: int, steps: int, packs: list[int], device: str =
         agent.prepare(states, g)
     step = lambda: agent.update(data, g)  # noqa: E731
     shapes = matmul_shapes(step)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(3):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    ms = (time.perf_counter() - t0) / steps * 1000
+    ms = seconds_per_call(step, steps, device, warmup=3) * 1000
     repeats = 2 if name.startswith("eda_") and device == "cpu" else 5
     alone = sgemm_seconds(shapes, device, repeats) * 1000
     out = {"algo": name, "device": device, "threads": threads, "ms_per_step": ms, "matmul_ms": alone,
            "matmuls": len(shapes)}
     for k in packs:
-        per_seed = batched_seconds(shapes, k, repeats, device) * 1000 / k
+        # the step's multiplies stacked over k seeds: one batched multiply each (for k = 1: the same as alone)
+        per_seed = sgemm_seconds([(k * b, m, kk, n) for b, m, kk, n in shapes], device, repeats) * 1000 / k
         out[f"batched_matmul_ms_per_seed_k{k}"] = per_seed
         out[f"bound_k{k}"] = ms / (per_seed + max(ms - alone, 0.0) / k)
     return out
