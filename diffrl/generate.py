@@ -96,12 +96,12 @@ def train_data_agent(env_name: str, out_dir: Path, *, sac_cfg: SACConfig, sac_st
     the medium point, DataRecorder) and info.json. When the medium score is never reached, the
     medium policy is the last one (info says so). `stop_at_medium`: stop there (no expert policy),
     for a medium dataset alone."""
-    from diffrl.train import seeded, train_online
+    from diffrl.train import built_seeded, train_online
     env = make_env(env_name)
     obs_dim, act_dim, space = env.observation_space.shape[0], env.action_space.shape[0], env.action_space
     env.close()
     meta = {"obs_dim": obs_dim, "act_dim": act_dim, "config": sac_cfg}
-    agent = seeded(seed, lambda: SAC(obs_dim, act_dim, sac_cfg, device, space.low, space.high))
+    agent = built_seeded(seed, lambda: SAC(obs_dim, act_dim, sac_cfg, device, space.low, space.high))
     cfg = SACOnlineConfig(**vars(sac_cfg), num_envs=1, warmup=sac_warmup)
     recorder = DataRecorder(medium_target, stop_at_medium)
     agent, run = train_online(agent, env_name, cfg, sac_steps, seed, device, eval_every=sac_eval_every,

@@ -120,15 +120,17 @@ def sac_config(cfg):
 
 
 def make_online_agent(cfg, env_name: str, seed: int, device="cpu"):
-    """The agent an online row trains, initialised from `seed` (diffrl.train.seeded): the fork's SAC
+    """The agent an online row trains, initialised from `seed` (diffrl.train.built_seeded): the fork's SAC
     (alg = sac) or SDAC/DPMD's DiffusionOnline, sized and bounded by the environment."""
-    from diffrl.train import seeded
+    from diffrl.train import built_seeded
     from diffrl.utils import compiled
     env = make_env(env_name)
     obs_dim, act_dim, space = env.observation_space.shape[0], env.action_space.shape[0], env.action_space
     env.close()
     if cfg.alg == "sac":
-        from diffrl.algos.sac import SAC
-        return compiled(seeded(seed, lambda: SAC(obs_dim, act_dim, sac_config(cfg), device, space.low, space.high)))
-    from diffrl.algos.dpmd import DiffusionOnline
-    return compiled(seeded(seed, lambda: DiffusionOnline(obs_dim, act_dim, cfg, device, space.low, space.high)))
+        from diffrl.algos.sac import SAC as agent_class
+        agent_cfg = sac_config(cfg)
+    else:
+        from diffrl.algos.dpmd import DiffusionOnline as agent_class
+        agent_cfg = cfg
+    return compiled(built_seeded(seed, lambda: agent_class(obs_dim, act_dim, agent_cfg, device, space.low, space.high)))

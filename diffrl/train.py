@@ -268,7 +268,7 @@ def train_offline(agent, buffer: ReplayBuffer, *, steps: int, batch_size: int, s
 
 
 # --------------------------------------------------------------------------- the online loop
-def seeded(seed: int, build):
+def built_seeded(seed: int, build):
     """build(), its random initialisation drawn from `seed`; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
