@@ -154,6 +154,7 @@ class Stage:
     # function of its row and the offline run that row starts from ('' for none)
     runs: Callable[[str, str], list[str]] = _runs_trained
     gpu: bool = False                # trains or acts: asks for a GPU when the run uses CUDA
+    torch: bool = True               # runs torch (its thread count is set first); False: never imports it
     group: str = ""                  # job group in the SLURM profile (workflow/profiles/slurm, checked by a test)
     cached: bool = True              # DVC caches its outputs (False: small result files kept in git)
     target: int = 0                  # its place in the default target (rule `all`); 0: built only as an input
@@ -277,7 +278,7 @@ STAGES: dict[str, Stage] = {
                      cost=lambda c, section: c.dataset(), data_mb=lambda c: c.dataset_mb()),
     # the 2-D toy bandit datasets
     "toy_dataset": Stage("python stages/toy_dataset.py --name {name}", (toy_file("{name}"),), {"name": "toy_sets"},
-                         budget=("toy_samples",), target=2, plan_row="bandit study", cost=5.0),
+                         budget=("toy_samples",), target=2, plan_row="bandit study", cost=5.0, torch=False),
     # critic pretraining (IQL losses) and behaviour pretraining of the rows that start from them
     "critic_pretrain": Stage("python stages/train.py critic_pretrain --critic {critic} --task {task} --seed {seed}",
                              (run_dir("{task}", "{critic}", "{seed}"),), row="critic", sections="CRITICS",
@@ -307,8 +308,8 @@ STAGES: dict[str, Stage] = {
     # the multi-seed statistics, tables and figures of each task and of the suite of tasks (an
     # environment's tasks on request: results/hopper_summary.csv)
     "summary": Stage("python stages/summary.py --scope {scope}", tuple(summary_files("{scope}")),
-                     {"scope": "scopes"}, keys=("seeds", "algorithms", "tasks", "stats"), budget=("below_regime",), inputs=_summary_inputs,
-                     cached=False, target=1),
+                     {"scope": "scopes"}, keys=("seeds", "algorithms", "tasks", "stats"), budget=("below_regime",),
+                     inputs=_summary_inputs, torch=False, cached=False, target=1),
     # the 2-D bandit study: every offline row (its pretraining in the same job) on each toy set, all seeds
     "bandit_train": Stage("python stages/bandit.py bandit_train --name {name} --algo {algo}",
                           (bandit_file("{name}", "{algo}"),), {"name": "bandit_sets"}, row="algo",

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 
@@ -67,6 +66,7 @@ class RunLog:
         self._steps: dict[str, list] = {}  # the step of each accumulated value
 
     def log(self, step: int, metrics: dict) -> None:
+        import torch  # here, not at the top: the stages that log nothing (summary, plots) never import torch
         for k, v in metrics.items():
             self._acc.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else torch.tensor(v))
             self._steps.setdefault(k, []).append(step)
@@ -79,6 +79,7 @@ class RunLog:
 
         The message names the quantity and the exact step at which it first went non-finite
         (one host sync; the training loop calls it before writing a resume checkpoint)."""
+        import torch
         for k, vs in self._acc.items():
             values = torch.stack([x.float().reshape(()) if x.numel() == 1 else x.float().mean() for x in vs])
             bad = ~torch.isfinite(values)
@@ -88,6 +89,7 @@ class RunLog:
                                      f"the learning rate or check the data; the last good checkpoint is kept")
 
     def flush(self, step: int) -> dict:
+        import torch
         out = {}
         for k, vs in self._acc.items():
             v = float(torch.stack([x.float() for x in vs]).mean())

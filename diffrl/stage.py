@@ -16,7 +16,7 @@ from pathlib import Path
 from diffrl import config
 from diffrl.config import ConfigError, StageParams  # noqa: F401 (re-exported for stages)
 from diffrl.data import DatasetError
-from diffrl.pipeline import budget_keys, stage_keys
+from diffrl.pipeline import budget_keys, stage_keys, stage_of
 from diffrl.runlog import NumericalError
 from diffrl.scheduler import stop_with_scheduler
 from diffrl.utils import OutputWriteError
@@ -94,8 +94,9 @@ def run(stage: str, args: argparse.Namespace, log_path: str, main, **wildcards) 
         sys.stdout = _Tee(sys.__stdout__, log)
         sys.stderr = _Tee(sys.__stderr__, log)
         try:
-            from diffrl.utils import set_threads
-            set_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
+            if stage_of(stage).torch:  # a job without torch (summary) skips its second-long import
+                from diffrl.utils import set_threads
+                set_threads(int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None)
             main(params, args)
         except (ConfigError, DatasetError, NumericalError, FileNotFoundError, OutputWriteError) as e:
             print(f"error: {e}", file=sys.stderr)

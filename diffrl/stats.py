@@ -16,12 +16,6 @@ COLUMNS = ["algorithm", "n_seeds", "n_tasks", "score_mean", "score_se", "score_s
 BELOW_REGIME = "below its learning regime at this budget (docs/budgets.md)"
 
 
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean (rliable's definition: 25% trimmed mean over all runs)."""
-    from rliable import metrics
-    return float(metrics.aggregate_iqm(np.asarray(x, dtype=np.float64).reshape(-1, 1)))
-
-
 def score_matrix(results: list[dict], algorithms: list[str]) -> dict[str, np.ndarray]:
     """Each row's final scores as a (seeds, tasks) array, rliable's layout (diffrl.suite), from the
     evaluation records (a record without a task counts as one task)."""

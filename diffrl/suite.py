@@ -189,18 +189,28 @@ def plot_profile(scores: dict[str, np.ndarray], path, title: str, tau=None, reps
                  confidence: float = 0.95, seed: int = 0) -> None:
     """The performance profile (rliable's score distribution): the fraction of all runs, pooled across
     tasks, with score > tau, one line per row, with stratified-bootstrap bands; a PNG at `path`. `tau`
-    defaults to default_tau(scores) (0 to 105 for scores within 0-100). Seeded as `aggregate`."""
+    defaults to default_tau(scores) (0 to 105 for scores within 0-100). Seeded as `aggregate`. Drawn
+    with matplotlib alone, in rliable's layout: its plot_utils imports seaborn and scipy.stats, which
+    cost a summary job more than a second."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rliable import plot_utils
     scores = check_scores(scores)
     tau = default_tau(scores) if tau is None else np.asarray(tau, dtype=np.float64)
     profiles, cis = score_profile(scores, tau, reps, confidence, seed)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_utils.plot_performance_profiles(profiles, tau, performance_profile_cis=cis, ax=ax, legend=True,
-                                         legendsize="small", labelsize="medium", ticklabelsize="small",
-                                         xlabel=r"D4RL-normalised score ($\tau$)")
+    colors = plt.get_cmap("tab20" if len(profiles) > 10 else "tab10").colors
+    for i, (row, profile) in enumerate(profiles.items()):
+        color = colors[i % len(colors)]
+        ax.plot(tau, profile, color=color, linewidth=2.0, label=row)
+        ax.fill_between(tau, *cis[row], color=color, alpha=0.15)
+    ax.set_xlabel(r"D4RL-normalised score ($\tau$)")
+    ax.set_ylabel(r"Fraction of runs with score $> \tau$")
+    ax.set_ylim(0, 1.02)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize="small", loc="best")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")

@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` is CUDA when present, CPU otherwise."""
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -28,6 +28,7 @@ def run_device(p) -> torch.device:
     process: TF32 matrix multiplies on CUDA (`tf32`) and the compile mode every agent built here
     gets (`compile`: diffrl.nets.compile_networks, applied by diffrl.offline.build_agent and the
     online and bandit stages)."""
+    import torch
     global COMPILE_MODE
     COMPILE_MODE = p["compile"]
     torch.backends.cuda.matmul.allow_tf32 = bool(p["tf32"])  # the networks here have no convolutions
@@ -66,6 +67,7 @@ def cpu_name() -> str:
 
 def set_threads(n: int | None = None) -> int:
     """One intra-op thread per Snakemake/DVC job thread (DIFFRL_THREADS, default: the allocated cores)."""
+    import torch
     n = n or int(os.environ.get("DIFFRL_THREADS", "0")) or available_cores()
     torch.set_num_threads(n)
     return n
@@ -73,6 +75,7 @@ def set_threads(n: int | None = None) -> int:
 
 def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed python, numpy and torch; with deterministic, ask torch for deterministic kernels."""
+    import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -97,6 +100,7 @@ def rng_state(generators: dict | None = None) -> dict:
     torch's CPU generator, each CUDA device's (when CUDA is present) and the loop's own generators
     by name (torch.Generator or numpy.random.Generator). set_rng_state restores it, so a resumed run
     draws exactly what an uninterrupted one would."""
+    import torch
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "generators": {name: g.bit_generator.state if isinstance(g, np.random.Generator) else g.get_state()
                             for name, g in (generators or {}).items()}}
@@ -108,6 +112,7 @@ def rng_state(generators: dict | None = None) -> dict:
 def set_rng_state(state: dict, generators: dict | None = None) -> None:
     """Restore what rng_state captured, into the same named generators. The CUDA states are
     restored when this process sees as many devices as the run that saved them."""
+    import torch
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -232,6 +237,7 @@ def read_json(path: str | Path):
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write a checkpoint atomically and durably: a crash at any point leaves the previous file."""
+    import torch
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(payload, f)  # through a Python file, so a failed write raises the OSError behind it
         f.flush()
@@ -239,6 +245,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    import torch
     path = Path(path)
     if not path.exists():
         # a model inside a run folder is built by the rule whose output is the folder

@@ -212,7 +212,8 @@ def test_bad_input_fails_in_one_line_naming_the_row(scores, match):
 
 def test_the_suite_summary_stage_equals_rliable_on_the_per_seed_scores(project):
     """stages/summary.py over a suite of 2 environments x 2 qualities: its aggregate IQM and intervals
-    are rliable's own functions on the per-seed scores, and the papers' table has one line per task."""
+    are rliable's own functions on the per-seed scores, and the papers' table has one line per task.
+    The job imports neither torch nor scipy (about a second each in every summary job)."""
     import json
     import subprocess
     import sys
@@ -236,9 +237,11 @@ def test_the_suite_summary_stage_equals_rliable_on_the_per_seed_scores(project):
                     "reference_scores": {"source": "dataset"}, "run_info": {"budget": "smoke", "dataset": task}}))
     sets = ["seeds=[0, 1, 2]", "algorithms=[bc, iql]", f"tasks={{{', '.join(t + ': {}' for t in tasks)}}}",
             "stats.bootstrap_reps=200"]
-    out = subprocess.run([sys.executable, "stages/summary.py", "--scope", "suite",
+    out = subprocess.run([sys.executable, "-X", "importtime", "stages/summary.py", "--scope", "suite",
                           *[a for s in sets for a in ("--set", s)]], cwd=project, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "numpy" in imported and not imported & {"torch", "scipy", "seaborn"}, imported & {"torch", "scipy", "seaborn"}
     table = pd.read_csv(project / "results/suite_summary.csv").set_index("algorithm")
     for a, x in scores.items():
         with suite.seeded(0):
