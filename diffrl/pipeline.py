@@ -319,10 +319,10 @@ STAGES: dict[str, Stage] = {
                           data_mb=lambda c: c.toy_mb()),
     "bandit_plot": Stage("python stages/bandit.py bandit_plot --name {name}", (bandit_plot_file("{name}"),),
                          {"name": "bandit_sets"}, keys=("seeds",), inputs=_bandit_plot_inputs, cached=False,
-                         target=3, plan_row="bandit study"),
+                         target=3, plan_row="bandit study", torch=False),
     "bandit_summary": Stage("python stages/bandit.py bandit_summary", (BANDIT_SUMMARY,),
                             keys=("seeds", "bandit_sets"), inputs=_bandit_summary_inputs, cached=False, target=4,
-                            plan_row="bandit study"),
+                            plan_row="bandit study", torch=False),
 }
 
 

@@ -149,6 +149,32 @@ def test_a_job_imports_only_its_declared_code():
     assert "diffrl/algos/dql.py" in loaded and "diffrl/algos/dpmd.py" not in loaded
 
 
+def test_a_stage_without_torch_imports_none_of_it(project):
+    """A stage declared torch=False skips torch's second-long import: its job, run as the graph runs it
+    (here on stand-in toy bandit runs), imports neither torch nor scipy. (The summary job's run, on a
+    suite of tasks, is checked in tests/test_suite.py.)"""
+    import numpy as np
+    from diffrl.algos import OFFLINE
+    from diffrl.data import toy_dataset
+    lean = [name for name, st in dag.STAGES.items() if not st.torch]
+    assert set(lean) == {"toy_dataset", "summary", "bandit_plot", "bandit_summary"}, lean
+    data = toy_dataset("8gaussians", 200, seed=0)
+    for algo in OFFLINE:  # what bandit_train writes: each seed's actions and the toy data
+        path = project / f"runs/bandit/8gaussians/{algo}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, seed0=data["action"][:50], **{f"data_{k}": v for k, v in data.items()})
+    sets = ["--set", "budget=smoke", "--set", "seeds=[0]", "--set", "bandit_sets=[8gaussians]"]
+    for stage, w in (("toy_dataset", {"name": "8gaussians"}), ("bandit_plot", {"name": "8gaussians"}),
+                     ("bandit_summary", {})):
+        cmd = dag.command(stage, **w).split()
+        out = subprocess.run([sys.executable, "-X", "importtime", *cmd[1:], *sets], cwd=project, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+        assert "numpy" in imported and not imported & {"torch", "scipy"}, (stage, imported & {"torch", "scipy"})
+        assert all((project / o).exists() for o in dag.outputs(stage, **w)), stage
+
+
 def _make_outputs(root: Path, params: dict, mtime: float | None = None) -> None:
     """Stand-in outputs of every job, all with one mtime (default: newer than the code)."""
     paths = []
